@@ -1,0 +1,324 @@
+//! The Llama-family decoder: one implementation for Llama 2/3, SmolLM2, TinyLlama, Mistral
+//! and Qwen2, the differences being `LlamaConfig` fields (qkv bias, tied head, GQA, rope
+//! scaling, sliding window). Follows transformers' modeling_llama.py
+//! (https://github.com/huggingface/transformers/blob/v4.46.0/src/transformers/models/llama/modeling_llama.py).
+//!
+//! b batch, t new tokens, s attended positions (cache + new), d hidden, h heads,
+//! kvh kv heads, g = h / kvh, hd head dim, v vocab, ff intermediate.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Result, Tensor, D};
+
+use crate::config::LlamaConfig;
+use crate::error::ModelError;
+use crate::kv_cache::KvCache;
+use crate::linear::Linear;
+use crate::ops::{self, Kernels};
+use crate::rope::Rope;
+use crate::weights::WeightSource;
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    pub input_layernorm: Tensor,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Tensor,
+    pub mlp: Mlp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    /// (v, d)
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: Tensor,
+    /// Shares `embed_tokens`' storage when the embeddings are tied.
+    pub lm_head: Linear,
+    rope: Rope,
+}
+
+impl Llama {
+    /// Builds the decoder from weights named as in Hugging Face checkpoints.
+    pub fn load(
+        config: &LlamaConfig,
+        weights: &mut WeightSource,
+        dtype: DType,
+        device: &Device,
+    ) -> std::result::Result<Self, ModelError> {
+        let c = config;
+        let (d, hd, ff, v) = (c.hidden_size, c.head_dim, c.intermediate_size, c.vocab_size);
+        let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let mut get = |name: &str, shape: &[usize]| weights.tensor(name, shape, dtype, device);
+
+        let embed_tokens = get("model.embed_tokens.weight", &[v, d])?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut linear = |module: &str,
+                              out: usize,
+                              inp: usize,
+                              bias: bool|
+             -> std::result::Result<Linear, ModelError> {
+                let w = get(&format!("{p}.{module}.weight"), &[out, inp])?;
+                let b = if bias {
+                    Some(get(&format!("{p}.{module}.bias"), &[out])?)
+                } else {
+                    None
+                };
+                Ok(Linear::new(w, b)?)
+            };
+            let self_attn = Attention {
+                q_proj: linear("self_attn.q_proj", q_out, d, c.attention_bias)?,
+                k_proj: linear("self_attn.k_proj", kv_out, d, c.attention_bias)?,
+                v_proj: linear("self_attn.v_proj", kv_out, d, c.attention_bias)?,
+                o_proj: linear("self_attn.o_proj", d, q_out, c.o_proj_bias)?,
+            };
+            let mlp = Mlp {
+                gate_proj: linear("mlp.gate_proj", ff, d, c.mlp_bias)?,
+                up_proj: linear("mlp.up_proj", ff, d, c.mlp_bias)?,
+                down_proj: linear("mlp.down_proj", d, ff, c.mlp_bias)?,
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: get(&format!("{p}.input_layernorm.weight"), &[d])?,
+                self_attn,
+                post_attention_layernorm: get(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[d],
+                )?,
+                mlp,
+            });
+        }
+        let norm = get("model.norm.weight", &[d])?;
+        let head = if c.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            get("lm_head.weight", &[v, d])?
+        };
+        Ok(Self {
+            config: c.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head: Linear::new(head, None)?,
+            rope: Rope::new(c, device),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// Quantizes every projection and the head for generation; the model can no longer train.
+    pub fn quantize_linears(&mut self, dtype: GgmlDType) -> Result<()> {
+        for layer in &mut self.layers {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            for linear in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                linear.quantize(dtype)?;
+            }
+        }
+        self.lm_head.quantize(dtype)
+    }
+
+    /// Logits for every position: ids (b, t) -> (b, t, v). No cache; positions start at 0.
+    pub fn forward(&self, ids: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let hidden = self.hidden_states(ids, None, kernels)?;
+        self.lm_head.forward(&hidden)
+    }
+
+    /// Runs `ids` (b, t) after the positions already in `cache` and returns the logits of the
+    /// last new position, (b, v).
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.hidden_states(ids, Some(cache), Kernels::Fused)?;
+        let t = hidden.dim(1)?;
+        self.lm_head
+            .forward(&hidden.narrow(1, t - 1, 1)?)?
+            .squeeze(1)
+    }
+
+    /// The final-normed hidden states (b, t, d), before the head.
+    pub fn hidden_states(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let mask = self.causal_mask(t, start)?;
+        // (b, t) -> (b, t, d)
+        let d = self.config.hidden_size;
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, d))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(
+                &x,
+                i,
+                start,
+                mask.as_ref(),
+                cache.as_deref_mut(),
+                &self.rope,
+                &self.config,
+                kernels,
+            )?;
+        }
+        if let Some(cache) = cache {
+            cache.advance(t);
+        }
+        ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps, kernels)
+    }
+
+    /// Additive mask (t, s): 0 where query `start + i` may see key j, -inf elsewhere.
+    /// None when nothing is masked (one new token and no sliding window in reach).
+    fn causal_mask(&self, t: usize, start: usize) -> Result<Option<Tensor>> {
+        let s = start + t;
+        let window = self.config.sliding_window.unwrap_or(usize::MAX);
+        if t == 1 && s <= window {
+            return Ok(None);
+        }
+        let mut mask = Vec::with_capacity(t * s);
+        for i in 0..t {
+            let q = start + i;
+            mask.extend((0..s).map(|j| {
+                if j > q || q - j >= window {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            }));
+        }
+        Tensor::from_vec(mask, (t, s), self.device())?
+            .to_dtype(self.dtype())
+            .map(Some)
+    }
+}
+
+impl DecoderLayer {
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        start: usize,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        rope: &Rope,
+        config: &LlamaConfig,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let eps = config.rms_norm_eps;
+        let h = ops::rms_norm(x, &self.input_layernorm, eps, kernels)?;
+        let x = (x + self
+            .self_attn
+            .forward(&h, layer, start, mask, cache, rope, config, kernels)?)?;
+        let h = ops::rms_norm(&x, &self.post_attention_layernorm, eps, kernels)?;
+        x + self.mlp.forward(&h)?
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.silu()?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+impl Attention {
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        start: usize,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        rope: &Rope,
+        config: &LlamaConfig,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let (b, t, _d) = x.dims3()?;
+        let (h, kvh, hd) = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        );
+        let g = h / kvh;
+        // (b, t, h*hd) -> (b, t, h, hd) -> (b, h, t, hd)
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((b, t, h, hd))?
+            .transpose(1, 2)?;
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape((b, t, kvh, hd))?
+            .transpose(1, 2)?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, t, kvh, hd))?
+            .transpose(1, 2)?;
+        let q = rope.apply(&q, start, kernels)?;
+        let k = rope.apply(&k, start, kernels)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(layer, &k, &v)?,
+            None => (k, v.contiguous()?),
+        };
+        let s = k.dim(2)?;
+        // Query head i reads kv head i / g (transformers' repeat_kv). Grouping the queries
+        // instead of repeating k/v: (b, h, t, hd) -> (b, kvh, g*t, hd)
+        let q = q.contiguous()?.reshape((b, kvh, g * t, hd))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let scores = match mask {
+            // (b, kvh, g*t, s) -> (b, kvh, g, t, s) + (t, s)
+            Some(mask) => scores
+                .reshape((b, kvh, g, t, s))?
+                .broadcast_add(mask)?
+                .reshape((b, kvh, g * t, s))?,
+            None => scores,
+        };
+        let probs = ops::softmax_last_dim(&scores, kernels)?;
+        // (b, kvh, g*t, hd) -> (b, h, t, hd) -> (b, t, h, hd) -> (b, t, h*hd)
+        let y = probs
+            .matmul(&v)?
+            .reshape((b, h, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * hd))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+/// Mean cross-entropy helper input: log-probabilities over the vocabulary (.., v).
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)
+}

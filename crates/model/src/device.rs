@@ -1,0 +1,66 @@
+//! Device and dtype choice: CPU unless the binary was built for a GPU and one is present.
+
+use candle_core::{DType, Device};
+
+use crate::error::{ModelError, Result};
+
+/// `cpu`, `cuda`, `cuda:N`, `metal` or `auto` (the GPU the binary was built for, when
+/// present, else the CPU).
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let err = |reason: &str| ModelError::Device {
+        device: spec.into(),
+        reason: reason.into(),
+    };
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                Device::new_cuda(0).map_err(|e| err(&e.to_string()))
+            } else if candle_core::utils::metal_is_available() {
+                Device::new_metal(0).map_err(|e| err(&e.to_string()))
+            } else {
+                Ok(Device::Cpu)
+            }
+        }
+        "metal" => {
+            if !candle_core::utils::metal_is_available() {
+                return Err(err("this binary was built without the `metal` feature"));
+            }
+            Device::new_metal(0).map_err(|e| err(&e.to_string()))
+        }
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(err("this binary was built without the `cuda` feature"));
+            }
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| err("expected cuda:N with N a GPU index"))?,
+                None => 0,
+            };
+            Device::new_cuda(ordinal).map_err(|e| err(&e.to_string()))
+        }
+        _ => Err(err("expected cpu, cuda, cuda:N, metal or auto")),
+    }
+}
+
+/// f32 on the CPU (candle's CPU matmul is fastest and exact there); bf16 on a GPU.
+pub fn default_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    }
+}
+
+pub fn parse_dtype(spec: &str) -> Result<DType> {
+    match spec {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => Err(ModelError::Device {
+            device: other.into(),
+            reason: "unknown dtype: expected f32, bf16 or f16".into(),
+        }),
+    }
+}

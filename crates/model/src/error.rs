@@ -1,0 +1,118 @@
+//! Errors of model loading and running. Every variant names the file, field or tensor it is
+//! about; `hint()` says what the user can do.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model not found: {spec}")]
+    NotFound { spec: String },
+    #[error("{path}: not a model file or directory: {reason}")]
+    UnknownSource { path: PathBuf, reason: String },
+    #[error("{path}: missing {what}")]
+    MissingFile { path: PathBuf, what: &'static str },
+    #[error("{path}: field `{field}`: {reason}")]
+    BadConfig {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+    #[error("{path}: architecture `{arch}` is not supported (supported: {supported})")]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        arch: String,
+        supported: &'static str,
+    },
+    #[error("{path}: invalid GGUF file: {reason}")]
+    BadGguf { path: PathBuf, reason: String },
+    #[error("{path}: invalid safetensors file: {reason}")]
+    BadSafetensors { path: PathBuf, reason: String },
+    #[error("{path}: tensor `{name}`: {reason}")]
+    BadTensor {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
+    #[error("{path}: tokenizer: {reason}")]
+    BadTokenizer { path: PathBuf, reason: String },
+    #[error("chat template: {reason}")]
+    ChatTemplate { reason: String },
+    #[error(
+        "model {spec} is not in the local Hugging Face cache ({cache}) and the hub is offline"
+    )]
+    HubOffline { spec: String, cache: PathBuf },
+    #[error("hub download of {spec} failed: {reason}")]
+    Hub { spec: String, reason: String },
+    #[error("device `{device}`: {reason}")]
+    Device { device: String, reason: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl ModelError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn bad_config(
+        path: impl Into<PathBuf>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::BadConfig {
+            path: path.into(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// What the user can do about it, when there is something to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::NotFound { .. } => Some(
+                "--model takes a .gguf file, a Hugging Face model directory (config.json + \
+                 *.safetensors) or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct; \
+                 scripts/fetch-model.sh fetches the default model into models/"
+                    .into(),
+            ),
+            Self::UnknownSource { .. } => Some(
+                "a model directory needs config.json and model.safetensors (or \
+                 model.safetensors.index.json with its shards); a file must end in .gguf"
+                    .into(),
+            ),
+            Self::MissingFile { .. } => Some(
+                "copy the missing file from the model's Hugging Face repository".into(),
+            ),
+            Self::UnsupportedArchitecture { .. } => Some(
+                "tuna trains Llama-family decoders: Llama 2/3, SmolLM2, TinyLlama, Mistral, Qwen2/2.5"
+                    .into(),
+            ),
+            Self::BadGguf { .. } | Self::BadSafetensors { .. } => Some(
+                "the file may be truncated or corrupt: download it again (scripts/fetch-model.sh checks the sha256 of the default model)"
+                    .into(),
+            ),
+            Self::HubOffline { .. } => Some(
+                "unset HF_HUB_OFFLINE to download it, or pass a local path to --model".into(),
+            ),
+            Self::Hub { .. } => Some(
+                "check the network and the model id, or pass a local path to --model; set HF_HUB_OFFLINE=1 to use only the cache"
+                    .into(),
+            ),
+            Self::Device { .. } => Some(
+                "build with --features cuda (or metal) for a GPU, or pass --device cpu".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,27 @@
+//! tuna-model: the Llama-family decoder and everything needed to load a pretrained model
+//! (config, weights, tokenizer, chat template) from a GGUF file, a Hugging Face directory or
+//! a hub id.
+
+pub mod chat;
+pub mod config;
+pub mod decoder;
+pub mod device;
+pub mod error;
+pub mod gguf;
+pub mod kv_cache;
+pub mod linear;
+pub mod ops;
+pub mod pretrained;
+pub mod rope;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+pub use chat::{ChatTemplate, Message};
+pub use config::LlamaConfig;
+pub use decoder::Llama;
+pub use error::ModelError;
+pub use kv_cache::KvCache;
+pub use ops::Kernels;
+pub use pretrained::{LoadOptions, Pretrained};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,319 @@
+//! Test-only helpers: tiny random Llama-family models and a tiny byte-level BPE tokenizer,
+//! written to a temp directory in code so that tests need no download, plus tensor
+//! comparison helpers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// The knobs of a tiny model; every Llama-family difference tuna supports is a field.
+#[derive(Debug, Clone)]
+pub struct TinySpec {
+    pub model_type: &'static str,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub attention_bias: bool,
+    pub tie_word_embeddings: bool,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<Value>,
+    pub sliding_window: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for TinySpec {
+    fn default() -> Self {
+        Self {
+            model_type: "llama",
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            attention_bias: false,
+            tie_word_embeddings: true,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            sliding_window: None,
+            seed: 0,
+        }
+    }
+}
+
+/// A model directory in a temp dir; removed on drop.
+pub struct TinyModel {
+    pub dir: tempfile::TempDir,
+    pub spec: TinySpec,
+    pub vocab_size: usize,
+}
+
+impl TinyModel {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path_str(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+}
+
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// GPT-2's byte-to-unicode table: the printable stand-in for every byte
+/// (https://github.com/openai/gpt-2/blob/master/src/encoder.py, bytes_to_unicode).
+pub fn bytes_to_unicode() -> Vec<char> {
+    let mut printable: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+    let mut table = vec!['\0'; 256];
+    let mut extra = 0;
+    for b in 0..256u32 {
+        if printable.contains(&b) {
+            table[b as usize] = char::from_u32(b).expect("valid char");
+        } else {
+            table[b as usize] = char::from_u32(256 + extra).expect("valid char");
+            extra += 1;
+        }
+    }
+    printable.clear();
+    table
+}
+
+/// Special tokens of the tiny tokenizer, ChatML-style like SmolLM2: ids 0, 1, 2.
+pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// Merges of the tiny tokenizer, in priority order.
+const MERGES: [(&str, &str); 12] = [
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("Ġt", "he"),
+    ("i", "n"),
+    ("Ġ", "a"),
+    ("e", "r"),
+    ("o", "n"),
+    ("Ġ", "s"),
+    ("r", "e"),
+    ("a", "t"),
+    ("Ġ", "c"),
+    ("i", "s"),
+];
+
+/// A byte-level BPE tokenizer.json: 3 specials, 256 byte tokens, then one token per merge.
+/// With `digits`, digits are split one by one first (SmolLM2's pre-tokenizer).
+pub fn tiny_tokenizer_json(digits: bool) -> Value {
+    let mut vocab = serde_json::Map::new();
+    for (i, s) in SPECIAL_TOKENS.iter().enumerate() {
+        vocab.insert(s.to_string(), json!(i));
+    }
+    for c in bytes_to_unicode() {
+        let id = vocab.len();
+        vocab.insert(c.to_string(), json!(id));
+    }
+    for (a, b) in MERGES {
+        let id = vocab.len();
+        vocab.insert(format!("{a}{b}"), json!(id));
+    }
+    let added: Vec<Value> = SPECIAL_TOKENS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"id": i, "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let pre = if digits {
+        json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
+    } else {
+        byte_level
+    };
+    json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre,
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": MERGES.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>()},
+    })
+}
+
+pub fn tiny_vocab_size() -> usize {
+    SPECIAL_TOKENS.len() + 256 + MERGES.len()
+}
+
+/// Random weights with Hugging Face names for `spec`, seeded.
+pub fn tiny_weights(spec: &TinySpec, vocab: usize) -> HashMap<String, Tensor> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
+    let mut tensors = HashMap::new();
+    let mut rand_tensor = |shape: &[usize], center: f32, scale: f32| -> Tensor {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|_| center + scale * rng.random_range(-1.0f32..1.0))
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches data")
+    };
+    let d = spec.hidden_size;
+    let hd = d / spec.num_attention_heads;
+    let (q_out, kv_out, ff) = (
+        spec.num_attention_heads * hd,
+        spec.num_key_value_heads * hd,
+        spec.intermediate_size,
+    );
+    tensors.insert(
+        "model.embed_tokens.weight".into(),
+        rand_tensor(&[vocab, d], 0.0, 1.0),
+    );
+    for i in 0..spec.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let lin = |out: usize, inp: usize| (out, inp, 1.0 / (inp as f32).sqrt() * 1.7);
+        let mut linears = vec![
+            ("self_attn.q_proj", lin(q_out, d)),
+            ("self_attn.k_proj", lin(kv_out, d)),
+            ("self_attn.v_proj", lin(kv_out, d)),
+            ("self_attn.o_proj", lin(d, q_out)),
+            ("mlp.gate_proj", lin(ff, d)),
+            ("mlp.up_proj", lin(ff, d)),
+            ("mlp.down_proj", lin(d, ff)),
+        ];
+        for (name, (out, inp, scale)) in linears.drain(..) {
+            tensors.insert(
+                format!("{p}.{name}.weight"),
+                rand_tensor(&[out, inp], 0.0, scale),
+            );
+            if spec.attention_bias
+                && matches!(
+                    name,
+                    "self_attn.q_proj" | "self_attn.k_proj" | "self_attn.v_proj"
+                )
+            {
+                tensors.insert(format!("{p}.{name}.bias"), rand_tensor(&[out], 0.0, 0.5));
+            }
+        }
+        tensors.insert(
+            format!("{p}.input_layernorm.weight"),
+            rand_tensor(&[d], 1.0, 0.2),
+        );
+        tensors.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            rand_tensor(&[d], 1.0, 0.2),
+        );
+    }
+    tensors.insert("model.norm.weight".into(), rand_tensor(&[d], 1.0, 0.2));
+    if !spec.tie_word_embeddings {
+        tensors.insert("lm_head.weight".into(), rand_tensor(&[vocab, d], 0.0, 0.3));
+    }
+    tensors
+}
+
+/// Writes config.json, model.safetensors, tokenizer.json, tokenizer_config.json and
+/// generation_config.json for `spec` into a new temp dir.
+pub fn tiny_model(spec: TinySpec) -> TinyModel {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let vocab = tiny_vocab_size();
+    write_tiny_model(dir.path(), &spec, vocab);
+    TinyModel {
+        dir,
+        spec,
+        vocab_size: vocab,
+    }
+}
+
+pub fn write_tiny_model(dir: &Path, spec: &TinySpec, vocab: usize) {
+    let mut config = json!({
+        "architectures": [match spec.model_type { "qwen2" => "Qwen2ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }],
+        "model_type": spec.model_type,
+        "vocab_size": vocab,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_hidden_layers,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": spec.rope_theta,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": spec.tie_word_embeddings,
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    });
+    if spec.model_type == "llama" {
+        config["attention_bias"] = json!(spec.attention_bias);
+    }
+    if let Some(scaling) = &spec.rope_scaling {
+        config["rope_scaling"] = scaling.clone();
+    }
+    if let Some(window) = spec.sliding_window {
+        config["sliding_window"] = json!(window);
+        if spec.model_type == "qwen2" {
+            config["use_sliding_window"] = json!(true);
+        }
+    }
+    write_json(&dir.join("config.json"), &config);
+    let tensors = tiny_weights(spec, vocab);
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))
+        .expect("write safetensors");
+    write_json(&dir.join("tokenizer.json"), &tiny_tokenizer_json(true));
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>",
+                "add_bos_token": false, "chat_template": CHATML_TEMPLATE}),
+    );
+    write_json(
+        &dir.join("generation_config.json"),
+        &json!({"bos_token_id": 1, "eos_token_id": 2}),
+    );
+}
+
+pub fn write_json(path: &Path, value: &Value) {
+    std::fs::write(path, serde_json::to_string_pretty(value).expect("json")).expect("write json");
+}
+
+/// The largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .expect("flatten");
+    let b = b
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .expect("flatten");
+    let diff = (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max(0))
+        .expect("diff");
+    diff.to_scalar::<f32>().expect("scalar")
+}
+
+#[track_caller]
+pub fn assert_close(a: &Tensor, b: &Tensor, tol: f32) {
+    let d = max_abs_diff(a, b);
+    assert!(d <= tol, "max |a - b| = {d} > {tol}");
+}
+
+/// The repository root (for tests that use the real model in models/).
+pub fn repo_root() -> PathBuf {
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    while !dir.join("Cargo.lock").exists() && !dir.join(".git").exists() {
+        if !dir.pop() {
+            break;
+        }
+    }
+    dir
+}
+
+/// The default model fetched by scripts/fetch-model.sh. Panics with the fix when absent: the
+/// tests that need it must not pass silently without it.
+pub fn smollm2_gguf() -> PathBuf {
+    let path = repo_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-model.sh (scripts/test.sh does it for you)",
+        path.display()
+    );
+    path
+}
