@@ -1,0 +1,121 @@
+//! The command line, as ../shared/DESIGN.md's contract names it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::model_args::{InferenceWeights, ModelArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "tuna", version, about = "Fine-tune (LoRA) and evaluate Llama-family models locally, and measure prompting against tuning")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt (streams to stdout; stats to stderr).
+    Generate(GenerateArgs),
+    /// Loss and perplexity of a model on a JSONL file of {"text": ...} records.
+    Eval(EvalArgs),
+    /// Measure speed and memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Sample among the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probabilities sum to p.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// > 1 discourages repeating tokens from the last 64.
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 299_792_458)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text (else --prompt-file, else stdin).
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Render the prompt as a user turn with the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// How projection weights are held while generating.
+    #[arg(long, value_enum, default_value = "q8-0")]
+    pub weights: InferenceWeights,
+    /// Print the stats as one JSON object on stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSONL file of {"text": ...} records.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Score at most this many records.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Longest window scored at once; longer texts are scored in windows.
+    #[arg(long, default_value_t = 1024)]
+    pub seq_len: usize,
+    /// Tokens per forward batch.
+    #[arg(long, default_value_t = 4096)]
+    pub batch_tokens: usize,
+    /// Print {"loss", "perplexity", "tokens", "records"} as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Batch-1 greedy generation: prompt and generation tokens/s, peak RSS.
+    Generate(BenchGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchGenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 32)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    #[arg(long, value_enum, default_value = "q8-0")]
+    pub weights: InferenceWeights,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,98 @@
+//! `tuna bench`: speed and memory figures, printed (never asserted by tests).
+
+use std::time::Instant;
+
+use serde_json::json;
+use tuna_eval::{generate, SamplingOptions};
+
+use crate::args::{BenchArgs, BenchCommand, BenchGenerateArgs};
+
+/// The prompt ../shared/bench/peft_cpu_baseline.py uses, so both tokenize the same text.
+const GEN_PROMPT: &str = "The history of the Roman Empire spans more than a thousand years, from the founding of the \
+city of Rome to the fall of Constantinople. In this short essay, we will look at the main \
+reasons why the empire grew so large and why it finally collapsed.";
+
+/// Peak resident set size of this process in MiB (Linux VmHWM).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.what {
+        BenchCommand::Generate(a) => bench_generate(a),
+    }
+}
+
+fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
+    let load_started = Instant::now();
+    let model = args.model.load(args.weights)?;
+    let load_seconds = load_started.elapsed().as_secs_f64();
+    let mut ids = model.tokenizer.encode(GEN_PROMPT, true)?;
+    ids.truncate(args.prompt_tokens);
+    let options = SamplingOptions {
+        max_new_tokens: args.new_tokens,
+        ignore_eos: true,
+        ..SamplingOptions::default()
+    };
+    let (mut totals, mut prompt_tps, mut decode_tps) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..=args.reps {
+        let started = Instant::now();
+        let (_, stats) = generate(&model, &ids, &options, |_| {})?;
+        let total = started.elapsed().as_secs_f64();
+        if rep == 0 {
+            continue; // warm-up
+        }
+        totals.push(stats.generated_tokens as f64 / total);
+        prompt_tps.push(stats.prompt_tokens_per_second());
+        decode_tps.push(stats.generation_tokens_per_second());
+        if !args.json {
+            eprintln!(
+                "rep {rep}: {} new tokens in {total:.3} s = {:.1} tok/s (prompt {:.1} tok/s, decode {:.1} tok/s)",
+                stats.generated_tokens,
+                stats.generated_tokens as f64 / total,
+                stats.prompt_tokens_per_second(),
+                stats.generation_tokens_per_second()
+            );
+        }
+    }
+    let result = json!({
+        "bench": "generate",
+        "model": args.model.model,
+        "weights": format!("{:?}", args.weights).to_lowercase(),
+        "prompt_tokens": ids.len(),
+        "new_tokens": args.new_tokens,
+        "reps": args.reps,
+        "tokens_per_s": median(totals),
+        "prompt_tokens_per_s": median(prompt_tps),
+        "decode_tokens_per_s": median(decode_tps),
+        "load_seconds": load_seconds,
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "generate: {:.1} tok/s (new tokens / total time, median of {}); prompt {:.1} tok/s; decode {:.1} tok/s; peak RSS {:.0} MiB; load {:.2} s",
+            result["tokens_per_s"].as_f64().unwrap_or(0.0),
+            args.reps,
+            result["prompt_tokens_per_s"].as_f64().unwrap_or(0.0),
+            result["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
+            result["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            load_seconds
+        );
+    }
+    Ok(())
+}

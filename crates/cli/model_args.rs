@@ -1,0 +1,51 @@
+//! Flags shared by every command that loads a model.
+
+use candle_core::quantized::GgmlDType;
+use clap::{Args, ValueEnum};
+use tuna_model::device::{parse_device, parse_dtype};
+use tuna_model::{LoadOptions, Pretrained};
+
+/// The default model, as scripts/fetch-model.sh lays it out.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// A .gguf file, a Hugging Face model directory, or a hub id (owner/name[@revision]).
+    #[arg(long, env = "TUNA_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// cpu, cuda, cuda:N, metal, or auto (the GPU this binary was built for, when present).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Weight dtype: f32, bf16 or f16 (default: f32 on the CPU, bf16 on a GPU).
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+/// How the projections are stored for inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InferenceWeights {
+    /// The load dtype (f32 on the CPU): exact, what training and scoring use.
+    Dense,
+    /// 8-bit blocks (ggml Q8_0): a quarter of the memory traffic per token.
+    Q8_0,
+}
+
+impl InferenceWeights {
+    pub fn ggml(self) -> Option<GgmlDType> {
+        match self {
+            Self::Dense => None,
+            Self::Q8_0 => Some(GgmlDType::Q8_0),
+        }
+    }
+}
+
+impl ModelArgs {
+    pub fn load(&self, weights: InferenceWeights) -> anyhow::Result<Pretrained> {
+        let options = LoadOptions {
+            device: parse_device(&self.device)?,
+            dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
+            quantize: weights.ggml(),
+        };
+        Ok(Pretrained::load(&self.model, &options)?)
+    }
+}

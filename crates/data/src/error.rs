@@ -1,0 +1,53 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {field}: {reason}")]
+    BadRecord {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        reason: String,
+    },
+    #[error("{path}: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+    /// Several bad records; each is printed on its own line.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<DataError>),
+}
+
+impl DataError {
+    pub fn bad_record(path: impl Into<PathBuf>, line: usize, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::BadRecord {
+            path: path.into(),
+            line,
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::BadRecord { .. } | Self::Many(_) => {
+                Some("each line must be one JSON object, e.g. {\"text\": \"...\"}".into())
+            }
+            Self::BadFile { .. } => Some("the file must be UTF-8 JSON Lines: one JSON object per line".into()),
+            Self::Io { .. } => None,
+        }
+    }
+}
+
+/// Collapses a list of errors into one (the list itself when there are several).
+pub fn collect_errors(mut errors: Vec<DataError>) -> Result<(), DataError> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(DataError::Many(errors)),
+    }
+}

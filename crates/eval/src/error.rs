@@ -1,0 +1,36 @@
+use tuna_data::DataError;
+use tuna_model::ModelError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{field}: {reason}")]
+    BadOption { field: &'static str, reason: String },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("{model}: the model has no chat template")]
+    NoChatTemplate { model: String },
+    #[error("{path}: no record has two or more tokens, so there is nothing to score")]
+    NothingToScore { path: String },
+}
+
+impl EvalError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Model(e) => e.hint(),
+            Self::Data(e) => e.hint(),
+            Self::EmptyPrompt => Some("pass --prompt TEXT, --prompt-file FILE, or text on stdin".into()),
+            Self::NoChatTemplate { .. } => {
+                Some("drop --chat to feed the prompt as raw text, or use an instruct model".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = EvalError> = std::result::Result<T, E>;
