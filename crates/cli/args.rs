@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::model_args::{InferenceWeights, ModelArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "tuna", version, about = "Fine-tune (LoRA) and evaluate Llama-family models locally, and measure prompting against tuning")]
+#[command(
+    name = "tuna",
+    version,
+    about = "Fine-tune (LoRA) and evaluate Llama-family models locally, and measure prompting against tuning"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -29,16 +33,16 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f64,
     /// Sample among the k most likely tokens.
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Sample among the most likely tokens whose probabilities sum to p.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f64>,
     /// > 1 discourages repeating tokens from the last 64.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repetition_penalty: f32,
     #[arg(long, default_value_t = 299_792_458)]
     pub seed: u64,

@@ -1,1 +1,6 @@
+//! tuna's integration tests: one binary (ripgrep's layout), one module per concern.
 
+mod cli;
+mod hub;
+mod real_model;
+mod util;

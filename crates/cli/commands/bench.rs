@@ -8,7 +8,8 @@ use tuna_eval::{generate, SamplingOptions};
 use crate::args::{BenchArgs, BenchCommand, BenchGenerateArgs};
 
 /// The prompt ../shared/bench/peft_cpu_baseline.py uses, so both tokenize the same text.
-const GEN_PROMPT: &str = "The history of the Roman Empire spans more than a thousand years, from the founding of the \
+const GEN_PROMPT: &str =
+    "The history of the Roman Empire spans more than a thousand years, from the founding of the \
 city of Rome to the fall of Constantinople. In this short essay, we will look at the main \
 reasons why the empire grew so large and why it finally collapsed.";
 

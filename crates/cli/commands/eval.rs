@@ -7,7 +7,13 @@ use crate::model_args::InferenceWeights;
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let model = args.model.load(InferenceWeights::Dense)?;
-    let report = evaluate_text_loss(&model, &args.data, args.seq_len, args.limit, args.batch_tokens)?;
+    let report = evaluate_text_loss(
+        &model,
+        &args.data,
+        args.seq_len,
+        args.limit,
+        args.batch_tokens,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

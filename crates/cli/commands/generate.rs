@@ -33,7 +33,9 @@ fn prompt_text(args: &GenerateArgs) -> anyhow::Result<String> {
         return Ok(String::new());
     }
     let mut text = String::new();
-    stdin.read_to_string(&mut text).context("reading the prompt from stdin")?;
+    stdin
+        .read_to_string(&mut text)
+        .context("reading the prompt from stdin")?;
     Ok(text)
 }
 
@@ -65,7 +67,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             stats.prompt_tokens_per_second(),
             stats.generated_tokens,
             stats.generation_tokens_per_second(),
-            serde_json::to_value(stats.stop_reason)?.as_str().unwrap_or("?"),
+            serde_json::to_value(stats.stop_reason)?
+                .as_str()
+                .unwrap_or("?"),
         );
     }
     Ok(())

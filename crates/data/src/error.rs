@@ -23,7 +23,12 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub fn bad_record(path: impl Into<PathBuf>, line: usize, field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn bad_record(
+        path: impl Into<PathBuf>,
+        line: usize,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Self::BadRecord {
             path: path.into(),
             line,
@@ -37,7 +42,9 @@ impl DataError {
             Self::BadRecord { .. } | Self::Many(_) => {
                 Some("each line must be one JSON object, e.g. {\"text\": \"...\"}".into())
             }
-            Self::BadFile { .. } => Some("the file must be UTF-8 JSON Lines: one JSON object per line".into()),
+            Self::BadFile { .. } => {
+                Some("the file must be UTF-8 JSON Lines: one JSON object per line".into())
+            }
             Self::Io { .. } => None,
         }
     }

@@ -45,14 +45,22 @@ pub fn parse_jsonl(path: &Path, bytes: &[u8]) -> Result<Vec<JsonlLine>, DataErro
             continue;
         }
         match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(object)) => lines.push(JsonlLine { line: line_no, object }),
+            Ok(Value::Object(object)) => lines.push(JsonlLine {
+                line: line_no,
+                object,
+            }),
             Ok(other) => errors.push(DataError::bad_record(
                 path,
                 line_no,
                 "(line)",
                 format!("expected a JSON object, found {}", kind(&other)),
             )),
-            Err(e) => errors.push(DataError::bad_record(path, line_no, "(line)", format!("invalid JSON: {e}"))),
+            Err(e) => errors.push(DataError::bad_record(
+                path,
+                line_no,
+                "(line)",
+                format!("invalid JSON: {e}"),
+            )),
         }
     }
     collect_errors(errors)?;
@@ -83,7 +91,9 @@ mod tests {
     #[test]
     fn every_bad_line_is_reported_with_its_number() {
         let data = b"\xEF\xBB\xBF{\"text\": \"a\"}\r\n\n[1]\n{bad\n\xff\xfe\n{\"text\": \"b\"}\n";
-        let err = parse_jsonl(Path::new("d.jsonl"), data).unwrap_err().to_string();
+        let err = parse_jsonl(Path::new("d.jsonl"), data)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "d.jsonl:3: (line): expected a JSON object, found an array\n\
@@ -94,13 +104,19 @@ mod tests {
 
     #[test]
     fn bom_crlf_and_blank_lines_are_accepted() {
-        let lines = parse_jsonl(Path::new("d.jsonl"), b"\xEF\xBB\xBF{\"a\": 1}\r\n\r\n{\"a\": 2}").unwrap();
+        let lines = parse_jsonl(
+            Path::new("d.jsonl"),
+            b"\xEF\xBB\xBF{\"a\": 1}\r\n\r\n{\"a\": 2}",
+        )
+        .unwrap();
         assert_eq!(lines.iter().map(|l| l.line).collect::<Vec<_>>(), vec![1, 3]);
     }
 
     #[test]
     fn an_empty_file_is_an_error() {
-        let err = parse_jsonl(Path::new("e.jsonl"), b"\n \n").unwrap_err().to_string();
+        let err = parse_jsonl(Path::new("e.jsonl"), b"\n \n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "e.jsonl: no records (the file is empty)");
     }
 }

@@ -24,7 +24,9 @@ pub fn text_records(path: &Path, lines: &[JsonlLine]) -> Result<Vec<TextRecord>,
                 line: l.line,
                 text: s.clone(),
             }),
-            Some(Value::String(_)) => errors.push(DataError::bad_record(path, l.line, "text", "is empty")),
+            Some(Value::String(_)) => {
+                errors.push(DataError::bad_record(path, l.line, "text", "is empty"))
+            }
             Some(other) => errors.push(DataError::bad_record(
                 path,
                 l.line,

@@ -24,7 +24,9 @@ impl EvalError {
         match self {
             Self::Model(e) => e.hint(),
             Self::Data(e) => e.hint(),
-            Self::EmptyPrompt => Some("pass --prompt TEXT, --prompt-file FILE, or text on stdin".into()),
+            Self::EmptyPrompt => {
+                Some("pass --prompt TEXT, --prompt-file FILE, or text on stdin".into())
+            }
             Self::NoChatTemplate { .. } => {
                 Some("drop --chat to feed the prompt as raw text, or use an instruct model".into())
             }

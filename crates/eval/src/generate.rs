@@ -44,7 +44,12 @@ impl Default for SamplingOptions {
 impl SamplingOptions {
     /// Checks ranges; errors name the flag.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, reason: &str| Err(EvalError::BadOption { field, reason: reason.into() });
+        let bad = |field, reason: &str| {
+            Err(EvalError::BadOption {
+                field,
+                reason: reason.into(),
+            })
+        };
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad("--temperature", "must be a finite number >= 0");
         }
@@ -72,7 +77,11 @@ impl SamplingOptions {
             (t, None, None) => Sampling::All { temperature: t },
             (t, Some(k), None) => Sampling::TopK { k, temperature: t },
             (t, None, Some(p)) => Sampling::TopP { p, temperature: t },
-            (t, Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature: t },
+            (t, Some(k), Some(p)) => Sampling::TopKThenTopP {
+                k,
+                p,
+                temperature: t,
+            },
         }
     }
 }
@@ -138,7 +147,11 @@ pub fn generate(
         let mut row = logits.squeeze(0)?.to_dtype(DType::F32)?;
         if options.repetition_penalty != 1.0 {
             let from = all.len().saturating_sub(options.repeat_last_n);
-            row = candle_transformers::utils::apply_repeat_penalty(&row, options.repetition_penalty, &all[from..])?;
+            row = candle_transformers::utils::apply_repeat_penalty(
+                &row,
+                options.repetition_penalty,
+                &all[from..],
+            )?;
         }
         let next = processor.sample(&row)?;
         if !options.ignore_eos && model.tokenizer.is_stop(next) {

@@ -37,9 +37,15 @@ impl SequenceBatch {
     /// Next-token batch from token sequences: inputs are all but the last token, targets all
     /// but the first; rows are right-padded to the longest.
     pub fn next_token(seqs: &[&[u32]], device: &Device) -> candle_core::Result<Self> {
-        let t = seqs.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0).max(1);
+        let t = seqs
+            .iter()
+            .map(|s| s.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let b = seqs.len();
-        let (mut ids, mut targets, mut weights) = (vec![0u32; b * t], vec![0u32; b * t], vec![0f32; b * t]);
+        let (mut ids, mut targets, mut weights) =
+            (vec![0u32; b * t], vec![0u32; b * t], vec![0f32; b * t]);
         for (row, s) in seqs.iter().enumerate() {
             for i in 0..s.len().saturating_sub(1) {
                 ids[row * t + i] = s[i];
@@ -71,12 +77,18 @@ pub fn batch_nll(model: &Llama, batch: &SequenceBatch) -> candle_core::Result<(f
     for start in (0..b * t).step_by(HEAD_CHUNK_ROWS) {
         let n = HEAD_CHUNK_ROWS.min(b * t - start);
         // (n, d) -> (n, v)
-        let logits = model.lm_head.forward(&hidden.narrow(0, start, n)?)?.to_dtype(DType::F32)?;
+        let logits = model
+            .lm_head
+            .forward(&hidden.narrow(0, start, n)?)?
+            .to_dtype(DType::F32)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let target = targets.narrow(0, start, n)?.unsqueeze(1)?;
         let nll = logp.gather(&target, 1)?.squeeze(1)?.neg()?;
         let w = weights.narrow(0, start, n)?;
-        sum += (nll * w)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        sum += (nll * w)?
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
     }
     let count = batch.weights.sum_all()?.to_scalar::<f32>()? as usize;
     Ok((sum, count))
@@ -119,7 +131,10 @@ pub fn evaluate_text_loss(
         .iter()
         .map(|r| model.tokenizer.encode(&r.text, true))
         .collect::<std::result::Result<_, _>>()?;
-    let mut pieces: Vec<&[u32]> = encoded.iter().flat_map(|ids| windows(ids, seq_len)).collect();
+    let mut pieces: Vec<&[u32]> = encoded
+        .iter()
+        .flat_map(|ids| windows(ids, seq_len))
+        .collect();
     if pieces.is_empty() {
         return Err(EvalError::NothingToScore {
             path: path.display().to_string(),

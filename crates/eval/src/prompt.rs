@@ -33,9 +33,12 @@ impl PromptSpec {
         if !self.chat {
             return Ok(self.text.clone());
         }
-        let template = model.chat_template.as_ref().ok_or_else(|| EvalError::NoChatTemplate {
-            model: model.source.path().display().to_string(),
-        })?;
+        let template = model
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| EvalError::NoChatTemplate {
+                model: model.source.path().display().to_string(),
+            })?;
         Ok(template.render(&self.messages(), true)?)
     }
 

@@ -78,7 +78,10 @@ impl LlamaConfig {
                 ));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(ModelError::bad_config(
                 path,
                 "num_key_value_heads",
@@ -88,21 +91,21 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(ModelError::bad_config(
                 path,
                 "head_dim",
                 "rotary embeddings need an even head_dim",
             ));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(ModelError::bad_config(
                 path,
                 "rms_norm_eps",
                 "must be greater than 0",
             ));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(ModelError::bad_config(
                 path,
                 "rope_theta",

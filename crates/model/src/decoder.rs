@@ -147,6 +147,50 @@ impl Llama {
         self.lm_head.quantize(dtype)
     }
 
+    /// Every parameter under its Hugging Face name (dense; the tied head is not repeated).
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
+        let push_linear =
+            |out: &mut Vec<(String, Tensor)>, name: String, l: &Linear| -> Result<()> {
+                out.push((format!("{name}.weight"), l.dense_weight()?));
+                if let Some(b) = &l.bias {
+                    out.push((format!("{name}.bias"), b.clone()));
+                }
+                Ok(())
+            };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let (a, m) = (&layer.self_attn, &layer.mlp);
+            for (name, l) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                push_linear(&mut out, format!("{p}.{name}"), l)?;
+            }
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                layer.input_layernorm.clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.clone(),
+            ));
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if !self.config.tie_word_embeddings {
+            push_linear(&mut out, "lm_head".to_string(), &self.lm_head)?;
+        }
+        Ok(out)
+    }
+
     /// Logits for every position: ids (b, t) -> (b, t, v). No cache; positions start at 0.
     pub fn forward(&self, ids: &Tensor, kernels: Kernels) -> Result<Tensor> {
         let hidden = self.hidden_states(ids, None, kernels)?;

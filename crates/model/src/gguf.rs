@@ -69,9 +69,14 @@ impl GgufFile {
             .or_else(|| v.to_i64().ok().map(|x| x as u64))
     }
 
+    /// A float, with f32 values widened through their shortest decimal form (an f32 1e-5
+    /// becomes the f64 1e-5 that config.json would hold, not 9.99999974e-6).
     pub fn meta_f64(&self, key: &str) -> Option<f64> {
         let v = self.meta(key)?;
-        v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok())
+        match v.to_f32() {
+            Ok(x) => x.to_string().parse().ok(),
+            Err(_) => v.to_f64().ok(),
+        }
     }
 
     pub fn meta_bool(&self, key: &str) -> Option<bool> {

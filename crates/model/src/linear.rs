@@ -35,7 +35,7 @@ impl Linear {
     /// Replaces a dense f32 weight by its ggml quantization (generation only).
     pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
         if let LinearWeight::Dense(w) = &self.weight {
-            if self.in_features % dtype.block_size() == 0 {
+            if self.in_features.is_multiple_of(dtype.block_size()) {
                 let q = QTensor::quantize(&w.to_dtype(candle_core::DType::F32)?, dtype)?;
                 self.weight = LinearWeight::Quantized(QMatMul::from_arc(Arc::new(q))?);
             }

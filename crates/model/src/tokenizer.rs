@@ -174,7 +174,7 @@ fn gguf_special_tokens(gguf: &GgufFile) -> SpecialTokens {
 }
 
 /// The `tokenizer.json` transformers would build for this GGUF's byte-level BPE vocabulary.
-fn gguf_tokenizer_json(gguf: &GgufFile) -> Result<Value> {
+pub fn gguf_tokenizer_json(gguf: &GgufFile) -> Result<Value> {
     let path = &gguf.path;
     let model = gguf.meta_str("tokenizer.ggml.model").unwrap_or("(missing)");
     if model != "gpt2" {

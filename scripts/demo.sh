@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job on the default model, end to end. For now: fetch SmolLM2-135M-Instruct, build,
+# and ask it something through its chat template. (Training, evaluation and the prompt-vs-tune
+# comparison join this script as they land.)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+model="$(scripts/fetch-model.sh)"
+cargo build --release --locked
+tuna=target/release/tuna
+echo "== tuna generate --chat (SmolLM2-135M-Instruct, greedy)" >&2
+$tuna generate --model "$model" --chat --prompt "Give me three tips for writing clear commit messages." --max-new-tokens 120

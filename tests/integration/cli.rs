@@ -1,0 +1,314 @@
+//! Bad input through the binary: each gives a one-line error naming the path or field, a
+//! hint, a non-zero exit code, and no panic. Whole stderr compared.
+
+use std::path::Path;
+
+use tuna_testkit::{smollm2_gguf, tiny_model, write_json, TinySpec};
+
+use crate::util::{redact, tuna};
+
+fn check(args: &[&str], tmp: &Path, want_code: i32, want_stderr: &str) {
+    let run = tuna(args, &[]);
+    assert_eq!(redact(&run.stderr, tmp), want_stderr, "tuna {args:?}");
+    assert_eq!(run.code, want_code, "tuna {args:?}");
+    assert!(!run.stderr.contains("panicked"));
+}
+
+#[test]
+fn a_missing_model_names_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope.gguf");
+    check(
+        &["generate", "--model", missing.to_str().unwrap(), "--prompt", "hi"],
+        tmp.path(),
+        1,
+        "error: model not found: <TMP>/nope.gguf\n\
+         hint: --model takes a .gguf file, a Hugging Face model directory (config.json + *.safetensors) or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct; scripts/fetch-model.sh fetches the default model into models/\n",
+    );
+}
+
+#[test]
+fn a_truncated_gguf_is_refused_before_loading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cut = tmp.path().join("cut.gguf");
+    let bytes = std::fs::read(smollm2_gguf()).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let run = tuna(
+        &[
+            "generate",
+            "--model",
+            cut.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    let stderr = redact(&run.stderr, tmp.path());
+    let mut lines = stderr.lines();
+    let first = lines.next().unwrap();
+    assert!(
+        first.starts_with("error: <TMP>/cut.gguf: invalid GGUF file: truncated: tensor `")
+            && first.ends_with(&format!("but the file has {} bytes", bytes.len() / 2)),
+        "{first}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("hint: the file may be truncated or corrupt: download it again (scripts/fetch-model.sh checks the sha256 of the default model)")
+    );
+    assert_eq!(lines.next(), None);
+}
+
+#[test]
+fn a_file_that_is_not_gguf_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("fake.gguf");
+    std::fs::write(&fake, "not a model").unwrap();
+    check(
+        &["generate", "--model", fake.to_str().unwrap(), "--prompt", "hi"],
+        tmp.path(),
+        1,
+        "error: <TMP>/fake.gguf: not a model file or directory: the file does not start with the GGUF magic bytes\n\
+         hint: a model directory needs config.json and model.safetensors (or model.safetensors.index.json with its shards); a file must end in .gguf\n",
+    );
+}
+
+#[test]
+fn an_unsupported_architecture_names_it() {
+    let m = tiny_model(TinySpec::default());
+    let config = m.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["model_type"] = "gpt_neox".into();
+    write_json(&config, &json);
+    check(
+        &["generate", "--model", &m.path_str(), "--prompt", "hi"],
+        m.path(),
+        1,
+        "error: <TMP>/config.json: architecture `gpt_neox` is not supported (supported: llama, mistral, qwen2)\n\
+         hint: tuna trains Llama-family decoders: Llama 2/3, SmolLM2, TinyLlama, Mistral, Qwen2/2.5\n",
+    );
+}
+
+#[test]
+fn a_bad_config_field_is_named() {
+    let m = tiny_model(TinySpec::default());
+    let config = m.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["num_key_value_heads"] = 3.into();
+    write_json(&config, &json);
+    check(
+        &["generate", "--model", &m.path_str(), "--prompt", "hi"],
+        m.path(),
+        1,
+        "error: <TMP>/config.json: field `num_key_value_heads`: 3 does not divide num_attention_heads 4\n",
+    );
+}
+
+#[test]
+fn a_missing_tokenizer_is_named() {
+    let m = tiny_model(TinySpec::default());
+    std::fs::remove_file(m.path().join("tokenizer.json")).unwrap();
+    check(
+        &["generate", "--model", &m.path_str(), "--prompt", "hi"],
+        m.path(),
+        1,
+        "error: <TMP>/tokenizer.json: missing tokenizer (tokenizer.json)\n\
+         hint: copy the missing file from the model's Hugging Face repository\n",
+    );
+}
+
+#[test]
+fn a_truncated_safetensors_file_is_named() {
+    let m = tiny_model(TinySpec::default());
+    let weights = m.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 100]).unwrap();
+    let run = tuna(
+        &["generate", "--model", &m.path_str(), "--prompt", "hi"],
+        &[],
+    );
+    let stderr = redact(&run.stderr, m.path());
+    assert_eq!(run.code, 1);
+    assert!(
+        stderr.starts_with("error: <TMP>/model.safetensors: invalid safetensors file: "),
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("hint: the file may be truncated or corrupt: download it again (scripts/fetch-model.sh checks the sha256 of the default model)\n"));
+}
+
+#[test]
+fn an_empty_prompt_is_refused() {
+    let m = tiny_model(TinySpec::default());
+    check(
+        &["generate", "--model", &m.path_str(), "--prompt", "  "],
+        m.path(),
+        1,
+        "error: the prompt is empty\nhint: pass --prompt TEXT, --prompt-file FILE, or text on stdin\n",
+    );
+}
+
+#[test]
+fn out_of_range_flags_are_named() {
+    let m = tiny_model(TinySpec::default());
+    let model = m.path_str();
+    for (flag, value, want) in [
+        (
+            "--temperature",
+            "-1",
+            "error: --temperature: must be a finite number >= 0\n",
+        ),
+        ("--top-p", "1.5", "error: --top-p: must be in (0, 1]\n"),
+        ("--top-k", "0", "error: --top-k: must be at least 1\n"),
+        (
+            "--max-new-tokens",
+            "0",
+            "error: --max-new-tokens: must be at least 1\n",
+        ),
+        (
+            "--repetition-penalty",
+            "0",
+            "error: --repetition-penalty: must be a finite number > 0\n",
+        ),
+    ] {
+        check(
+            &["generate", "--model", &model, "--prompt", "hi", flag, value],
+            m.path(),
+            1,
+            want,
+        );
+    }
+    check(
+        &[
+            "generate", "--model", &model, "--prompt", "hi", "--device", "tpu",
+        ],
+        m.path(),
+        1,
+        "error: device `tpu`: expected cpu, cuda, cuda:N, metal or auto\n\
+         hint: build with --features cuda (or metal) for a GPU, or pass --device cpu\n",
+    );
+}
+
+#[test]
+fn chat_without_a_template_is_refused() {
+    let m = tiny_model(TinySpec::default());
+    let tc = m.path().join("tokenizer_config.json");
+    write_json(
+        &tc,
+        &serde_json::json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}),
+    );
+    check(
+        &[
+            "generate",
+            "--model",
+            &m.path_str(),
+            "--prompt",
+            "hi",
+            "--chat",
+        ],
+        m.path(),
+        1,
+        "error: <TMP>: the model has no chat template\n\
+         hint: drop --chat to feed the prompt as raw text, or use an instruct model\n",
+    );
+}
+
+#[test]
+fn eval_reports_every_bad_line() {
+    let m = tiny_model(TinySpec::default());
+    let data = m.path().join("bad.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"ok\"}\n{\"text\": 5}\n{\"prompt\": \"x\"}\nnot json\n",
+    )
+    .unwrap();
+    check(
+        &[
+            "eval",
+            "--model",
+            &m.path_str(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        m.path(),
+        1,
+        "error: <TMP>/bad.jsonl:4: (line): invalid JSON: expected ident at line 1 column 2\n\
+         hint: each line must be one JSON object, e.g. {\"text\": \"...\"}\n",
+    );
+    std::fs::write(
+        &data,
+        "{\"text\": \"ok\"}\n{\"text\": 5}\n{\"prompt\": \"x\"}\n",
+    )
+    .unwrap();
+    check(
+        &[
+            "eval",
+            "--model",
+            &m.path_str(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        m.path(),
+        1,
+        "error: <TMP>/bad.jsonl:2: text: expected a string, found a number\n\
+         <TMP>/bad.jsonl:3: text: missing (the record has: prompt)\n\
+         hint: each line must be one JSON object, e.g. {\"text\": \"...\"}\n",
+    );
+}
+
+#[test]
+fn generate_streams_text_and_eval_prints_json() {
+    let m = tiny_model(TinySpec::default());
+    let run = tuna(
+        &[
+            "generate",
+            "--model",
+            &m.path_str(),
+            "--prompt",
+            "the cat",
+            "--max-new-tokens",
+            "5",
+            "--weights",
+            "dense",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.starts_with("prompt: "), "{}", run.stderr);
+    let data = m.path().join("t.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"the cat is in the hat\"}\n{\"text\": \"at the sea\"}\n",
+    )
+    .unwrap();
+    let run = tuna(
+        &[
+            "eval",
+            "--model",
+            &m.path_str(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let at = |key: &str| {
+        run.stdout
+            .find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("{key} missing"))
+    };
+    assert!(
+        at("loss") < at("perplexity")
+            && at("perplexity") < at("tokens")
+            && at("tokens") < at("records")
+    );
+    assert_eq!(v["records"], 2);
+    let (loss, ppl) = (
+        v["loss"].as_f64().unwrap(),
+        v["perplexity"].as_f64().unwrap(),
+    );
+    assert!((ppl - loss.exp()).abs() < 1e-9 * ppl);
+}

@@ -1,0 +1,37 @@
+//! Running the tuna binary and normalizing its output for whole-output comparisons.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `tuna args...` with `envs`, stdin closed, no TUNA_MODEL from the caller's shell.
+pub fn tuna(args: &[&str], envs: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tuna"));
+    cmd.args(args)
+        .env_remove("TUNA_MODEL")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run tuna");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Replaces `dir` in `text` with `<TMP>`.
+pub fn redact(text: &str, dir: &Path) -> String {
+    text.replace(&dir.display().to_string(), "<TMP>")
+}
