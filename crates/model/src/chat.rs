@@ -102,3 +102,46 @@ impl ChatTemplate {
         .find(|m| self.source.contains(m))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_like_transformers_with_python_methods_and_bos() {
+        // A Llama-3-style template: bos_token, loop controls, .strip(), trim/lstrip blocks.
+        let src = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'tool' %}{% continue %}{% endif %}\n    {{ '<|start|>' + m['role'] + '\\n' + m['content'].strip() + '<|end|>' }}\n{% endfor %}{% if add_generation_prompt %}{{ '<|start|>assistant\\n' }}{% endif %}";
+        let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
+        let msgs = [
+            Message::new("system", "  be brief "),
+            Message::new("tool", "x"),
+            Message::new("user", "hi"),
+        ];
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            // jinja2 3.1 with transformers' settings renders exactly this.
+            "<s>    <|start|>system\nbe brief<|end|>\n    <|start|>user\nhi<|end|>\n<|start|>assistant\n"
+        );
+        assert_eq!(t.end_of_turn_marker(), Some("<|end|>"));
+    }
+
+    #[test]
+    fn raise_exception_becomes_an_error_with_its_message() {
+        let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversations must start with a user turn') }}{% endif %}ok";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let err = t
+            .render(&[Message::new("assistant", "x")], false)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "chat template: the template refused the messages: Conversations must start with a user turn");
+        assert_eq!(t.render(&[Message::new("user", "x")], false).unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_template_that_does_not_parse_is_an_error() {
+        let err = ChatTemplate::new("{% for %}", "", "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("chat template: does not parse:"), "{err}");
+    }
+}

@@ -317,3 +317,126 @@ pub fn smollm2_gguf() -> PathBuf {
     );
     path
 }
+
+/// llama.cpp's q/k row permutation for interleaved rope, written out with index loops
+/// (convert_hf_to_gguf.py, LlamaModel.permute: reshape(heads, 2, hd/2, ..).swapaxes(1, 2)):
+/// HF row h*hd + a*hd/2 + i moves to h*hd + 2i + a.
+pub fn llama_cpp_permute(t: &Tensor, heads: usize) -> Tensor {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let cols: usize = dims[1..].iter().product();
+    let hd = rows / heads;
+    let data = t
+        .flatten_all()
+        .and_then(|f| f.to_vec1::<f32>())
+        .expect("f32 tensor");
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for a in 0..2 {
+            for i in 0..hd / 2 {
+                let src = h * hd + a * hd / 2 + i;
+                let dst = h * hd + 2 * i + a;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    Tensor::from_vec(out, dims, &Device::Cpu).expect("same shape")
+}
+
+/// llama.cpp's tensor name for a Hugging Face one (written independently of tuna's mapping).
+fn gguf_tensor_name(hf: &str) -> String {
+    let table = [
+        ("model.embed_tokens", "token_embd"),
+        ("model.norm", "output_norm"),
+        ("lm_head", "output"),
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+        ("post_attention_layernorm", "ffn_norm"),
+        ("input_layernorm", "attn_norm"),
+        ("model.layers.", "blk."),
+    ];
+    let mut name = hf.to_string();
+    for (from, to) in table {
+        name = name.replace(from, to);
+    }
+    name
+}
+
+/// The tiny model of `spec` as a GGUF file, laid out as llama.cpp's converter writes a Llama:
+/// `llama.*` metadata, q/k rows permuted, F32 tensors, the tiny tokenizer's vocabulary and
+/// merges with pre-tokenizer `pre`, ChatML template.
+pub fn write_tiny_gguf(spec: &TinySpec, path: &Path, pre: &str) {
+    use candle_core::quantized::gguf_file::{self, Value as G};
+    use candle_core::quantized::{GgmlDType, QTensor};
+
+    let vocab = tiny_vocab_size();
+    let hd = spec.hidden_size / spec.num_attention_heads;
+    let tok_json = tiny_tokenizer_json(true);
+    let mut tokens = vec![String::new(); vocab];
+    for (t, id) in tok_json["model"]["vocab"].as_object().expect("vocab") {
+        tokens[id.as_u64().expect("id") as usize] = t.clone();
+    }
+    let types: Vec<G> = (0..vocab)
+        .map(|i| G::I32(if i < SPECIAL_TOKENS.len() { 3 } else { 1 }))
+        .collect();
+    let merges: Vec<G> = MERGES
+        .iter()
+        .map(|(a, b)| G::String(format!("{a} {b}")))
+        .collect();
+    let u32v = |v: usize| G::U32(v as u32);
+    let metadata: Vec<(&str, G)> = vec![
+        ("general.architecture", G::String("llama".into())),
+        ("llama.context_length", u32v(512)),
+        ("llama.embedding_length", u32v(spec.hidden_size)),
+        ("llama.block_count", u32v(spec.num_hidden_layers)),
+        ("llama.feed_forward_length", u32v(spec.intermediate_size)),
+        ("llama.attention.head_count", u32v(spec.num_attention_heads)),
+        (
+            "llama.attention.head_count_kv",
+            u32v(spec.num_key_value_heads),
+        ),
+        ("llama.rope.dimension_count", u32v(hd)),
+        ("llama.rope.freq_base", G::F32(spec.rope_theta as f32)),
+        ("llama.attention.layer_norm_rms_epsilon", G::F32(1e-5)),
+        ("tokenizer.ggml.model", G::String("gpt2".into())),
+        ("tokenizer.ggml.pre", G::String(pre.into())),
+        (
+            "tokenizer.ggml.tokens",
+            G::Array(tokens.into_iter().map(G::String).collect()),
+        ),
+        ("tokenizer.ggml.token_type", G::Array(types)),
+        ("tokenizer.ggml.merges", G::Array(merges)),
+        ("tokenizer.ggml.bos_token_id", u32v(1)),
+        ("tokenizer.ggml.eos_token_id", u32v(2)),
+        ("tokenizer.ggml.padding_token_id", u32v(2)),
+        ("tokenizer.ggml.add_bos_token", G::Bool(false)),
+        ("tokenizer.chat_template", G::String(CHATML_TEMPLATE.into())),
+    ];
+    let mut tensors: Vec<(String, QTensor)> = tiny_weights(spec, vocab)
+        .into_iter()
+        .map(|(name, t)| {
+            let t = if name.contains("q_proj") {
+                llama_cpp_permute(&t, spec.num_attention_heads)
+            } else if name.contains("k_proj") {
+                llama_cpp_permute(&t, spec.num_key_value_heads)
+            } else {
+                t
+            };
+            (
+                gguf_tensor_name(&name),
+                QTensor::quantize(&t, GgmlDType::F32).expect("f32 qtensor"),
+            )
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let md: Vec<(&str, &G)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(path).expect("create gguf");
+    gguf_file::write(&mut file, &md, &ts).expect("write gguf");
+}
