@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the default model, end to end. For now: fetch SmolLM2-135M-Instruct, build,
-# and ask it something through its chat template. (Training, evaluation and the prompt-vs-tune
+# ask it something through its chat template, and score it on sample text. (Training, evaluation and the prompt-vs-tune
 # comparison join this script as they land.)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -9,3 +9,5 @@ cargo build --release --locked
 tuna=target/release/tuna
 echo "== tuna generate --chat (SmolLM2-135M-Instruct, greedy)" >&2
 $tuna generate --model "$model" --chat --prompt "Give me three tips for writing clear commit messages." --max-new-tokens 120
+echo "== tuna eval (loss and perplexity on data/example/text-sample.jsonl)" >&2
+$tuna eval --model "$model" --data data/example/text-sample.jsonl

@@ -66,7 +66,7 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// How projection weights are held while generating.
-    #[arg(long, value_enum, default_value = "q8-0")]
+    #[arg(long, value_enum, default_value = "f16")]
     pub weights: InferenceWeights,
     /// Print the stats as one JSON object on stderr.
     #[arg(long)]
@@ -89,6 +89,9 @@ pub struct EvalArgs {
     /// Tokens per forward batch.
     #[arg(long, default_value_t = 4096)]
     pub batch_tokens: usize,
+    /// How projection weights are held while scoring.
+    #[arg(long, value_enum, default_value = "dense")]
+    pub weights: InferenceWeights,
     /// Print {"loss", "perplexity", "tokens", "records"} as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -117,9 +120,21 @@ pub struct BenchGenerateArgs {
     /// Timed repetitions after one warm-up.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    #[arg(long, value_enum, default_value = "q8-0")]
+    #[arg(long, value_enum, default_value = "f16")]
     pub weights: InferenceWeights,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub reference: ReferenceArgs,
+}
+
+/// The PyTorch + PEFT reference (../shared/bench), run right after tuna on the same shapes.
+#[derive(Debug, Args)]
+pub struct ReferenceArgs {
+    /// Python of a venv with torch, transformers and peft (see ../shared/bench/README.md).
+    #[arg(long)]
+    pub reference_python: Option<PathBuf>,
+    #[arg(long, default_value = "../shared/bench/peft_cpu_baseline.py")]
+    pub reference_script: PathBuf,
 }

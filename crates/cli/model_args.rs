@@ -1,9 +1,8 @@
 //! Flags shared by every command that loads a model.
 
-use candle_core::quantized::GgmlDType;
 use clap::{Args, ValueEnum};
 use tuna_model::device::{parse_device, parse_dtype};
-use tuna_model::{LoadOptions, Pretrained};
+use tuna_model::{LoadOptions, Pretrained, WeightFormat};
 
 /// The default model, as scripts/fetch-model.sh lays it out.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -21,20 +20,23 @@ pub struct ModelArgs {
     pub dtype: Option<String>,
 }
 
-/// How the projections are stored for inference.
+/// How the projections are held for inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InferenceWeights {
     /// The load dtype (f32 on the CPU): exact, what training and scoring use.
     Dense,
-    /// 8-bit blocks (ggml Q8_0): a quarter of the memory traffic per token.
+    /// f16 weights with f32 activations: half the memory traffic per token.
+    F16,
+    /// ggml Q8_0 blocks (activations quantized too): fastest, least exact.
     Q8_0,
 }
 
 impl InferenceWeights {
-    pub fn ggml(self) -> Option<GgmlDType> {
+    pub fn format(self) -> WeightFormat {
         match self {
-            Self::Dense => None,
-            Self::Q8_0 => Some(GgmlDType::Q8_0),
+            Self::Dense => WeightFormat::Dense,
+            Self::F16 => WeightFormat::F16,
+            Self::Q8_0 => WeightFormat::Q8_0,
         }
     }
 }
@@ -44,7 +46,7 @@ impl ModelArgs {
         let options = LoadOptions {
             device: parse_device(&self.device)?,
             dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
-            quantize: weights.ggml(),
+            weights: weights.format(),
         };
         Ok(Pretrained::load(&self.model, &options)?)
     }

@@ -228,3 +228,55 @@ fn the_same_model_as_an_hf_directory_gives_the_same_logits() {
         m.tokenizer.encode(text, true).unwrap()
     );
 }
+
+#[test]
+fn f16_generation_weights_stay_close_to_f32() {
+    let dense = smollm2();
+    let options = LoadOptions {
+        weights: tuna_model::WeightFormat::F16,
+        ..Default::default()
+    };
+    let half = Pretrained::load(smollm2_gguf().to_str().unwrap(), &options).unwrap();
+    let ids = Tensor::new(&SENTENCE_IDS, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    // Full sequence (the f32 matmul after converting) and one token at a time (the f16 op).
+    let a = dense
+        .model
+        .forward(&ids, Kernels::Fused)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let b = half
+        .model
+        .forward(&ids, Kernels::Fused)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let mut cache = tuna_model::KvCache::new(half.config.num_hidden_layers);
+    let rows: Vec<Tensor> = SENTENCE_IDS
+        .iter()
+        .map(|&id| {
+            let x = Tensor::new(&[id], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            half.model
+                .forward_cached(&x, &mut cache)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+        })
+        .collect();
+    let c = Tensor::stack(&rows, 0).unwrap();
+    for (name, other) in [("f16 full", &b), ("f16 cached", &c)] {
+        let d = max_abs_diff(&a, other);
+        assert!(d < 0.1, "{name}: max |f32 - f16| logits = {d}");
+        assert_eq!(
+            a.argmax(1).unwrap().to_vec1::<u32>().unwrap(),
+            other.argmax(1).unwrap().to_vec1::<u32>().unwrap(),
+            "{name}"
+        );
+    }
+}

@@ -5,7 +5,12 @@ use std::time::Instant;
 use serde_json::json;
 use tuna_eval::{generate, SamplingOptions};
 
-use crate::args::{BenchArgs, BenchCommand, BenchGenerateArgs};
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::args::{BenchArgs, BenchCommand, BenchGenerateArgs, ReferenceArgs};
 
 /// The prompt ../shared/bench/peft_cpu_baseline.py uses, so both tokenize the same text.
 const GEN_PROMPT: &str =
@@ -82,6 +87,34 @@ fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
         "load_seconds": load_seconds,
         "peak_rss_mib": peak_rss_mib(),
     });
+    let mut result = result;
+    if let Some(python) = &args.reference.reference_python {
+        let reference = run_reference(
+            python,
+            &args.reference,
+            &args.model.model,
+            &[
+                "--mode",
+                "generate",
+                "--prompt-tokens",
+                &args.prompt_tokens.to_string(),
+                "--new-tokens",
+                &args.new_tokens.to_string(),
+                "--gen-reps",
+                &args.reps.to_string(),
+            ],
+        )?;
+        let theirs = reference["tokens_per_sec_median"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let ours = result["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        result["reference"] = json!({
+            "tokens_per_s": theirs,
+            "peak_rss_mib": reference["peak_rss_mib"],
+            "versions": reference["versions"],
+        });
+        result["speedup_vs_reference"] = json!(ours / theirs);
+    }
     if args.json {
         println!("{result}");
     } else {
@@ -94,6 +127,52 @@ fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
             result["peak_rss_mib"].as_f64().unwrap_or(0.0),
             load_seconds
         );
+        if let Some(speedup) = result["speedup_vs_reference"].as_f64() {
+            println!(
+                "reference (PyTorch+PEFT): {:.1} tok/s, peak RSS {:.0} MiB; tuna / reference = {speedup:.2}x",
+                result["reference"]["tokens_per_s"].as_f64().unwrap_or(0.0),
+                result["reference"]["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            );
+        }
     }
     Ok(())
+}
+
+/// Runs ../shared/bench/peft_cpu_baseline.py on the same model and threads; returns the JSON
+/// object its last stdout line holds.
+fn run_reference(
+    python: &Path,
+    reference: &ReferenceArgs,
+    model: &str,
+    mode_args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    if !model.ends_with(".gguf") {
+        bail!("--reference-python: the reference script loads GGUF files only, and --model is {model}");
+    }
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    eprintln!(
+        "running the reference: {} {} (this takes a minute)",
+        python.display(),
+        reference.reference_script.display()
+    );
+    let output = Command::new(python)
+        .arg(&reference.reference_script)
+        .args(["--gguf", model, "--threads", &threads.to_string()])
+        .args(mode_args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !output.status.success() {
+        bail!("the reference script failed ({})", output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    serde_json::from_str(last)
+        .with_context(|| format!("the reference's last line is not JSON: {last}"))
 }

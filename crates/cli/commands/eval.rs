@@ -3,10 +3,9 @@
 use tuna_eval::evaluate_text_loss;
 
 use crate::args::EvalArgs;
-use crate::model_args::InferenceWeights;
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let model = args.model.load(InferenceWeights::Dense)?;
+    let model = args.model.load(args.weights)?;
     let report = evaluate_text_loss(
         &model,
         &args.data,

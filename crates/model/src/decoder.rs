@@ -6,13 +6,12 @@
 //! b batch, t new tokens, s attended positions (cache + new), d hidden, h heads,
 //! kvh kv heads, g = h / kvh, hd head dim, v vocab, ff intermediate.
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
-use crate::linear::Linear;
+use crate::linear::{Linear, WeightFormat};
 use crate::ops::{self, Kernels};
 use crate::rope::Rope;
 use crate::weights::WeightSource;
@@ -53,12 +52,15 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Builds the decoder from weights named as in Hugging Face checkpoints.
+    /// Builds the decoder from weights named as in Hugging Face checkpoints. Projections are
+    /// converted to `format` as soon as each is read, so the dense copies never all sit in
+    /// memory at once.
     pub fn load(
         config: &LlamaConfig,
         weights: &mut WeightSource,
         dtype: DType,
         device: &Device,
+        format: WeightFormat,
     ) -> std::result::Result<Self, ModelError> {
         let c = config;
         let (d, hd, ff, v) = (c.hidden_size, c.head_dim, c.intermediate_size, c.vocab_size);
@@ -80,7 +82,9 @@ impl Llama {
                 } else {
                     None
                 };
-                Ok(Linear::new(w, b)?)
+                let mut linear = Linear::new(w, b)?;
+                linear.convert(format)?;
+                Ok(linear)
             };
             let self_attn = Attention {
                 q_proj: linear("self_attn.q_proj", q_out, d, c.attention_bias)?,
@@ -109,12 +113,14 @@ impl Llama {
         } else {
             get("lm_head.weight", &[v, d])?
         };
+        let mut lm_head = Linear::new(head, None)?;
+        lm_head.convert(format)?;
         Ok(Self {
             config: c.clone(),
             embed_tokens,
             layers,
             norm,
-            lm_head: Linear::new(head, None)?,
+            lm_head,
             rope: Rope::new(c, device),
         })
     }
@@ -125,26 +131,6 @@ impl Llama {
 
     pub fn dtype(&self) -> DType {
         self.embed_tokens.dtype()
-    }
-
-    /// Quantizes every projection and the head for generation; the model can no longer train.
-    pub fn quantize_linears(&mut self, dtype: GgmlDType) -> Result<()> {
-        for layer in &mut self.layers {
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            for linear in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ] {
-                linear.quantize(dtype)?;
-            }
-        }
-        self.lm_head.quantize(dtype)
     }
 
     /// Every parameter under its Hugging Face name (dense; the tied head is not repeated).

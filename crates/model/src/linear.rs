@@ -1,15 +1,32 @@
 //! A frozen linear layer, y = x Wᵀ + b, with W in Hugging Face's (out, in) layout.
-//! Dense weights for training and scoring; optionally quantized for fast generation.
+//! Dense weights for training and scoring; f16 or 8-bit copies for fast generation.
 
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
+
+use crate::matvec::F16MatVec;
+
+/// How a linear layer holds its weight for inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightFormat {
+    /// The load dtype (f32 on the CPU): exact; what training and scoring use.
+    #[default]
+    Dense,
+    /// f16 weights, f32 activations and accumulation (CPU generation).
+    F16,
+    /// ggml Q8_0 blocks through candle's quantized matmul (activations quantized too).
+    Q8_0,
+}
 
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
     Dense(Tensor),
-    /// ggml block-quantized, for inference only (no backward).
+    /// (out, in) f16; rows of f32 activations go through `F16MatVec`.
+    F16(Tensor),
+    /// ggml block-quantized.
     Quantized(QMatMul),
 }
 
@@ -20,6 +37,10 @@ pub struct Linear {
     pub in_features: usize,
     pub out_features: usize,
 }
+
+/// Up to this many rows go through the f16 mat-vec op; more (a long prompt) are cheaper as
+/// one f32 matmul after converting the weight.
+const F16_MATVEC_MAX_ROWS: usize = 64;
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
@@ -32,21 +53,36 @@ impl Linear {
         })
     }
 
-    /// Replaces a dense f32 weight by its ggml quantization (generation only).
-    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
-        if let LinearWeight::Dense(w) = &self.weight {
-            if self.in_features.is_multiple_of(dtype.block_size()) {
-                let q = QTensor::quantize(&w.to_dtype(candle_core::DType::F32)?, dtype)?;
-                self.weight = LinearWeight::Quantized(QMatMul::from_arc(Arc::new(q))?);
+    /// Converts a dense weight for inference (no backward afterwards). Formats that do not
+    /// apply (a GPU tensor, a width not a multiple of the block) keep the dense weight.
+    pub fn convert(&mut self, format: WeightFormat) -> Result<()> {
+        let LinearWeight::Dense(w) = &self.weight else {
+            return Ok(());
+        };
+        if !w.device().is_cpu() {
+            return Ok(());
+        }
+        match format {
+            WeightFormat::Dense => {}
+            WeightFormat::F16 => self.weight = LinearWeight::F16(w.to_dtype(DType::F16)?),
+            WeightFormat::Q8_0 => {
+                if self
+                    .in_features
+                    .is_multiple_of(GgmlDType::Q8_0.block_size())
+                {
+                    let q = QTensor::quantize(&w.to_dtype(DType::F32)?, GgmlDType::Q8_0)?;
+                    self.weight = LinearWeight::Quantized(QMatMul::from_arc(Arc::new(q))?);
+                }
             }
         }
         Ok(())
     }
 
-    /// The dense weight (dequantized when quantized).
+    /// The dense weight (converted back when held in another format).
     pub fn dense_weight(&self) -> Result<Tensor> {
         match &self.weight {
             LinearWeight::Dense(w) => Ok(w.clone()),
+            LinearWeight::F16(w) => w.to_dtype(DType::F32),
             LinearWeight::Quantized(QMatMul::QTensor(q)) => q.dequantize(&q.device()),
             LinearWeight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => Ok(w.clone()),
         }
@@ -54,23 +90,30 @@ impl Linear {
 
     /// x (..., in) -> (..., out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.elem_count() / self.in_features;
         let y = match &self.weight {
-            LinearWeight::Dense(w) => {
-                let dims = x.dims().to_vec();
-                let rows: usize = dims[..dims.len() - 1].iter().product();
-                // (.., in) -> (rows, in) @ (in, out) -> (.., out)
-                let y = x.reshape((rows, self.in_features))?.matmul(&w.t()?)?;
-                let mut out_dims = dims;
-                *out_dims
-                    .last_mut()
-                    .expect("a tensor with at least one dimension") = self.out_features;
-                y.reshape(out_dims)?
+            LinearWeight::Dense(w) => self.dense_forward(x, w)?,
+            LinearWeight::F16(w) if rows <= F16_MATVEC_MAX_ROWS && x.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op2_no_bwd(w, &F16MatVec)?
             }
+            LinearWeight::F16(w) => self.dense_forward(x, &w.to_dtype(x.dtype())?)?,
             LinearWeight::Quantized(q) => q.forward(x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    fn dense_forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        // (.., in) -> (rows, in) @ (in, out) -> (.., out)
+        let y = x.reshape((rows, self.in_features))?.matmul(&w.t()?)?;
+        let mut out_dims = dims;
+        *out_dims
+            .last_mut()
+            .expect("a tensor with at least one dimension") = self.out_features;
+        y.reshape(out_dims)
     }
 }

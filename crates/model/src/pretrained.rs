@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use serde_json::Value;
 
@@ -12,6 +11,7 @@ use crate::decoder::Llama;
 use crate::device::default_dtype;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::linear::WeightFormat;
 use crate::source::{self, ModelSource};
 use crate::tokenizer::{SpecialTokens, Tokenizer};
 use crate::weights::WeightSource;
@@ -21,8 +21,9 @@ pub struct LoadOptions {
     pub device: Device,
     /// None: `default_dtype(device)`.
     pub dtype: Option<DType>,
-    /// Quantize the projections after loading (generation only: no backward).
-    pub quantize: Option<GgmlDType>,
+    /// How projections are held: `Dense` for training and scoring; `F16`/`Q8_0` for
+    /// faster generation (no backward).
+    pub weights: WeightFormat,
 }
 
 impl Default for LoadOptions {
@@ -30,7 +31,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: None,
-            quantize: None,
+            weights: WeightFormat::Dense,
         }
     }
 }
@@ -73,10 +74,13 @@ impl Pretrained {
                 (config, weights, tokenizer, template)
             }
         };
-        let mut model = Llama::load(&config, &mut weights, dtype, &options.device)?;
-        if let Some(q) = options.quantize {
-            model.quantize_linears(q)?;
-        }
+        let model = Llama::load(
+            &config,
+            &mut weights,
+            dtype,
+            &options.device,
+            options.weights,
+        )?;
         let mut tokenizer = tokenizer;
         let chat_template = match template_source {
             Some(src) => {
