@@ -102,7 +102,8 @@ fn a_bad_config_field_is_named() {
         &["generate", "--model", &m.path_str(), "--prompt", "hi"],
         m.path(),
         1,
-        "error: <TMP>/config.json: field `num_key_value_heads`: 3 does not divide num_attention_heads 4\n",
+        "error: <TMP>/config.json: field `num_key_value_heads`: 3 does not divide num_attention_heads 4\n\
+         hint: the model's config (config.json or GGUF metadata) is inconsistent: fix that field or download the model again\n",
     );
 }
 
@@ -157,19 +158,19 @@ fn out_of_range_flags_are_named() {
         (
             "--temperature",
             "-1",
-            "error: --temperature: must be a finite number >= 0\n",
+            "error: --temperature: must be a finite number >= 0\nhint: run the command with --help for the accepted values\n",
         ),
-        ("--top-p", "1.5", "error: --top-p: must be in (0, 1]\n"),
-        ("--top-k", "0", "error: --top-k: must be at least 1\n"),
+        ("--top-p", "1.5", "error: --top-p: must be in (0, 1]\nhint: run the command with --help for the accepted values\n"),
+        ("--top-k", "0", "error: --top-k: must be at least 1\nhint: run the command with --help for the accepted values\n"),
         (
             "--max-new-tokens",
             "0",
-            "error: --max-new-tokens: must be at least 1\n",
+            "error: --max-new-tokens: must be at least 1\nhint: run the command with --help for the accepted values\n",
         ),
         (
             "--repetition-penalty",
             "0",
-            "error: --repetition-penalty: must be a finite number > 0\n",
+            "error: --repetition-penalty: must be a finite number > 0\nhint: run the command with --help for the accepted values\n",
         ),
     ] {
         check(

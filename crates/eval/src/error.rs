@@ -24,6 +24,12 @@ impl EvalError {
         match self {
             Self::Model(e) => e.hint(),
             Self::Data(e) => e.hint(),
+            Self::BadOption { .. } => {
+                Some("run the command with --help for the accepted values".into())
+            }
+            Self::NothingToScore { .. } => {
+                Some("each record needs a text of at least two tokens".into())
+            }
             Self::EmptyPrompt => {
                 Some("pass --prompt TEXT, --prompt-file FILE, or text on stdin".into())
             }

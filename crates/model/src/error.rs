@@ -107,6 +107,22 @@ impl ModelError {
                 "check the network and the model id, or pass a local path to --model; set HF_HUB_OFFLINE=1 to use only the cache"
                     .into(),
             ),
+            Self::BadConfig { .. } => Some(
+                "the model's config (config.json or GGUF metadata) is inconsistent: fix that field or download the model again"
+                    .into(),
+            ),
+            Self::BadTensor { .. } => Some(
+                "the weights do not match the model's config: check that config.json and the weight files come from the same model"
+                    .into(),
+            ),
+            Self::BadTokenizer { .. } => Some(
+                "the tokenizer files may be missing, corrupt or of a kind tuna does not read; a Hugging Face model directory's tokenizer.json always works"
+                    .into(),
+            ),
+            Self::ChatTemplate { .. } => Some(
+                "the model's chat template (tokenizer_config.json or GGUF tokenizer.chat_template) failed; drop --chat to feed raw text"
+                    .into(),
+            ),
             Self::Device { .. } => Some(
                 "build with --features cuda (or metal) for a GPU, or pass --device cpu".into(),
             ),
