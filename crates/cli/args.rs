@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::data_args::DataArgs;
 use crate::model_args::{InferenceWeights, ModelArgs};
 
 #[derive(Debug, Parser)]
@@ -21,7 +22,7 @@ pub struct Cli {
 pub enum Command {
     /// Generate text from a prompt (streams to stdout; stats to stderr).
     Generate(GenerateArgs),
-    /// Loss and perplexity of a model on a JSONL file of {"text": ...} records.
+    /// Loss and perplexity on a JSONL file (any record kind; the training loss mask).
     Eval(EvalArgs),
     /// Measure speed and memory.
     Bench(BenchArgs),
@@ -77,22 +78,21 @@ pub struct GenerateArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// JSONL file of {"text": ...} records.
+    /// JSONL file: text, prompt/completion, messages or alpaca records.
     #[arg(long)]
     pub data: PathBuf,
     /// Score at most this many records.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Longest window scored at once; longer texts are scored in windows.
-    #[arg(long, default_value_t = 1024)]
-    pub seq_len: usize,
+    #[command(flatten)]
+    pub encoding: DataArgs,
     /// Tokens per forward batch.
     #[arg(long, default_value_t = 4096)]
     pub batch_tokens: usize,
     /// How projection weights are held while scoring.
     #[arg(long, value_enum, default_value = "dense")]
     pub weights: InferenceWeights,
-    /// Print {"loss", "perplexity", "tokens", "records"} as JSON on stdout.
+    /// Print {"loss", "perplexity", "tokens", ...} as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }

@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod data_args;
 mod errors;
 mod model_args;
 

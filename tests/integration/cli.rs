@@ -253,7 +253,7 @@ fn eval_reports_every_bad_line() {
         m.path(),
         1,
         "error: <TMP>/bad.jsonl:2: text: expected a string, found a number\n\
-         <TMP>/bad.jsonl:3: text: missing (the record has: prompt)\n\
+         <TMP>/bad.jsonl:3: completion: missing\n\
          hint: each line must be one JSON object, e.g. {\"text\": \"...\"}\n",
     );
 }

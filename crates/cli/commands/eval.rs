@@ -1,15 +1,18 @@
-//! `tuna eval`: loss and perplexity on held-out text.
+//! `tuna eval`: loss and perplexity on held-out data.
 
-use tuna_eval::evaluate_text_loss;
+use tuna_data::FieldNames;
+use tuna_eval::evaluate_loss;
 
 use crate::args::EvalArgs;
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let options = args.encoding.encode_options();
     let model = args.model.load(args.weights)?;
-    let report = evaluate_text_loss(
+    let report = evaluate_loss(
         &model,
         &args.data,
-        args.seq_len,
+        &options,
+        &FieldNames::default(),
         args.limit,
         args.batch_tokens,
     )?;
@@ -17,12 +20,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{}: loss {:.4}  perplexity {:.3}  ({} tokens, {} records)",
+            "{}: loss {:.4}  perplexity {:.3}  ({} target tokens, {} records, {} truncated, {} skipped)",
             args.data.display(),
             report.loss,
             report.perplexity,
             report.tokens,
-            report.records
+            report.records,
+            report.truncated,
+            report.skipped
         );
     }
     Ok(())

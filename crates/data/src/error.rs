@@ -17,6 +17,8 @@ pub enum DataError {
     },
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
+    #[error("{field}: {reason}")]
+    BadOption { field: String, reason: String },
     /// Several bad records; each is printed on its own line.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Many(Vec<DataError>),
@@ -44,6 +46,9 @@ impl DataError {
             }
             Self::BadFile { .. } => {
                 Some("the file must be UTF-8 JSON Lines: one JSON object per line".into())
+            }
+            Self::BadOption { .. } => {
+                Some("see the data section of configs/*.toml for the accepted values".into())
             }
             Self::Io { .. } => None,
         }

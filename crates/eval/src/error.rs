@@ -11,11 +11,13 @@ pub enum EvalError {
     Candle(#[from] candle_core::Error),
     #[error("{field}: {reason}")]
     BadOption { field: &'static str, reason: String },
+    #[error("prompt: {reason}")]
+    Prompt { reason: String },
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("{model}: the model has no chat template")]
     NoChatTemplate { model: String },
-    #[error("{path}: no record has two or more tokens, so there is nothing to score")]
+    #[error("{path}: no example has a target token, so there is nothing to score")]
     NothingToScore { path: String },
 }
 

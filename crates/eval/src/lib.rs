@@ -7,5 +7,5 @@ pub mod prompt;
 
 pub use error::EvalError;
 pub use generate::{generate, GenerationStats, SamplingOptions, StopReason};
-pub use loss::{evaluate_text_loss, LossReport};
+pub use loss::{evaluate_loss, LossReport};
 pub use prompt::PromptSpec;

@@ -1,78 +1,49 @@
-//! Token-weighted language-model loss: the cross-entropy of every next-token prediction,
-//! summed, divided by the number of predictions over the whole file.
+//! Token-weighted loss on held-out data: cross-entropy summed over the target tokens (the same
+//! loss mask as training: completions and assistant turns, every token of text records),
+//! divided by their count over the whole file.
 //!
 //! b batch, t tokens, d hidden, v vocab, n rows in a head chunk.
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use serde::Serialize;
-use tuna_data::{read_jsonl, record::text_records};
-use tuna_model::{Kernels, Llama, Pretrained};
+use tuna_data::{Batch, Dataset, EncodeOptions, Encoder, Example, FieldNames};
+use tuna_model::{Kernels, Llama, Packing, Pretrained};
 
 use crate::error::{EvalError, Result};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LossReport {
-    /// Mean negative log-likelihood per predicted token, in nats.
+    /// Mean negative log-likelihood per target token, in nats.
     pub loss: f64,
     pub perplexity: f64,
-    /// Predicted tokens.
+    /// Target tokens scored.
     pub tokens: usize,
     pub records: usize,
-}
-
-/// Summed cross-entropy of predicting `ids[i + 1]` from `ids[..=i]`, over every position
-/// whose `weights` entry is 1: returns (sum, count).
-pub struct SequenceBatch {
-    /// (b, t) input ids, right-padded.
-    pub ids: Tensor,
-    /// (b, t) target ids (padding positions hold any valid id).
-    pub targets: Tensor,
-    /// (b, t) 1.0 where the target counts, 0.0 elsewhere.
-    pub weights: Tensor,
-}
-
-impl SequenceBatch {
-    /// Next-token batch from token sequences: inputs are all but the last token, targets all
-    /// but the first; rows are right-padded to the longest.
-    pub fn next_token(seqs: &[&[u32]], device: &Device) -> candle_core::Result<Self> {
-        let t = seqs
-            .iter()
-            .map(|s| s.len().saturating_sub(1))
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let b = seqs.len();
-        let (mut ids, mut targets, mut weights) =
-            (vec![0u32; b * t], vec![0u32; b * t], vec![0f32; b * t]);
-        for (row, s) in seqs.iter().enumerate() {
-            for i in 0..s.len().saturating_sub(1) {
-                ids[row * t + i] = s[i];
-                targets[row * t + i] = s[i + 1];
-                weights[row * t + i] = 1.0;
-            }
-        }
-        Ok(Self {
-            ids: Tensor::from_vec(ids, (b, t), device)?,
-            targets: Tensor::from_vec(targets, (b, t), device)?,
-            weights: Tensor::from_vec(weights, (b, t), device)?,
-        })
-    }
+    /// Examples cut to max_seq_len, and those dropped because no target was left.
+    pub truncated: usize,
+    pub skipped: usize,
 }
 
 /// Rows of the vocabulary projection computed at once, so that (tokens × v) logits are never
 /// all in memory: 512 × 49152 f32 is 100 MB.
 const HEAD_CHUNK_ROWS: usize = 512;
 
-/// (summed NLL over weighted targets, number of weighted targets), no gradient.
-pub fn batch_nll(model: &Llama, batch: &SequenceBatch) -> candle_core::Result<(f64, usize)> {
-    let hidden = model.hidden_states(&batch.ids, None, Kernels::Fused)?;
+/// (summed NLL over the batch's weighted targets, their count). No gradient.
+pub fn batch_nll(model: &Llama, batch: &Batch) -> candle_core::Result<(f64, usize)> {
+    let device = model.device();
+    let ids = Tensor::from_slice(&batch.inputs, (batch.rows, batch.cols), device)?;
+    let packing = batch.packed.then_some(Packing {
+        positions: &batch.positions,
+        segments: &batch.segments,
+    });
+    let hidden = model.hidden_states(&ids, None, packing, Kernels::Fused)?;
     let (b, t, d) = hidden.dims3()?;
     // (b, t, d) -> (b*t, d)
     let hidden = hidden.reshape((b * t, d))?;
-    let targets = batch.targets.flatten_all()?;
-    let weights = batch.weights.flatten_all()?;
+    let targets = Tensor::from_slice(&batch.targets, b * t, device)?;
+    let weights = Tensor::from_slice(&batch.weights, b * t, device)?;
     let mut sum = 0f64;
     for start in (0..b * t).step_by(HEAD_CHUNK_ROWS) {
         let n = HEAD_CHUNK_ROWS.min(b * t - start);
@@ -84,95 +55,71 @@ pub fn batch_nll(model: &Llama, batch: &SequenceBatch) -> candle_core::Result<(f
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let target = targets.narrow(0, start, n)?.unsqueeze(1)?;
         let nll = logp.gather(&target, 1)?.squeeze(1)?.neg()?;
-        let w = weights.narrow(0, start, n)?;
-        sum += (nll * w)?
+        sum += (nll * weights.narrow(0, start, n)?)?
             .to_dtype(DType::F64)?
             .sum_all()?
             .to_scalar::<f64>()?;
     }
-    let count = batch.weights.sum_all()?.to_scalar::<f32>()? as usize;
-    Ok((sum, count))
+    Ok((sum, batch.n_targets))
 }
 
-/// Splits a long sequence into windows of at most `seq_len + 1` tokens that overlap by one,
-/// so each next-token prediction is counted exactly once.
-fn windows(ids: &[u32], seq_len: usize) -> Vec<&[u32]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start + 1 < ids.len() {
-        let end = (start + seq_len + 1).min(ids.len());
-        out.push(&ids[start..end]);
-        start = end - 1;
-    }
-    out
-}
-
-/// Loss and perplexity of `model` on a JSONL file of `{"text": ...}` records, every
-/// next-token prediction counted. Texts longer than `seq_len` are scored in windows.
-pub fn evaluate_text_loss(
-    model: &Pretrained,
-    path: &Path,
-    seq_len: usize,
-    limit: Option<usize>,
+/// Summed NLL and target count over `examples`, longest first in batches of about
+/// `tokens_per_batch` tokens.
+pub fn examples_nll(
+    model: &Llama,
+    examples: &[Example],
     tokens_per_batch: usize,
-) -> Result<LossReport> {
-    if seq_len == 0 {
-        return Err(EvalError::BadOption {
-            field: "--seq-len",
-            reason: "must be greater than 0".into(),
-        });
-    }
-    let lines = read_jsonl(path)?;
-    let mut records = text_records(path, &lines)?;
-    if let Some(limit) = limit {
-        records.truncate(limit);
-    }
-    let encoded: Vec<Vec<u32>> = records
-        .iter()
-        .map(|r| model.tokenizer.encode(&r.text, true))
-        .collect::<std::result::Result<_, _>>()?;
-    let mut pieces: Vec<&[u32]> = encoded
-        .iter()
-        .flat_map(|ids| windows(ids, seq_len))
-        .collect();
-    if pieces.is_empty() {
-        return Err(EvalError::NothingToScore {
-            path: path.display().to_string(),
-        });
-    }
-    // Longest first, so each batch pads little.
-    pieces.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    let device = model.model.device().clone();
+) -> candle_core::Result<(f64, usize)> {
+    let mut order: Vec<&Example> = examples.iter().collect();
+    order.sort_by_key(|x| std::cmp::Reverse(x.ids.len()));
     let (mut sum, mut count) = (0f64, 0usize);
     let mut i = 0;
-    while i < pieces.len() {
-        let rows = (tokens_per_batch / pieces[i].len()).max(1);
-        let group = &pieces[i..(i + rows).min(pieces.len())];
-        let (s, c) = batch_nll(&model.model, &SequenceBatch::next_token(group, &device)?)?;
+    while i < order.len() {
+        let rows = (tokens_per_batch / order[i].ids.len().max(1)).max(1);
+        let group: Vec<Vec<&Example>> = order[i..(i + rows).min(order.len())]
+            .iter()
+            .map(|x| vec![*x])
+            .collect();
+        let (s, c) = batch_nll(model, &Batch::from_rows(&group, 0, 1))?;
         sum += s;
         count += c;
         i += group.len();
     }
+    Ok((sum, count))
+}
+
+/// Loss and perplexity of `model` on a JSONL file of any record kind.
+pub fn evaluate_loss(
+    model: &Pretrained,
+    path: &Path,
+    options: &EncodeOptions,
+    fields: &FieldNames,
+    limit: Option<usize>,
+    tokens_per_batch: usize,
+) -> Result<LossReport> {
+    let encoder = Encoder::new(model, options)?;
+    let mut data = Dataset::load(path, &encoder, fields)?;
+    if let Some(limit) = limit {
+        // The first `limit` records (a record may have several windows).
+        let lines: std::collections::BTreeSet<usize> =
+            data.examples.iter().map(|x| x.line).collect();
+        let keep: std::collections::BTreeSet<usize> = lines.into_iter().take(limit).collect();
+        data.examples.retain(|x| keep.contains(&x.line));
+        data.records = data.records.min(limit);
+    }
+    if data.examples.is_empty() {
+        return Err(EvalError::NothingToScore {
+            path: path.display().to_string(),
+        });
+    }
+    let (sum, count) = examples_nll(&model.model, &data.examples, tokens_per_batch)?;
     let loss = sum / count as f64;
     Ok(LossReport {
         loss,
         perplexity: loss.exp(),
         tokens: count,
-        records: records.len(),
+        records: data.records,
+        truncated: data.truncated,
+        skipped: data.skipped_untrainable,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::windows;
-
-    #[test]
-    fn windows_count_every_prediction_once() {
-        let ids: Vec<u32> = (0..10).collect();
-        let w = windows(&ids, 4);
-        assert_eq!(w, vec![&ids[0..5], &ids[4..9], &ids[8..10]]);
-        let predictions: usize = w.iter().map(|p| p.len() - 1).sum();
-        assert_eq!(predictions, 9);
-        assert!(windows(&ids[..1], 4).is_empty());
-    }
 }

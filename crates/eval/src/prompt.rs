@@ -1,7 +1,8 @@
-//! Turning what the user typed into prompt token ids: raw text (with BOS where the model adds
-//! it) or a chat rendered by the model's template. Training uses the same template path, so
-//! tuned models see at inference exactly the prompt shape they were trained on.
+//! Turning what the user typed into prompt token ids, through tuna-data's `Encoder` — the code
+//! that also encodes the prompt part of every training example — so a tuned model sees at
+//! inference exactly the prompt shape it was trained on.
 
+use tuna_data::{EncodeOptions, Encoder, PromptFormat};
 use tuna_model::{Message, Pretrained};
 
 use crate::error::{EvalError, Result};
@@ -25,27 +26,28 @@ impl PromptSpec {
         messages
     }
 
-    /// The text fed to the tokenizer.
-    pub fn render(&self, model: &Pretrained) -> Result<String> {
+    /// Token ids: raw text gets the tokenizer's special tokens (BOS if the model wants it);
+    /// chat text is rendered by the template, which already holds them.
+    pub fn encode(&self, model: &Pretrained) -> Result<Vec<u32>> {
         if self.text.trim().is_empty() {
             return Err(EvalError::EmptyPrompt);
         }
-        if !self.chat {
-            return Ok(self.text.clone());
-        }
-        let template = model
-            .chat_template
-            .as_ref()
-            .ok_or_else(|| EvalError::NoChatTemplate {
+        if self.chat && model.chat_template.is_none() {
+            return Err(EvalError::NoChatTemplate {
                 model: model.source.path().display().to_string(),
-            })?;
-        Ok(template.render(&self.messages(), true)?)
-    }
-
-    /// Token ids: raw text gets the tokenizer's special tokens (BOS if the model wants it);
-    /// rendered chat text already holds them, so nothing is added twice.
-    pub fn encode(&self, model: &Pretrained) -> Result<Vec<u32>> {
-        let text = self.render(model)?;
-        Ok(model.tokenizer.encode(&text, !self.chat)?)
+            });
+        }
+        let options = EncodeOptions {
+            format: if self.chat {
+                PromptFormat::Chat
+            } else {
+                PromptFormat::Raw
+            },
+            ..EncodeOptions::default()
+        };
+        let encoder = Encoder::new(model, &options)?;
+        encoder
+            .prompt_ids(&self.messages())
+            .map_err(|reason| EvalError::Prompt { reason })
     }
 }

@@ -2,7 +2,8 @@
 //! one record at a time, full logits, log-softmax, mean over every next-token prediction.
 
 use candle_core::{Device, Tensor, D};
-use tuna_eval::evaluate_text_loss;
+use tuna_data::{EncodeOptions, FieldNames};
+use tuna_eval::evaluate_loss;
 use tuna_model::{Kernels, LoadOptions, Pretrained};
 use tuna_testkit::{tiny_model, TinySpec};
 
@@ -15,7 +16,9 @@ const TEXTS: [&str; 3] = [
 fn direct_loss(p: &Pretrained) -> (f64, usize) {
     let (mut sum, mut n) = (0f64, 0usize);
     for text in TEXTS {
-        let ids = p.tokenizer.encode(text, true).unwrap();
+        // Text records are trained (and scored) with EOS appended.
+        let mut ids = p.tokenizer.encode(text, true).unwrap();
+        ids.push(2);
         let x = Tensor::new(ids.as_slice(), &Device::Cpu)
             .unwrap()
             .unsqueeze(0)
@@ -50,7 +53,12 @@ fn batched_loss_equals_the_direct_computation() {
     std::fs::write(&data, lines.join("\n")).unwrap();
     let (want, n) = direct_loss(&p);
     // A small batch budget forces several batches with padding.
-    let report = evaluate_text_loss(&p, &data, 1024, None, 20).unwrap();
+    let opts = |max_seq_len| EncodeOptions {
+        max_seq_len,
+        ..Default::default()
+    };
+    let fields = FieldNames::default();
+    let report = evaluate_loss(&p, &data, &opts(1024), &fields, None, 20).unwrap();
     assert_eq!(report.tokens, n);
     assert_eq!(report.records, 3);
     assert!(
@@ -60,8 +68,8 @@ fn batched_loss_equals_the_direct_computation() {
     );
     assert!((report.perplexity - want.exp()).abs() < 1e-4 * want.exp());
     // Short windows still count every prediction once.
-    let windowed = evaluate_text_loss(&p, &data, 4, None, 4096).unwrap();
+    let windowed = evaluate_loss(&p, &data, &opts(4), &fields, None, 4096).unwrap();
     assert_eq!(windowed.tokens, n);
-    let limited = evaluate_text_loss(&p, &data, 1024, Some(1), 4096).unwrap();
+    let limited = evaluate_loss(&p, &data, &opts(1024), &fields, Some(1), 4096).unwrap();
     assert_eq!(limited.records, 1);
 }

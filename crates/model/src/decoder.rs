@@ -16,12 +16,28 @@ use crate::ops::{self, Kernels};
 use crate::rope::Rope;
 use crate::weights::WeightSource;
 
+/// Rows holding several examples (packing): each token's position within its own example and
+/// the example it belongs to, row-major (b, t). Attention never crosses examples.
+#[derive(Debug, Clone, Copy)]
+pub struct Packing<'a> {
+    pub positions: &'a [u32],
+    pub segments: &'a [u32],
+}
+
 #[derive(Debug, Clone)]
 pub struct Attention {
     pub q_proj: Linear,
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+}
+
+/// Where the new tokens sit: consecutive from a start position, or each at its own position
+/// (packing) with its rope tables (b, 1, t, f).
+#[derive(Debug, Clone, Copy)]
+enum Positions<'a> {
+    From(usize),
+    PerToken(&'a (Tensor, Tensor)),
 }
 
 #[derive(Debug, Clone)]
@@ -179,14 +195,25 @@ impl Llama {
 
     /// Logits for every position: ids (b, t) -> (b, t, v). No cache; positions start at 0.
     pub fn forward(&self, ids: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let hidden = self.hidden_states(ids, None, kernels)?;
+        let hidden = self.hidden_states(ids, None, None, kernels)?;
+        self.lm_head.forward(&hidden)
+    }
+
+    /// Logits of packed rows: (b, t) -> (b, t, v), each example as if run alone.
+    pub fn forward_packed(
+        &self,
+        ids: &Tensor,
+        packing: Packing,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let hidden = self.hidden_states(ids, None, Some(packing), kernels)?;
         self.lm_head.forward(&hidden)
     }
 
     /// Runs `ids` (b, t) after the positions already in `cache` and returns the logits of the
     /// last new position, (b, v).
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.hidden_states(ids, Some(cache), Kernels::Fused)?;
+        let hidden = self.hidden_states(ids, Some(cache), None, Kernels::Fused)?;
         let t = hidden.dim(1)?;
         self.lm_head
             .forward(&hidden.narrow(1, t - 1, 1)?)?
@@ -198,11 +225,25 @@ impl Llama {
         &self,
         ids: &Tensor,
         mut cache: Option<&mut KvCache>,
+        packing: Option<Packing>,
         kernels: Kernels,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let mask = self.causal_mask(t, start)?;
+        let (mask, tables) = match packing {
+            Some(p) => {
+                if cache.is_some() {
+                    candle_core::bail!("packed rows cannot use a KV cache");
+                }
+                let (mask, tables) = self.packed_mask(p, b, t)?;
+                (Some(mask), Some(tables))
+            }
+            None => (self.causal_mask(t, start)?, None),
+        };
+        let at = match &tables {
+            Some(tables) => Positions::PerToken(tables),
+            None => Positions::From(start),
+        };
         // (b, t) -> (b, t, d)
         let d = self.config.hidden_size;
         let mut x = self
@@ -213,7 +254,7 @@ impl Llama {
             x = layer.forward(
                 &x,
                 i,
-                start,
+                at,
                 mask.as_ref(),
                 cache.as_deref_mut(),
                 &self.rope,
@@ -225,6 +266,40 @@ impl Llama {
             cache.advance(t);
         }
         ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps, kernels)
+    }
+
+    /// Additive mask (b, 1, 1, t, t) that keeps attention causal and inside each example, and
+    /// rope tables (b, 1, t, f) for each token's position in its example.
+    fn packed_mask(&self, p: Packing, b: usize, t: usize) -> Result<(Tensor, (Tensor, Tensor))> {
+        if p.positions.len() != b * t || p.segments.len() != b * t {
+            candle_core::bail!(
+                "packing: positions/segments must have b*t = {} entries",
+                b * t
+            );
+        }
+        let window = self.config.sliding_window.unwrap_or(usize::MAX);
+        let mut mask = vec![f32::NEG_INFINITY; b * t * t];
+        for row in 0..b {
+            let seg = &p.segments[row * t..(row + 1) * t];
+            for i in 0..t {
+                for j in 0..=i {
+                    // Padding (u32::MAX) attends to itself only, so its softmax stays finite.
+                    let same = seg[i] == seg[j] && (seg[i] != u32::MAX || i == j);
+                    if same && i - j < window {
+                        mask[(row * t + i) * t + j] = 0.0;
+                    }
+                }
+            }
+        }
+        let mask =
+            Tensor::from_vec(mask, (b, 1, 1, t, t), self.device())?.to_dtype(self.dtype())?;
+        let (cos, sin) = self.rope.tables_at(p.positions, self.dtype())?;
+        let f = self.config.head_dim / 2;
+        // (b*t, f) -> (b, 1, t, f)
+        Ok((
+            mask,
+            (cos.reshape((b, 1, t, f))?, sin.reshape((b, 1, t, f))?),
+        ))
     }
 
     /// Additive mask (t, s): 0 where query `start + i` may see key j, -inf elsewhere.
@@ -258,7 +333,7 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         layer: usize,
-        start: usize,
+        at: Positions,
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
         rope: &Rope,
@@ -269,7 +344,7 @@ impl DecoderLayer {
         let h = ops::rms_norm(x, &self.input_layernorm, eps, kernels)?;
         let x = (x + self
             .self_attn
-            .forward(&h, layer, start, mask, cache, rope, config, kernels)?)?;
+            .forward(&h, layer, at, mask, cache, rope, config, kernels)?)?;
         let h = ops::rms_norm(&x, &self.post_attention_layernorm, eps, kernels)?;
         x + self.mlp.forward(&h)?
     }
@@ -288,7 +363,7 @@ impl Attention {
         &self,
         x: &Tensor,
         layer: usize,
-        start: usize,
+        at: Positions,
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
         rope: &Rope,
@@ -318,8 +393,15 @@ impl Attention {
             .forward(x)?
             .reshape((b, t, kvh, hd))?
             .transpose(1, 2)?;
-        let q = rope.apply(&q, start, kernels)?;
-        let k = rope.apply(&k, start, kernels)?;
+        let (q, k) = match at {
+            Positions::From(start) => (
+                rope.apply(&q, start, kernels)?,
+                rope.apply(&k, start, kernels)?,
+            ),
+            Positions::PerToken((cos, sin)) => {
+                (Rope::rotate(&q, cos, sin)?, Rope::rotate(&k, cos, sin)?)
+            }
+        };
         let (k, v) = match cache {
             Some(cache) => cache.append(layer, &k, &v)?,
             None => (k, v.contiguous()?),
@@ -330,7 +412,7 @@ impl Attention {
         let q = q.contiguous()?.reshape((b, kvh, g * t, hd))?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let scores = match mask {
-            // (b, kvh, g*t, s) -> (b, kvh, g, t, s) + (t, s)
+            // (b, kvh, g*t, s) -> (b, kvh, g, t, s) + (t, s) or (b, 1, 1, t, s)
             Some(mask) => scores
                 .reshape((b, kvh, g, t, s))?
                 .broadcast_add(mask)?

@@ -20,7 +20,7 @@ pub mod weights;
 
 pub use chat::{ChatTemplate, Message};
 pub use config::LlamaConfig;
-pub use decoder::Llama;
+pub use decoder::{Llama, Packing};
 pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use linear::WeightFormat;

@@ -82,21 +82,42 @@ impl Rope {
         ))
     }
 
+    /// cos and sin tables, each (n, f), for arbitrary positions.
+    pub fn tables_at(
+        &self,
+        positions: &[u32],
+        dtype: DType,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let f = self.inv_freq.len();
+        let mut angles = Vec::with_capacity(positions.len() * f);
+        for &pos in positions {
+            angles.extend(self.inv_freq.iter().map(|inv| pos as f32 * inv));
+        }
+        let angles = Tensor::from_vec(angles, (positions.len(), f), &self.device)?;
+        Ok((
+            angles.cos()?.to_dtype(dtype)?,
+            angles.sin()?.to_dtype(dtype)?,
+        ))
+    }
+
+    /// Rotates x (b, h, t, hd) with tables that broadcast against (b, h, t, f).
+    pub fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let out1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+        let out2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+        Tensor::cat(&[out1, out2], D::Minus1)
+    }
+
     /// Rotates x (b, h, t, hd) whose first token sits at position `start`.
     pub fn apply(&self, x: &Tensor, start: usize, kernels: Kernels) -> candle_core::Result<Tensor> {
-        let (_b, _h, t, hd) = x.dims4()?;
+        let (_b, _h, t, _hd) = x.dims4()?;
         let (cos, sin) = self.tables(start, t, x.dtype())?;
         match kernels {
             Kernels::Fused => candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin),
-            Kernels::Differentiable => {
-                let half = hd / 2;
-                let x1 = x.narrow(D::Minus1, 0, half)?;
-                let x2 = x.narrow(D::Minus1, half, half)?;
-                // (t, f) broadcasts over (b, h, t, f)
-                let out1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-                let out2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-                Tensor::cat(&[out1, out2], D::Minus1)
-            }
+            // (t, f) broadcasts over (b, h, t, f)
+            Kernels::Differentiable => Self::rotate(x, &cos, &sin),
         }
     }
 }

@@ -390,3 +390,69 @@ fn gradients_reach_every_weight_and_match_finite_differences() {
         }
     }
 }
+
+#[test]
+fn packed_rows_give_each_example_its_own_logits() {
+    for (name, spec) in specs() {
+        let p = load(&tiny_model(spec));
+        let a = [5u32, 200, 17, 3, 150];
+        let b = [99u32, 260, 42, 8];
+        // Row 0: a then b then one pad; row 1: b then padding.
+        let ids: Vec<u32> = [&a[..], &b[..], &[0], &b[..], &[0, 0, 0, 0, 0, 0]].concat();
+        let positions: Vec<u32> = [
+            &[0, 1, 2, 3, 4][..],
+            &[0, 1, 2, 3],
+            &[0],
+            &[0, 1, 2, 3],
+            &[0; 6],
+        ]
+        .concat();
+        let segments: Vec<u32> = [
+            &[0u32; 5][..],
+            &[1; 4],
+            &[u32::MAX],
+            &[0; 4],
+            &[u32::MAX; 6],
+        ]
+        .concat();
+        let x = Tensor::from_vec(ids, (2, 10), &Device::Cpu).unwrap();
+        let packing = tuna_model::Packing {
+            positions: &positions,
+            segments: &segments,
+        };
+        let packed = p
+            .model
+            .forward_packed(&x, packing, Kernels::Differentiable)
+            .unwrap();
+        let alone = |ids: &[u32]| {
+            let x = Tensor::new(ids, &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            p.model
+                .forward(&x, Kernels::Differentiable)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+        };
+        let row =
+            |r: usize, from: usize, n: usize| packed.get(r).unwrap().narrow(0, from, n).unwrap();
+        assert!(
+            max_abs_diff(&row(0, 0, 5), &alone(&a)) < 1e-4,
+            "{name}: a in row 0"
+        );
+        assert!(
+            max_abs_diff(&row(0, 5, 4), &alone(&b)) < 1e-4,
+            "{name}: b after a"
+        );
+        assert!(
+            max_abs_diff(&row(1, 0, 4), &alone(&b)) < 1e-4,
+            "{name}: b in row 1"
+        );
+        let all = packed.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            all.iter().all(|v| v.is_finite()),
+            "{name}: padding stays finite"
+        );
+    }
+}

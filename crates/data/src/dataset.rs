@@ -1,0 +1,126 @@
+//! A JSONL file read, parsed and encoded into examples, with the counts `tuna data validate`
+//! reports and training logs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::encode::{Encoded, Encoder, Example};
+use crate::error::{collect_errors, DataError};
+use crate::jsonl::read_jsonl;
+use crate::record::{parse_records, FieldNames, RecordKind};
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub path: PathBuf,
+    pub examples: Vec<Example>,
+    pub records: usize,
+    pub kinds: BTreeMap<RecordKind, usize>,
+    /// Examples longer than max_seq_len that lost tokens.
+    pub truncated: usize,
+    /// Examples dropped because truncation removed every target token.
+    pub skipped_untrainable: usize,
+    /// Records identical to an earlier one (same JSON object).
+    pub duplicates: usize,
+    /// Fields no record kind uses: name -> first line.
+    pub unknown_fields: BTreeMap<String, usize>,
+    /// Line -> stable hash of its JSON object (split buckets).
+    line_hashes: HashMap<usize, u64>,
+}
+
+/// FNV-1a, 64 bits: a stable hash for split buckets and duplicate detection (the same on
+/// every platform and run, unlike std's hasher).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Dataset {
+    /// Reads, parses and encodes `path`; every bad line is reported, not just the first.
+    pub fn load(path: &Path, encoder: &Encoder, fields: &FieldNames) -> Result<Self, DataError> {
+        let lines = read_jsonl(path)?;
+        // serde_json's map is sorted by key, so equal objects print the same.
+        let line_hashes: HashMap<usize, u64> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l.line,
+                    stable_hash(
+                        serde_json::Value::Object(l.object.clone())
+                            .to_string()
+                            .as_bytes(),
+                    ),
+                )
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        let duplicates = lines
+            .iter()
+            .filter(|l| !seen.insert(line_hashes[&l.line]))
+            .count();
+        let parsed = parse_records(path, &lines, fields)?;
+        let encoded: Vec<Result<Encoded, DataError>> = parsed
+            .records
+            .par_iter()
+            .map(|r| encoder.encode(path, r))
+            .collect();
+        let mut kinds = BTreeMap::new();
+        for r in &parsed.records {
+            *kinds.entry(r.record.kind()).or_insert(0) += 1;
+        }
+        let (mut examples, mut errors) = (Vec::new(), Vec::new());
+        let (mut truncated, mut skipped) = (0, 0);
+        for e in encoded {
+            match e {
+                Ok(Encoded::SkippedUntrainable { .. }) => skipped += 1,
+                Ok(enc) => {
+                    let exs = enc.into_examples();
+                    truncated += exs.iter().filter(|x| x.truncated).count();
+                    examples.extend(exs);
+                }
+                Err(err) => errors.push(err),
+            }
+        }
+        collect_errors(errors)?;
+        Ok(Self {
+            path: path.into(),
+            examples,
+            records: parsed.records.len(),
+            kinds,
+            truncated,
+            skipped_untrainable: skipped,
+            duplicates,
+            unknown_fields: parsed.unknown_fields,
+            line_hashes,
+        })
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.examples.iter().map(|x| x.ids.len()).sum()
+    }
+
+    pub fn trained_tokens(&self) -> usize {
+        self.examples.iter().map(Example::n_trained).sum()
+    }
+
+    /// Splits off a deterministic held-out share: an example goes to the second part when the
+    /// hash of its record falls in the first `fraction` of 10,000 buckets. Equal records land
+    /// on the same side, and adding records never moves the others.
+    pub fn split_fraction(mut self, fraction: f64) -> (Self, Self) {
+        let buckets = 10_000u64;
+        let threshold = (fraction.clamp(0.0, 1.0) * buckets as f64).round() as u64;
+        let hashes = &self.line_hashes;
+        let (held, kept): (Vec<Example>, Vec<Example>) = std::mem::take(&mut self.examples)
+            .into_iter()
+            .partition(|x| hashes.get(&x.line).is_some_and(|h| h % buckets < threshold));
+        let mut valid = self.clone();
+        valid.examples = held;
+        self.examples = kept;
+        (self, valid)
+    }
+}
