@@ -24,8 +24,46 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Loss and perplexity on a JSONL file (any record kind; the training loss mask).
     Eval(EvalArgs),
+    /// Check datasets and see what training will train on.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Measure speed and memory.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Counts, token lengths, truncation, trained fraction, duplicates; every error as
+    /// file:line: field: reason. Exit code 1 when any file has errors.
+    Validate(DataValidateArgs),
+    /// The first records as the model sees them, trained-on spans marked, with token ids.
+    Preview(DataPreviewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DataValidateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub encoding: DataArgs,
+    /// JSONL files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// One JSON array of per-file reports on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DataPreviewArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub encoding: DataArgs,
+    pub file: PathBuf,
+    /// Records to show.
+    #[arg(short, default_value_t = 3)]
+    pub n: usize,
 }
 
 #[derive(Debug, Args)]

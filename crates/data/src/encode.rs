@@ -265,7 +265,7 @@ impl<'a> Encoder<'a> {
             }
             (record, Some(template)) => self.encode_chat(template, &self.messages(record), &mut seq).map_err(|e| bad("(template)", e))?,
         }
-        Ok(self.truncate(path, r.line, seq)?)
+        self.truncate(path, r.line, seq)
     }
 
     /// Turn by turn: the prompt before each assistant turn (as generation would see it), then
