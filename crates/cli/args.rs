@@ -145,6 +145,26 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Batch-1 greedy generation: prompt and generation tokens/s, peak RSS.
     Generate(BenchGenerateArgs),
+    /// Reading, encoding and batching a dataset: tokens/s, peak RSS.
+    Data(BenchDataArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDataArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub encoding: DataArgs,
+    /// JSONL file (default: the full VADER train split from scripts/fetch-data.sh).
+    #[arg(default_value = "data/sentiment/train.jsonl")]
+    pub file: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Timed repetitions.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 
 use clap::{Args, ValueEnum};
 use tuna_model::device::{parse_device, parse_dtype};
-use tuna_model::{LoadOptions, Pretrained, WeightFormat};
+use tuna_model::{LoadOptions, ModelText, Pretrained, WeightFormat};
 
 /// The default model, as scripts/fetch-model.sh lays it out.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -42,6 +42,11 @@ impl InferenceWeights {
 }
 
 impl ModelArgs {
+    /// Config, tokenizer and chat template only (no weights).
+    pub fn load_text(&self) -> anyhow::Result<ModelText> {
+        Ok(ModelText::load(&self.model)?)
+    }
+
     pub fn load(&self, weights: InferenceWeights) -> anyhow::Result<Pretrained> {
         let options = LoadOptions {
             device: parse_device(&self.device)?,

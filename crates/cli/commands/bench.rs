@@ -10,7 +10,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::args::{BenchArgs, BenchCommand, BenchGenerateArgs, ReferenceArgs};
+use tuna_data::{epoch_plan, make_batch, BatchOptions, Dataset, Encoder, FieldNames};
+
+use crate::args::{BenchArgs, BenchCommand, BenchDataArgs, BenchGenerateArgs, ReferenceArgs};
 
 /// The prompt ../shared/bench/peft_cpu_baseline.py uses, so both tokenize the same text.
 const GEN_PROMPT: &str =
@@ -39,7 +41,58 @@ fn median(mut xs: Vec<f64>) -> f64 {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchCommand::Generate(a) => bench_generate(a),
+        BenchCommand::Data(a) => bench_data(a),
     }
+}
+
+/// Read + parse + encode (chat template, masks) + one epoch of batches, timed end to end.
+fn bench_data(args: BenchDataArgs) -> anyhow::Result<()> {
+    let model = args.model.load_text()?;
+    let options = args.encoding.encode_options();
+    let encoder = Encoder::from_parts(&model.tokenizer, model.chat_template.as_ref(), &options)?;
+    let batch_options = BatchOptions { batch_size: args.batch_size, ..BatchOptions::default() };
+    let pad = model.tokenizer.special.pad.as_ref().map_or(0, |(id, _)| *id);
+    let (mut rates, mut tokens, mut records, mut batches) = (Vec::new(), 0, 0, 0);
+    for rep in 0..args.reps.max(1) {
+        let started = Instant::now();
+        let data = Dataset::load(&args.file, &encoder, &FieldNames::default())?;
+        let plan = epoch_plan(&data.examples, &batch_options, 0, rep as u64);
+        let mut n_targets = 0;
+        for rows in &plan {
+            n_targets += make_batch(&data.examples, rows, pad, batch_options.pad_to_multiple_of).n_targets;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        tokens = data.tokens();
+        records = data.records;
+        batches = plan.len();
+        rates.push(tokens as f64 / seconds);
+        if !args.json {
+            eprintln!("rep {rep}: {records} records, {tokens} tokens ({n_targets} targets), {batches} batches in {seconds:.3} s");
+        }
+    }
+    let result = json!({
+        "bench": "data",
+        "file": args.file.display().to_string(),
+        "records": records,
+        "tokens": tokens,
+        "batches": batches,
+        "tokens_per_s": median(rates),
+        "threads": rayon::current_num_threads(),
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "data: {:.0} tokens/s (read + encode + batch, median of {}); {} records, {} tokens; peak RSS {:.0} MiB",
+            result["tokens_per_s"].as_f64().unwrap_or(0.0),
+            args.reps,
+            records,
+            tokens,
+            result["peak_rss_mib"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
 }
 
 fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {

@@ -7,10 +7,9 @@ use serde_json::json;
 use tuna_data::{
     read_jsonl, record::parse_records, Dataset, Encoded, Encoder, Example, FieldNames,
 };
-use tuna_model::Pretrained;
+use tuna_model::ModelText;
 
 use crate::args::{DataCommand, DataPreviewArgs, DataValidateArgs};
-use crate::model_args::InferenceWeights;
 
 pub fn run(command: DataCommand) -> anyhow::Result<()> {
     match command {
@@ -28,9 +27,9 @@ fn percentile(sorted: &[usize], p: f64) -> usize {
 }
 
 fn validate(args: DataValidateArgs) -> anyhow::Result<()> {
-    let model = args.model.load(InferenceWeights::Dense)?;
+    let model = args.model.load_text()?;
     let options = args.encoding.encode_options();
-    let encoder = Encoder::new(&model, &options)?;
+    let encoder = Encoder::from_parts(&model.tokenizer, model.chat_template.as_ref(), &options)?;
     let fields = FieldNames::default();
     let mut failed = 0;
     let mut reports = Vec::new();
@@ -151,7 +150,7 @@ fn runs(x: &Example) -> Vec<(bool, Vec<u32>)> {
     out
 }
 
-fn render(model: &Pretrained, x: &Example, marks: &Marks) -> anyhow::Result<(String, String)> {
+fn render(model: &ModelText, x: &Example, marks: &Marks) -> anyhow::Result<(String, String)> {
     let (mut text, mut ids) = (String::new(), Vec::new());
     for (trained, run) in runs(x) {
         let piece = model.tokenizer.decode(&run, false)?;
@@ -168,9 +167,9 @@ fn render(model: &Pretrained, x: &Example, marks: &Marks) -> anyhow::Result<(Str
 }
 
 fn preview(args: DataPreviewArgs) -> anyhow::Result<()> {
-    let model = args.model.load(InferenceWeights::Dense)?;
+    let model = args.model.load_text()?;
     let options = args.encoding.encode_options();
-    let encoder = Encoder::new(&model, &options)?;
+    let encoder = Encoder::from_parts(&model.tokenizer, model.chat_template.as_ref(), &options)?;
     let lines = read_jsonl(&args.file)?;
     let parsed = parse_records(&args.file, &lines, &FieldNames::default())?;
     let marks = Marks::detect();

@@ -8,8 +8,8 @@ use rayon::prelude::*;
 
 use crate::encode::{Encoded, Encoder, Example};
 use crate::error::{collect_errors, DataError};
-use crate::jsonl::read_jsonl;
-use crate::record::{parse_records, FieldNames, RecordKind};
+use crate::jsonl::read_jsonl_lenient;
+use crate::record::{parse_records_lenient, FieldNames, RecordKind};
 
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -43,7 +43,7 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 impl Dataset {
     /// Reads, parses and encodes `path`; every bad line is reported, not just the first.
     pub fn load(path: &Path, encoder: &Encoder, fields: &FieldNames) -> Result<Self, DataError> {
-        let lines = read_jsonl(path)?;
+        let (lines, mut errors) = read_jsonl_lenient(path)?;
         // serde_json's map is sorted by key, so equal objects print the same.
         let line_hashes: HashMap<usize, u64> = lines
             .iter()
@@ -63,7 +63,8 @@ impl Dataset {
             .iter()
             .filter(|l| !seen.insert(line_hashes[&l.line]))
             .count();
-        let parsed = parse_records(path, &lines, fields)?;
+        let (parsed, record_errors) = parse_records_lenient(path, &lines, fields);
+        errors.extend(record_errors);
         let encoded: Vec<Result<Encoded, DataError>> = parsed
             .records
             .par_iter()
@@ -73,7 +74,7 @@ impl Dataset {
         for r in &parsed.records {
             *kinds.entry(r.record.kind()).or_insert(0) += 1;
         }
-        let (mut examples, mut errors) = (Vec::new(), Vec::new());
+        let mut examples = Vec::new();
         let (mut truncated, mut skipped) = (0, 0);
         for e in encoded {
             match e {

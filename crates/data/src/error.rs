@@ -55,8 +55,20 @@ impl DataError {
     }
 }
 
-/// Collapses a list of errors into one (the list itself when there are several).
+impl DataError {
+    /// The line it is about, for ordering (0 when it is about the whole file).
+    pub fn line(&self) -> usize {
+        match self {
+            Self::BadRecord { line, .. } => *line,
+            _ => 0,
+        }
+    }
+}
+
+/// Collapses a list of errors into one (the list itself, in line order, when there are
+/// several).
 pub fn collect_errors(mut errors: Vec<DataError>) -> Result<(), DataError> {
+    errors.sort_by_key(DataError::line);
     match errors.len() {
         0 => Ok(()),
         1 => Err(errors.remove(0)),

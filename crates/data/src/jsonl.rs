@@ -15,14 +15,28 @@ pub struct JsonlLine {
 }
 
 pub fn read_jsonl(path: &Path) -> Result<Vec<JsonlLine>, DataError> {
+    let (lines, errors) = read_jsonl_lenient(path)?;
+    collect_errors(errors)?;
+    Ok(lines)
+}
+
+/// The good lines and the errors of the bad ones; `Err` only when the file cannot be read
+/// or holds no record at all.
+pub fn read_jsonl_lenient(path: &Path) -> Result<(Vec<JsonlLine>, Vec<DataError>), DataError> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.into(),
         source,
     })?;
-    parse_jsonl(path, &bytes)
+    parse_jsonl_lenient(path, &bytes)
 }
 
 pub fn parse_jsonl(path: &Path, bytes: &[u8]) -> Result<Vec<JsonlLine>, DataError> {
+    let (lines, errors) = parse_jsonl_lenient(path, bytes)?;
+    collect_errors(errors)?;
+    Ok(lines)
+}
+
+pub fn parse_jsonl_lenient(path: &Path, bytes: &[u8]) -> Result<(Vec<JsonlLine>, Vec<DataError>), DataError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut lines = Vec::new();
     let mut errors = Vec::new();
@@ -63,14 +77,13 @@ pub fn parse_jsonl(path: &Path, bytes: &[u8]) -> Result<Vec<JsonlLine>, DataErro
             )),
         }
     }
-    collect_errors(errors)?;
-    if lines.is_empty() {
+    if lines.is_empty() && errors.is_empty() {
         return Err(DataError::BadFile {
             path: path.into(),
             reason: "no records (the file is empty)".into(),
         });
     }
-    Ok(lines)
+    Ok((lines, errors))
 }
 
 pub fn kind(v: &Value) -> &'static str {

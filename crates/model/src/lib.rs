@@ -25,5 +25,5 @@ pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use linear::WeightFormat;
 pub use ops::Kernels;
-pub use pretrained::{LoadOptions, Pretrained};
+pub use pretrained::{LoadOptions, ModelText, Pretrained};
 pub use tokenizer::Tokenizer;

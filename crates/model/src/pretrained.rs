@@ -44,57 +44,45 @@ pub struct Pretrained {
     pub chat_template: Option<ChatTemplate>,
 }
 
-impl Pretrained {
-    /// Resolves `spec` (a .gguf path, a model directory or a hub id) and loads it.
-    pub fn load(spec: &str, options: &LoadOptions) -> Result<Self> {
-        Self::load_source(source::resolve(spec)?, options)
+/// What a model's text side needs without its weights: config, tokenizer, chat template.
+/// `tuna data` commands load only this.
+pub struct ModelText {
+    pub source: ModelSource,
+    pub config: LlamaConfig,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+}
+
+impl ModelText {
+    pub fn load(spec: &str) -> Result<Self> {
+        let source = source::resolve(spec)?;
+        let (text, _) = Self::open(source, false)?;
+        Ok(text)
     }
 
-    pub fn load_source(source: ModelSource, options: &LoadOptions) -> Result<Self> {
-        let dtype = options
-            .dtype
-            .unwrap_or_else(|| default_dtype(&options.device));
-        let (config, mut weights, tokenizer, template_source) = match &source {
+    /// Reads the config and text files of `source`; with `weights`, opens the weight files too.
+    fn open(source: ModelSource, weights: bool) -> Result<(Self, Option<WeightSource>)> {
+        let (config, weight_source, mut tokenizer, template_source) = match &source {
             ModelSource::Gguf(path) => {
                 let mut gguf = GgufFile::open(path)?;
                 let config = gguf.config()?;
                 let tokenizer = Tokenizer::from_gguf(&gguf)?;
                 let template = gguf.meta_str("tokenizer.chat_template").map(String::from);
-                let weights = WeightSource::gguf(
-                    gguf,
-                    config.num_attention_heads,
-                    config.num_key_value_heads,
-                );
-                (config, weights, tokenizer, template)
+                let w = weights.then(|| WeightSource::gguf(gguf, config.num_attention_heads, config.num_key_value_heads));
+                (config, w, tokenizer, template)
             }
             ModelSource::HfDir(dir) => {
                 let config = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
                 let (tokenizer, template) = hf_tokenizer(dir, &config)?;
-                let weights = WeightSource::safetensors(&source::safetensors_files(dir)?)?;
-                (config, weights, tokenizer, template)
+                let w = if weights { Some(WeightSource::safetensors(&source::safetensors_files(dir)?)?) } else { None };
+                (config, w, tokenizer, template)
             }
         };
-        let model = Llama::load(
-            &config,
-            &mut weights,
-            dtype,
-            &options.device,
-            options.weights,
-        )?;
-        let mut tokenizer = tokenizer;
         let chat_template = match template_source {
             Some(src) => {
-                let name = |t: &Option<(u32, String)>| {
-                    t.as_ref().map(|(_, s)| s.clone()).unwrap_or_default()
-                };
-                let template = ChatTemplate::new(
-                    &src,
-                    &name(&tokenizer.special.bos),
-                    &name(&tokenizer.special.eos),
-                )?;
-                let eot = template
-                    .end_of_turn_marker()
-                    .and_then(|m| tokenizer.token_id(m));
+                let name = |t: &Option<(u32, String)>| t.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+                let template = ChatTemplate::new(&src, &name(&tokenizer.special.bos), &name(&tokenizer.special.eos))?;
+                let eot = template.end_of_turn_marker().and_then(|m| tokenizer.token_id(m));
                 tokenizer.add_stop_id(eot);
                 Some(template)
             }
@@ -103,12 +91,27 @@ impl Pretrained {
         for &id in &config.eos_token_ids {
             tokenizer.add_stop_id(Some(id));
         }
+        Ok((Self { source, config, tokenizer, chat_template }, weight_source))
+    }
+}
+
+impl Pretrained {
+    /// Resolves `spec` (a .gguf path, a model directory or a hub id) and loads it.
+    pub fn load(spec: &str, options: &LoadOptions) -> Result<Self> {
+        Self::load_source(source::resolve(spec)?, options)
+    }
+
+    pub fn load_source(source: ModelSource, options: &LoadOptions) -> Result<Self> {
+        let dtype = options.dtype.unwrap_or_else(|| default_dtype(&options.device));
+        let (text, weights) = ModelText::open(source, true)?;
+        let mut weights = weights.expect("open(.., true) returns the weights");
+        let model = Llama::load(&text.config, &mut weights, dtype, &options.device, options.weights)?;
         Ok(Self {
-            source,
-            config,
+            source: text.source,
+            config: text.config,
             model,
-            tokenizer,
-            chat_template,
+            tokenizer: text.tokenizer,
+            chat_template: text.chat_template,
         })
     }
 }
