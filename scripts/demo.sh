@@ -9,5 +9,7 @@ cargo build --release --locked
 tuna=target/release/tuna
 echo "== tuna generate --chat (SmolLM2-135M-Instruct, greedy)" >&2
 $tuna generate --model "$model" --chat --prompt "Give me three tips for writing clear commit messages." --max-new-tokens 120
+echo "== tuna data validate (the bundled sentiment example)" >&2
+$tuna data validate --model "$model" data/example/sentiment/train.jsonl data/example/sentiment/valid.jsonl
 echo "== tuna eval (loss and perplexity on data/example/text-sample.jsonl)" >&2
 $tuna eval --model "$model" --data data/example/text-sample.jsonl

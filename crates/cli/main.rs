@@ -8,6 +8,11 @@ mod model_args;
 
 use clap::Parser;
 
+// A pooling allocator: encoding and training allocate and free many short-lived buffers
+// (measured in BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = args::Cli::parse();
     // Run on a rayon worker: the parallel ops inside then split work by stealing instead of

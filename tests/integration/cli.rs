@@ -234,7 +234,9 @@ fn eval_reports_every_bad_line() {
         ],
         m.path(),
         1,
-        "error: <TMP>/bad.jsonl:4: (line): invalid JSON: expected ident at line 1 column 2\n\
+        "error: <TMP>/bad.jsonl:2: text: expected a string, found a number\n\
+         <TMP>/bad.jsonl:3: completion: missing\n\
+         <TMP>/bad.jsonl:4: (line): invalid JSON: expected ident at line 1 column 2\n\
          hint: each line must be one JSON object, e.g. {\"text\": \"...\"}\n",
     );
     std::fs::write(

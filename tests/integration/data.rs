@@ -43,7 +43,11 @@ const CORPUS: &[(&str, i32, &str)] = &[
 fn every_corpus_file_names_its_lines_and_fields() {
     let m = tiny_model(TinySpec::default());
     let files = std::fs::read_dir("tests/data/bad").unwrap().count();
-    assert_eq!(files, CORPUS.len(), "every corpus file has an expected output");
+    assert_eq!(
+        files,
+        CORPUS.len(),
+        "every corpus file has an expected output"
+    );
     for (name, code, want) in CORPUS {
         let path = format!("tests/data/bad/{name}");
         let run = tuna(&["data", "validate", "--model", &m.path_str(), &path], &[]);
@@ -59,7 +63,17 @@ fn a_10_mb_line_is_handled_whole_or_reported() {
     // Valid: scored in windows, nothing lost.
     let ok = m.path().join("big.jsonl");
     std::fs::write(&ok, format!("{{\"text\": \"{big}\"}}\n")).unwrap();
-    let run = tuna(&["data", "validate", "--model", &m.path_str(), "--json", ok.to_str().unwrap()], &[]);
+    let run = tuna(
+        &[
+            "data",
+            "validate",
+            "--model",
+            &m.path_str(),
+            "--json",
+            ok.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(report[0]["records"], 1);
@@ -68,7 +82,16 @@ fn a_10_mb_line_is_handled_whole_or_reported() {
     // Malformed: one line of error, not 10 MB of echo.
     let bad = m.path().join("bad.jsonl");
     std::fs::write(&bad, format!("{{\"text\": \"{big}\n")).unwrap();
-    let run = tuna(&["data", "validate", "--model", &m.path_str(), bad.to_str().unwrap()], &[]);
+    let run = tuna(
+        &[
+            "data",
+            "validate",
+            "--model",
+            &m.path_str(),
+            bad.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(run.code, 1);
     assert_eq!(
         redact(&run.stderr, m.path()),
@@ -86,7 +109,16 @@ fn validate_summarizes_each_file() {
         "{\"prompt\": \"the sea\", \"completion\": \"at rest\", \"id\": 1}\n{\"text\": \"the cat\"}\n{\"prompt\": \"the sea\", \"completion\": \"at rest\", \"id\": 1}\n",
     )
     .unwrap();
-    let run = tuna(&["data", "validate", "--model", &m.path_str(), data.to_str().unwrap()], &[]);
+    let run = tuna(
+        &[
+            "data",
+            "validate",
+            "--model",
+            &m.path_str(),
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         redact(&run.stdout, m.path()),
@@ -104,7 +136,18 @@ fn preview_marks_the_trained_span_when_piped() {
     let m = tiny_model(TinySpec::default());
     let data = m.path().join("one.jsonl");
     std::fs::write(&data, "{\"prompt\": \"hi\", \"completion\": \"the sea\"}\n").unwrap();
-    let run = tuna(&["data", "preview", "--model", &m.path_str(), data.to_str().unwrap(), "-n", "1"], &[]);
+    let run = tuna(
+        &[
+            "data",
+            "preview",
+            "--model",
+            &m.path_str(),
+            data.to_str().unwrap(),
+            "-n",
+            "1",
+        ],
+        &[],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let text = run.stdout;
     assert!(

@@ -50,8 +50,16 @@ fn bench_data(args: BenchDataArgs) -> anyhow::Result<()> {
     let model = args.model.load_text()?;
     let options = args.encoding.encode_options();
     let encoder = Encoder::from_parts(&model.tokenizer, model.chat_template.as_ref(), &options)?;
-    let batch_options = BatchOptions { batch_size: args.batch_size, ..BatchOptions::default() };
-    let pad = model.tokenizer.special.pad.as_ref().map_or(0, |(id, _)| *id);
+    let batch_options = BatchOptions {
+        batch_size: args.batch_size,
+        ..BatchOptions::default()
+    };
+    let pad = model
+        .tokenizer
+        .special
+        .pad
+        .as_ref()
+        .map_or(0, |(id, _)| *id);
     let (mut rates, mut tokens, mut records, mut batches) = (Vec::new(), 0, 0, 0);
     for rep in 0..args.reps.max(1) {
         let started = Instant::now();
@@ -59,7 +67,8 @@ fn bench_data(args: BenchDataArgs) -> anyhow::Result<()> {
         let plan = epoch_plan(&data.examples, &batch_options, 0, rep as u64);
         let mut n_targets = 0;
         for rows in &plan {
-            n_targets += make_batch(&data.examples, rows, pad, batch_options.pad_to_multiple_of).n_targets;
+            n_targets +=
+                make_batch(&data.examples, rows, pad, batch_options.pad_to_multiple_of).n_targets;
         }
         let seconds = started.elapsed().as_secs_f64();
         tokens = data.tokens();

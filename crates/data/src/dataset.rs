@@ -125,3 +125,39 @@ impl Dataset {
         (self, valid)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::{EncodeOptions, Encoder};
+    use tuna_model::Pretrained;
+    use tuna_testkit::{tiny_model, TinySpec};
+
+    #[test]
+    fn held_out_fraction_is_deterministic_and_keeps_equal_records_together() {
+        let m = tiny_model(TinySpec::default());
+        let p = Pretrained::load(&m.path_str(), &Default::default()).unwrap();
+        let path = m.path().join("d.jsonl");
+        let mut lines: Vec<String> = (0..400)
+            .map(|i| format!("{{\"text\": \"the cat {i}\"}}"))
+            .collect();
+        lines.push("{\"text\": \"the cat 7\"}".into()); // a duplicate of line 8
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let options = EncodeOptions::default();
+        let encoder = Encoder::new(&p, &options).unwrap();
+        let load = || Dataset::load(&path, &encoder, &FieldNames::default()).unwrap();
+        let (train, valid) = load().split_fraction(0.1);
+        let (train2, valid2) = load().split_fraction(0.1);
+        assert_eq!(valid.examples, valid2.examples);
+        assert_eq!(train.examples.len() + valid.examples.len(), 401);
+        assert!(
+            (20..=60).contains(&valid.examples.len()),
+            "{}",
+            valid.examples.len()
+        );
+        let in_valid = |line| valid.examples.iter().any(|x| x.line == line);
+        assert_eq!(in_valid(8), in_valid(401), "equal records share a side");
+        assert_eq!(load().duplicates, 1);
+        let _ = train2;
+    }
+}

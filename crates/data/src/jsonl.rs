@@ -36,7 +36,10 @@ pub fn parse_jsonl(path: &Path, bytes: &[u8]) -> Result<Vec<JsonlLine>, DataErro
     Ok(lines)
 }
 
-pub fn parse_jsonl_lenient(path: &Path, bytes: &[u8]) -> Result<(Vec<JsonlLine>, Vec<DataError>), DataError> {
+pub fn parse_jsonl_lenient(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(Vec<JsonlLine>, Vec<DataError>), DataError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut lines = Vec::new();
     let mut errors = Vec::new();

@@ -109,14 +109,22 @@ pub struct ParsedRecords {
 const ROLES: [&str; 3] = ["system", "user", "assistant"];
 
 /// Parses every line; all bad lines are reported together.
-pub fn parse_records(path: &Path, lines: &[JsonlLine], fields: &FieldNames) -> Result<ParsedRecords, DataError> {
+pub fn parse_records(
+    path: &Path,
+    lines: &[JsonlLine],
+    fields: &FieldNames,
+) -> Result<ParsedRecords, DataError> {
     let (out, errors) = parse_records_lenient(path, lines, fields);
     collect_errors(errors)?;
     Ok(out)
 }
 
 /// The records of the good lines, and the errors of the others.
-pub fn parse_records_lenient(path: &Path, lines: &[JsonlLine], fields: &FieldNames) -> (ParsedRecords, Vec<DataError>) {
+pub fn parse_records_lenient(
+    path: &Path,
+    lines: &[JsonlLine],
+    fields: &FieldNames,
+) -> (ParsedRecords, Vec<DataError>) {
     let mut out = ParsedRecords::default();
     let mut errors = Vec::new();
     for l in lines {

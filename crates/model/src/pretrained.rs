@@ -68,21 +68,35 @@ impl ModelText {
                 let config = gguf.config()?;
                 let tokenizer = Tokenizer::from_gguf(&gguf)?;
                 let template = gguf.meta_str("tokenizer.chat_template").map(String::from);
-                let w = weights.then(|| WeightSource::gguf(gguf, config.num_attention_heads, config.num_key_value_heads));
+                let w = weights.then(|| {
+                    WeightSource::gguf(gguf, config.num_attention_heads, config.num_key_value_heads)
+                });
                 (config, w, tokenizer, template)
             }
             ModelSource::HfDir(dir) => {
                 let config = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
                 let (tokenizer, template) = hf_tokenizer(dir, &config)?;
-                let w = if weights { Some(WeightSource::safetensors(&source::safetensors_files(dir)?)?) } else { None };
+                let w = if weights {
+                    Some(WeightSource::safetensors(&source::safetensors_files(dir)?)?)
+                } else {
+                    None
+                };
                 (config, w, tokenizer, template)
             }
         };
         let chat_template = match template_source {
             Some(src) => {
-                let name = |t: &Option<(u32, String)>| t.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
-                let template = ChatTemplate::new(&src, &name(&tokenizer.special.bos), &name(&tokenizer.special.eos))?;
-                let eot = template.end_of_turn_marker().and_then(|m| tokenizer.token_id(m));
+                let name = |t: &Option<(u32, String)>| {
+                    t.as_ref().map(|(_, s)| s.clone()).unwrap_or_default()
+                };
+                let template = ChatTemplate::new(
+                    &src,
+                    &name(&tokenizer.special.bos),
+                    &name(&tokenizer.special.eos),
+                )?;
+                let eot = template
+                    .end_of_turn_marker()
+                    .and_then(|m| tokenizer.token_id(m));
                 tokenizer.add_stop_id(eot);
                 Some(template)
             }
@@ -91,7 +105,15 @@ impl ModelText {
         for &id in &config.eos_token_ids {
             tokenizer.add_stop_id(Some(id));
         }
-        Ok((Self { source, config, tokenizer, chat_template }, weight_source))
+        Ok((
+            Self {
+                source,
+                config,
+                tokenizer,
+                chat_template,
+            },
+            weight_source,
+        ))
     }
 }
 
@@ -102,10 +124,18 @@ impl Pretrained {
     }
 
     pub fn load_source(source: ModelSource, options: &LoadOptions) -> Result<Self> {
-        let dtype = options.dtype.unwrap_or_else(|| default_dtype(&options.device));
+        let dtype = options
+            .dtype
+            .unwrap_or_else(|| default_dtype(&options.device));
         let (text, weights) = ModelText::open(source, true)?;
         let mut weights = weights.expect("open(.., true) returns the weights");
-        let model = Llama::load(&text.config, &mut weights, dtype, &options.device, options.weights)?;
+        let model = Llama::load(
+            &text.config,
+            &mut weights,
+            dtype,
+            &options.device,
+            options.weights,
+        )?;
         Ok(Self {
             source: text.source,
             config: text.config,
