@@ -1,7 +1,7 @@
 //! Flags that say how records become token ids (shared by eval, data and, later, train).
 
 use clap::{Args, ValueEnum};
-use tuna_data::{EncodeOptions, PromptFormat, Truncation};
+use tuna_data::{DataError, EncodeOptions, FieldNames, PromptFormat, Truncation};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
@@ -37,6 +37,19 @@ pub struct DataArgs {
     /// Train (and score) prompt tokens too.
     #[arg(long)]
     pub train_on_prompt: bool,
+    /// An example that truncation leaves with no target: `skip` it (counted) or stop with an `error`.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub untrainable: UntrainableArg,
+    /// Rename a record field, e.g. --field prompt=question --field completion=answer
+    /// (text, prompt, completion, messages, role, content, instruction, input, output).
+    #[arg(long = "field", value_name = "KIND=NAME")]
+    pub fields: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UntrainableArg {
+    Skip,
+    Error,
 }
 
 impl DataArgs {
@@ -55,7 +68,37 @@ impl DataArgs {
             train_on_prompt: self.train_on_prompt,
             system: self.system_prompt.clone(),
             prompt_template: self.prompt_template.clone(),
-            skip_untrainable: true,
+            skip_untrainable: self.untrainable == UntrainableArg::Skip,
         }
+    }
+
+    pub fn field_names(&self) -> Result<FieldNames, DataError> {
+        let mut names = FieldNames::default();
+        for spec in &self.fields {
+            let bad = |reason: &str| DataError::BadOption {
+                field: format!("--field {spec}"),
+                reason: reason.into(),
+            };
+            let (kind, name) = spec
+                .split_once('=')
+                .ok_or_else(|| bad("expected KIND=NAME"))?;
+            if name.is_empty() {
+                return Err(bad("the field name is empty"));
+            }
+            let slot = match kind {
+                "text" => &mut names.text,
+                "prompt" => &mut names.prompt,
+                "completion" => &mut names.completion,
+                "messages" => &mut names.messages,
+                "role" => &mut names.role,
+                "content" => &mut names.content,
+                "instruction" => &mut names.instruction,
+                "input" => &mut names.input,
+                "output" => &mut names.output,
+                _ => return Err(bad("KIND must be one of text, prompt, completion, messages, role, content, instruction, input, output")),
+            };
+            *slot = name.to_string();
+        }
+        Ok(names)
     }
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use tuna_data::{epoch_plan, make_batch, BatchOptions, Dataset, Encoder, FieldNames};
+use tuna_data::{epoch_plan, make_batch, BatchOptions, Dataset, Encoder};
 
 use crate::args::{BenchArgs, BenchCommand, BenchDataArgs, BenchGenerateArgs, ReferenceArgs};
 
@@ -49,6 +49,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 fn bench_data(args: BenchDataArgs) -> anyhow::Result<()> {
     let model = args.model.load_text()?;
     let options = args.encoding.encode_options();
+    let fields = args.encoding.field_names()?;
     let encoder = Encoder::from_parts(&model.tokenizer, model.chat_template.as_ref(), &options)?;
     let batch_options = BatchOptions {
         batch_size: args.batch_size,
@@ -63,7 +64,7 @@ fn bench_data(args: BenchDataArgs) -> anyhow::Result<()> {
     let (mut rates, mut tokens, mut records, mut batches) = (Vec::new(), 0, 0, 0);
     for rep in 0..args.reps.max(1) {
         let started = Instant::now();
-        let data = Dataset::load(&args.file, &encoder, &FieldNames::default())?;
+        let data = Dataset::load(&args.file, &encoder, &fields)?;
         let plan = epoch_plan(&data.examples, &batch_options, 0, rep as u64);
         let mut n_targets = 0;
         for rows in &plan {

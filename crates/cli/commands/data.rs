@@ -4,9 +4,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use serde_json::json;
-use tuna_data::{
-    read_jsonl, record::parse_records, Dataset, Encoded, Encoder, Example, FieldNames,
-};
+use tuna_data::{read_jsonl, record::parse_records, Dataset, Encoded, Encoder, Example};
 use tuna_model::ModelText;
 
 use crate::args::{DataCommand, DataPreviewArgs, DataValidateArgs};
@@ -29,8 +27,8 @@ fn percentile(sorted: &[usize], p: f64) -> usize {
 fn validate(args: DataValidateArgs) -> anyhow::Result<()> {
     let model = args.model.load_text()?;
     let options = args.encoding.encode_options();
+    let fields = args.encoding.field_names()?;
     let encoder = Encoder::from_parts(&model.tokenizer, model.chat_template.as_ref(), &options)?;
-    let fields = FieldNames::default();
     let mut failed = 0;
     let mut reports = Vec::new();
     for path in &args.files {
@@ -169,9 +167,10 @@ fn render(model: &ModelText, x: &Example, marks: &Marks) -> anyhow::Result<(Stri
 fn preview(args: DataPreviewArgs) -> anyhow::Result<()> {
     let model = args.model.load_text()?;
     let options = args.encoding.encode_options();
+    let fields = args.encoding.field_names()?;
     let encoder = Encoder::from_parts(&model.tokenizer, model.chat_template.as_ref(), &options)?;
     let lines = read_jsonl(&args.file)?;
-    let parsed = parse_records(&args.file, &lines, &FieldNames::default())?;
+    let parsed = parse_records(&args.file, &lines, &fields)?;
     let marks = Marks::detect();
     for r in parsed.records.iter().take(args.n) {
         let kind = r.record.kind().name();

@@ -1,18 +1,18 @@
 //! `tuna eval`: loss and perplexity on held-out data.
 
-use tuna_data::FieldNames;
 use tuna_eval::evaluate_loss;
 
 use crate::args::EvalArgs;
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let options = args.encoding.encode_options();
+    let fields = args.encoding.field_names()?;
     let model = args.model.load(args.weights)?;
     let report = evaluate_loss(
         &model,
         &args.data,
         &options,
-        &FieldNames::default(),
+        &fields,
         args.limit,
         args.batch_tokens,
     )?;
