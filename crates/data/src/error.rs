@@ -48,7 +48,7 @@ impl DataError {
                 Some("the file must be UTF-8 JSON Lines: one JSON object per line".into())
             }
             Self::BadOption { .. } => {
-                Some("see the data section of configs/*.toml for the accepted values".into())
+                Some("run the command with --help for the accepted values".into())
             }
             Self::Io { .. } => None,
         }
