@@ -161,12 +161,44 @@ fn preview_marks_the_trained_span_when_piped() {
 fn fields_can_be_renamed_from_the_command_line() {
     let m = tiny_model(TinySpec::default());
     let data = m.path().join("qa.jsonl");
-    std::fs::write(&data, "{\"question\": \"the sea\", \"answer\": \"at rest\"}\n").unwrap();
+    std::fs::write(
+        &data,
+        "{\"question\": \"the sea\", \"answer\": \"at rest\"}\n",
+    )
+    .unwrap();
     let file = data.to_str().unwrap();
-    let run = tuna(&["data", "validate", "--model", &m.path_str(), file, "--field", "prompt=question", "--field", "completion=answer"], &[]);
+    let run = tuna(
+        &[
+            "data",
+            "validate",
+            "--model",
+            &m.path_str(),
+            file,
+            "--field",
+            "prompt=question",
+            "--field",
+            "completion=answer",
+        ],
+        &[],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("records: 1 (prompt/completion 1)"), "{}", run.stdout);
-    let run = tuna(&["data", "validate", "--model", &m.path_str(), file, "--field", "prompt"], &[]);
+    assert!(
+        run.stdout.contains("records: 1 (prompt/completion 1)"),
+        "{}",
+        run.stdout
+    );
+    let run = tuna(
+        &[
+            "data",
+            "validate",
+            "--model",
+            &m.path_str(),
+            file,
+            "--field",
+            "prompt",
+        ],
+        &[],
+    );
     assert_eq!(
         run.stderr,
         "error: --field prompt: expected KIND=NAME\nhint: run the command with --help for the accepted values\n"

@@ -52,6 +52,8 @@ pub enum ModelError {
     #[error("device `{device}`: {reason}")]
     Device { device: String, reason: String },
     #[error(transparent)]
+    Lora(#[from] tuna_lora::LoraError),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
@@ -126,6 +128,7 @@ impl ModelError {
             Self::Device { .. } => Some(
                 "build with --features cuda (or metal) for a GPU, or pass --device cpu".into(),
             ),
+            Self::Lora(e) => e.hint(),
             _ => None,
         }
     }

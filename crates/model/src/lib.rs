@@ -10,6 +10,7 @@ pub mod error;
 pub mod gguf;
 pub mod kv_cache;
 pub mod linear;
+pub mod lora;
 pub mod matvec;
 pub mod ops;
 pub mod pretrained;

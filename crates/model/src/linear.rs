@@ -6,6 +6,8 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
 
+use tuna_lora::LoraAdapter;
+
 use crate::matvec::F16MatVec;
 
 /// How a linear layer holds its weight for inference.
@@ -34,6 +36,8 @@ pub enum LinearWeight {
 pub struct Linear {
     pub weight: LinearWeight,
     pub bias: Option<Tensor>,
+    /// A trainable LoRA branch added to the frozen output.
+    pub adapter: Option<LoraAdapter>,
     pub in_features: usize,
     pub out_features: usize,
 }
@@ -48,6 +52,7 @@ impl Linear {
         Ok(Self {
             weight: LinearWeight::Dense(weight),
             bias,
+            adapter: None,
             in_features,
             out_features,
         })
@@ -99,10 +104,24 @@ impl Linear {
             LinearWeight::F16(w) => self.dense_forward(x, &w.to_dtype(x.dtype())?)?,
             LinearWeight::Quantized(q) => q.forward(x)?,
         };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match &self.adapter {
+            Some(a) => y + a.forward(x)?,
             None => Ok(y),
         }
+    }
+
+    /// Folds the adapter into a dense weight: W + scale · B A.
+    pub fn merge_adapter(&mut self) -> Result<()> {
+        if let Some(a) = self.adapter.take() {
+            let w = self.dense_weight()?;
+            let merged = (w.to_dtype(DType::F32)? + a.delta_weight()?)?.to_dtype(w.dtype())?;
+            self.weight = LinearWeight::Dense(merged);
+        }
+        Ok(())
     }
 
     fn dense_forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {

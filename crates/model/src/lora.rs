@@ -1,0 +1,160 @@
+//! LoRA on the decoder: attaching fresh adapters, loading PEFT ones, saving, merging. Module
+//! names are Hugging Face's (`model.layers.3.self_attn.q_proj`), so PEFT keys follow from them;
+//! q/k rows are already in Hugging Face order even for GGUF bases (`weights` un-permutes them),
+//! so adapters trained on a GGUF load in PEFT on the HF model and the other way round.
+
+use std::path::Path;
+
+use candle_core::Var;
+use rand::SeedableRng;
+use tuna_lora::peft::{self, LoadedAdapter};
+use tuna_lora::{LoraAdapter, LoraConfig, LoraError};
+
+use crate::decoder::Llama;
+use crate::linear::Linear;
+
+impl Llama {
+    /// Every projection: (HF module name, layer, short name, linear).
+    pub fn projections_mut(&mut self) -> Vec<(String, usize, &'static str, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            out.push((format!("{p}.self_attn.q_proj"), i, "q_proj", &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), i, "k_proj", &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), i, "v_proj", &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), i, "o_proj", &mut a.o_proj));
+            out.push((
+                format!("{p}.mlp.gate_proj"),
+                i,
+                "gate_proj",
+                &mut m.gate_proj,
+            ));
+            out.push((format!("{p}.mlp.up_proj"), i, "up_proj", &mut m.up_proj));
+            out.push((
+                format!("{p}.mlp.down_proj"),
+                i,
+                "down_proj",
+                &mut m.down_proj,
+            ));
+        }
+        out
+    }
+
+    /// Attaches fresh adapters (A Kaiming-uniform, B zero) to the modules `config` targets.
+    pub fn attach_lora(&mut self, config: &LoraConfig, seed: u64) -> Result<(), LoraError> {
+        config.validate(self.config.num_hidden_layers)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let device = self.device().clone();
+        for (_, layer, short, linear) in self.projections_mut() {
+            if config.targets(short, layer) {
+                let adapter = LoraAdapter::init(
+                    linear.in_features,
+                    linear.out_features,
+                    config.r,
+                    config.scale(),
+                    config.lora_dropout,
+                    &mut rng,
+                    &device,
+                )?;
+                linear.adapter = Some(adapter);
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches a PEFT adapter read from disk; shapes are checked against the base, and
+    /// the tensor that does not fit is named.
+    pub fn load_lora(&mut self, loaded: &LoadedAdapter) -> Result<(), LoraError> {
+        let config = &loaded.config;
+        config.validate(self.config.num_hidden_layers)?;
+        let weights = loaded.dir.join(peft::WEIGHTS_FILE);
+        let device = self.device().clone();
+        let mut used = 0;
+        for (module, _, _, linear) in self.projections_mut() {
+            let Some((a, b)) = loaded.tensors.get(&module) else {
+                continue;
+            };
+            let key = peft::module_key(&module);
+            let check = |name: &str, t: &candle_core::Tensor, want: [usize; 2]| {
+                if t.dims() != want {
+                    Err(LoraError::BadAdapterFile {
+                        path: weights.clone(),
+                        field: format!("{key}.{name}.weight"),
+                        reason: format!("shape {:?}, this base model needs {:?} (an adapter for another model?)", t.dims(), want),
+                    })
+                } else {
+                    Ok(())
+                }
+            };
+            check("lora_A", a, [config.r, linear.in_features])?;
+            check("lora_B", b, [linear.out_features, config.r])?;
+            linear.adapter = Some(LoraAdapter::from_tensors(
+                &a.to_device(&device)?,
+                &b.to_device(&device)?,
+                config.scale(),
+                config.lora_dropout,
+            )?);
+            used += 1;
+        }
+        if used != loaded.tensors.len() {
+            let known: Vec<String> = self
+                .projections_mut()
+                .into_iter()
+                .map(|(m, ..)| m)
+                .collect();
+            let stray = loaded
+                .tensors
+                .keys()
+                .find(|m| !known.contains(m))
+                .cloned()
+                .unwrap_or_default();
+            return Err(LoraError::BadAdapterFile {
+                path: weights,
+                field: format!("{}.lora_A.weight", peft::module_key(&stray)),
+                reason: "this base model has no such module (an adapter for another model?)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The trainable tensors, (HF module name, A, B), in a fixed order.
+    pub fn lora_vars(&mut self) -> Vec<(String, Var, Var)> {
+        self.projections_mut()
+            .into_iter()
+            .filter_map(|(m, _, _, l)| l.adapter.as_ref().map(|a| (m, a.a.clone(), a.b.clone())))
+            .collect()
+    }
+
+    pub fn has_lora(&mut self) -> bool {
+        !self.lora_vars().is_empty()
+    }
+
+    /// Saves the adapters in PEFT's layout.
+    pub fn save_lora(&mut self, dir: &Path, config: &LoraConfig) -> Result<(), LoraError> {
+        let adapters: Vec<(String, candle_core::Tensor, candle_core::Tensor)> = self
+            .lora_vars()
+            .into_iter()
+            .map(|(m, a, b)| (m, a.as_tensor().clone(), b.as_tensor().clone()))
+            .collect();
+        peft::save(dir, config, &adapters)
+    }
+
+    /// Dropout in the adapters on (training) or off.
+    pub fn set_training(&mut self, training: bool) {
+        for (.., l) in self.projections_mut() {
+            if let Some(a) = l.adapter.as_mut() {
+                a.training = training;
+            }
+        }
+    }
+
+    /// Folds every adapter into its base weight.
+    pub fn merge_lora(&mut self) -> candle_core::Result<()> {
+        for (.., l) in self.projections_mut() {
+            l.merge_adapter()?;
+        }
+        Ok(())
+    }
+}

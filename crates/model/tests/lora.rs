@@ -1,0 +1,292 @@
+//! LoRA on tiny models: a fresh adapter changes nothing, merged equals unmerged, gradients
+//! reach every adapter tensor and match finite differences, and adapters round-trip through
+//! PEFT's layout key for key.
+
+use candle_core::{Device, Tensor, D};
+use tuna_lora::{peft, LoraConfig, TargetModules};
+use tuna_model::{Kernels, LoadOptions, Pretrained};
+use tuna_testkit::{max_abs_diff, tiny_model, TinySpec};
+
+const IDS: [u32; 8] = [5, 200, 17, 3, 150, 99, 260, 42];
+
+fn ids() -> Tensor {
+    Tensor::new(&IDS, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+}
+
+fn load(spec: TinySpec) -> (tuna_testkit::TinyModel, Pretrained) {
+    let m = tiny_model(spec);
+    let p = Pretrained::load(&m.path_str(), &LoadOptions::default()).unwrap();
+    (m, p)
+}
+
+/// Gives every B random values, so the adapters do something.
+fn randomize_b(p: &mut Pretrained) {
+    for (_, _, b) in p.model.lora_vars() {
+        b.set(&(Tensor::randn(0f32, 0.2, b.shape(), &Device::Cpu).unwrap()))
+            .unwrap();
+    }
+}
+
+fn logits(p: &Pretrained) -> Tensor {
+    p.model.forward(&ids(), Kernels::Differentiable).unwrap()
+}
+
+fn loss(p: &Pretrained) -> Tensor {
+    let logits = logits(p).squeeze(0).unwrap();
+    let n = IDS.len() - 1;
+    let logp = candle_nn::ops::log_softmax(&logits.narrow(0, 0, n).unwrap(), D::Minus1).unwrap();
+    let targets = Tensor::new(&IDS[1..], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(1)
+        .unwrap();
+    (logp.gather(&targets, 1).unwrap().sum_all().unwrap() * (-1.0 / n as f64)).unwrap()
+}
+
+#[test]
+fn a_fresh_adapter_leaves_logits_unchanged() {
+    let (_m, mut p) = load(TinySpec::default());
+    let before = logits(&p);
+    p.model.attach_lora(&LoraConfig::default(), 0).unwrap();
+    assert_eq!(p.model.lora_vars().len(), 2 * 7);
+    assert_eq!(max_abs_diff(&before, &logits(&p)), 0.0);
+}
+
+#[test]
+fn merged_equals_unmerged() {
+    for spec in [
+        TinySpec::default(),
+        TinySpec {
+            model_type: "qwen2",
+            attention_bias: true,
+            tie_word_embeddings: false,
+            ..Default::default()
+        },
+    ] {
+        let (_m, mut p) = load(spec);
+        let cfg = LoraConfig {
+            r: 4,
+            lora_alpha: 8.0,
+            use_rslora: true,
+            ..Default::default()
+        };
+        p.model.attach_lora(&cfg, 1).unwrap();
+        randomize_b(&mut p);
+        let unmerged = logits(&p);
+        p.model.merge_lora().unwrap();
+        assert!(!p.model.has_lora());
+        let d = max_abs_diff(&unmerged, &logits(&p));
+        assert!(d <= 1e-5, "{d}");
+    }
+}
+
+#[test]
+fn target_selection_follows_peft_names() {
+    let (_m, mut p) = load(TinySpec::default());
+    let cfg = LoraConfig {
+        target_modules: TargetModules::parse("q_proj,v_proj").unwrap(),
+        layers_to_transform: Some(vec![1]),
+        ..Default::default()
+    };
+    p.model.attach_lora(&cfg, 0).unwrap();
+    let names: Vec<String> = p.model.lora_vars().into_iter().map(|(m, ..)| m).collect();
+    assert_eq!(
+        names,
+        [
+            "model.layers.1.self_attn.q_proj",
+            "model.layers.1.self_attn.v_proj"
+        ]
+    );
+    let err = TargetModules::parse("q_proj,qkv").unwrap_err().to_string();
+    assert_eq!(err, "lora: target_modules: `qkv` is not a projection of this model (expected all-linear or some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
+}
+
+#[test]
+fn every_adapter_tensor_gets_a_gradient_that_matches_finite_differences() {
+    let (_m, mut p) = load(TinySpec::default());
+    p.model
+        .attach_lora(
+            &LoraConfig {
+                r: 2,
+                lora_alpha: 4.0,
+                ..Default::default()
+            },
+            3,
+        )
+        .unwrap();
+    randomize_b(&mut p);
+    let vars = p.model.lora_vars();
+    let grads = loss(&p).backward().unwrap();
+    for (module, a, b) in &vars {
+        for (name, var) in [("lora_A", a), ("lora_B", b)] {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{module}.{name}: no gradient"));
+            let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(
+                g.iter().any(|&x| x != 0.0),
+                "{module}.{name}: zero gradient"
+            );
+        }
+    }
+    // Central differences on a few entries of the first and last adapters.
+    for (module, a, b) in [&vars[0], &vars[vars.len() - 1]] {
+        for var in [a, b] {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let flat = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for idx in [0, flat.len() - 1] {
+                let h = 1e-2f32;
+                let eval = |delta: f32| {
+                    let mut v = flat.clone();
+                    v[idx] += delta;
+                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    loss(&p).to_scalar::<f32>().unwrap() as f64
+                };
+                let numeric = (eval(h) - eval(-h)) / (2.0 * h as f64);
+                var.set(&Tensor::from_vec(flat.clone(), var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let analytic = g[idx] as f64;
+                assert!(
+                    (numeric - analytic).abs() < 2e-3 + 0.05 * analytic.abs(),
+                    "{module}[{idx}]: {analytic} vs {numeric}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn adapters_round_trip_in_peft_layout() {
+    let (m, mut p) = load(TinySpec::default());
+    let cfg = LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        target_modules: TargetModules::parse("q_proj,k_proj,down_proj").unwrap(),
+        ..Default::default()
+    };
+    p.model.attach_lora(&cfg, 5).unwrap();
+    randomize_b(&mut p);
+    let want = logits(&p);
+    let dir = m.path().join("adapter");
+    p.model.save_lora(&dir, &cfg).unwrap();
+
+    // The layout PEFT writes: these keys, A (r, in), B (out, r), and its config fields.
+    let saved = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
+    let mut keys: Vec<(String, Vec<usize>)> = saved
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
+    keys.sort();
+    let expected: Vec<(String, Vec<usize>)> = [0, 1]
+        .iter()
+        .flat_map(|i| {
+            [
+                (
+                    format!("base_model.model.model.layers.{i}.mlp.down_proj.lora_A.weight"),
+                    vec![4, 64],
+                ),
+                (
+                    format!("base_model.model.model.layers.{i}.mlp.down_proj.lora_B.weight"),
+                    vec![32, 4],
+                ),
+                (
+                    format!("base_model.model.model.layers.{i}.self_attn.k_proj.lora_A.weight"),
+                    vec![4, 32],
+                ),
+                (
+                    format!("base_model.model.model.layers.{i}.self_attn.k_proj.lora_B.weight"),
+                    vec![16, 4],
+                ),
+                (
+                    format!("base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight"),
+                    vec![4, 32],
+                ),
+                (
+                    format!("base_model.model.model.layers.{i}.self_attn.q_proj.lora_B.weight"),
+                    vec![32, 4],
+                ),
+            ]
+        })
+        .collect();
+    assert_eq!(keys, expected);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["task_type"], "CAUSAL_LM");
+    assert_eq!(config["r"], 4);
+    assert_eq!(config["lora_alpha"], 8.0);
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["q_proj", "k_proj", "down_proj"])
+    );
+    assert_eq!(config["bias"], "none");
+
+    let (_m2, mut fresh) = (
+        0,
+        Pretrained::load(&m.path_str(), &LoadOptions::default()).unwrap(),
+    );
+    fresh.model.load_lora(&peft::load(&dir).unwrap()).unwrap();
+    assert_eq!(max_abs_diff(&want, &logits(&fresh)), 0.0);
+}
+
+#[test]
+fn an_adapter_for_another_base_names_the_tensor() {
+    let (m, mut p) = load(TinySpec::default());
+    p.model
+        .attach_lora(
+            &LoraConfig {
+                r: 2,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    let dir = m.path().join("adapter");
+    p.model
+        .save_lora(
+            &dir,
+            &LoraConfig {
+                r: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (_other_dir, mut other) = load(TinySpec {
+        intermediate_size: 48,
+        ..Default::default()
+    });
+    let err = other
+        .model
+        .load_lora(&peft::load(&dir).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}: base_model.model.model.layers.0.mlp.gate_proj.lora_B.weight: shape [64, 2], this base model needs [48, 2] (an adapter for another model?)",
+            dir.join("adapter_model.safetensors").display()
+        )
+    );
+    std::fs::write(dir.join("adapter_config.json"), "{\"peft_type\": \"IA3\"}").unwrap();
+    let err = peft::load(&dir).err().unwrap().to_string();
+    assert!(
+        err.ends_with("adapter_config.json: peft_type: `IA3` is not supported (only LORA)"),
+        "{err}"
+    );
+}
