@@ -1,0 +1,47 @@
+//! What the training loop reports. Progress lines and metrics.jsonl are observers of these.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TrainEvent {
+    Started {
+        total_steps: usize,
+        start_step: usize,
+        train_examples: usize,
+        valid_examples: usize,
+        train_target_tokens: usize,
+        trainable_params: usize,
+    },
+    Step {
+        step: usize,
+        total_steps: usize,
+        /// Mean loss per target token of this optimizer step.
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        target_tokens: usize,
+        tokens: usize,
+        tokens_per_s: f64,
+        elapsed_s: f64,
+    },
+    Eval {
+        step: usize,
+        loss: f64,
+        perplexity: f64,
+        tokens: usize,
+        best: bool,
+    },
+    Checkpoint {
+        step: usize,
+        path: String,
+    },
+    Finished {
+        step: usize,
+        adapter: String,
+        best_eval_loss: Option<f64>,
+        best_step: Option<usize>,
+        train_seconds: f64,
+        stopped_early: bool,
+    },
+}

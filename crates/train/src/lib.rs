@@ -1,0 +1,16 @@
+//! tuna-train: LoRA fine-tuning. `train()` in `trainer.rs` reads top to bottom; the optimizer,
+//! schedule, loss, checkpoints and events each have their own file.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use error::TrainError;
+pub use events::TrainEvent;
+pub use trainer::{train, TrainOutcome};

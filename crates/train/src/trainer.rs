@@ -1,0 +1,385 @@
+//! The training loop, top to bottom: data → adapters → optimizer → for each step: micro-batches
+//! forward/backward (loss summed over targets, divided by the step's target tokens), clip,
+//! AdamW; evaluate, checkpoint, report.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{Tensor, Var};
+use tuna_data::{epoch_plan, make_batch, Batch, Dataset, Encoder, Example};
+use tuna_eval::loss::examples_nll;
+use tuna_lora::peft;
+use tuna_model::Pretrained;
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::events::TrainEvent;
+use crate::loss::batch_loss_sum;
+use crate::optim::{clip_grad_norm, AdamW, AdamWParams};
+use crate::schedule::Schedule;
+
+/// Tokens per forward batch when scoring the valid split.
+const EVAL_BATCH_TOKENS: usize = 4096;
+
+pub struct TrainOutcome {
+    pub adapter_dir: PathBuf,
+    pub state: TrainerState,
+}
+
+/// The micro-batches of all epochs, in order, from any position (resume).
+struct BatchStream<'a> {
+    examples: &'a [Example],
+    config: &'a TrainConfig,
+    pad: u32,
+    epoch: u64,
+    index: usize,
+    plan: Vec<Vec<Vec<usize>>>,
+}
+
+impl<'a> BatchStream<'a> {
+    fn new(
+        examples: &'a [Example],
+        config: &'a TrainConfig,
+        pad: u32,
+        epoch: u64,
+        index: usize,
+    ) -> Self {
+        let plan = epoch_plan(examples, &config.batch, config.train.seed, epoch);
+        Self {
+            examples,
+            config,
+            pad,
+            epoch,
+            index,
+            plan,
+        }
+    }
+
+    fn next_batch(&mut self) -> Batch {
+        if self.index >= self.plan.len() {
+            self.epoch += 1;
+            self.index = 0;
+            self.plan = epoch_plan(
+                self.examples,
+                &self.config.batch,
+                self.config.train.seed,
+                self.epoch,
+            );
+        }
+        let batch = make_batch(
+            self.examples,
+            &self.plan[self.index],
+            self.pad,
+            self.config.batch.pad_to_multiple_of,
+        );
+        self.index += 1;
+        batch
+    }
+}
+
+fn load_data(
+    model: &Pretrained,
+    config: &TrainConfig,
+) -> Result<(Dataset, Option<Dataset>), TrainError> {
+    let encoder = Encoder::new(model, &config.encoding)?;
+    let train = Dataset::load(&config.data.train, &encoder, &config.fields)?;
+    if !config.data.valid.as_os_str().is_empty() {
+        let valid = Dataset::load(&config.data.valid, &encoder, &config.fields)?;
+        return Ok((train, Some(valid)));
+    }
+    if config.data.valid_fraction > 0.0 {
+        let (train, valid) = train.split_fraction(config.data.valid_fraction);
+        return Ok((train, Some(valid)));
+    }
+    Ok((train, None))
+}
+
+/// Adapters for this run: the checkpoint's when resuming, an existing adapter's with
+/// `init_adapter`, else fresh ones. Returns the vars and their stable names.
+fn attach_adapters(
+    model: &mut Pretrained,
+    config: &TrainConfig,
+    resume_from: Option<&Path>,
+) -> Result<(Vec<Var>, Vec<String>), TrainError> {
+    let source = resume_from
+        .map(PathBuf::from)
+        .or_else(|| (!config.init_adapter.is_empty()).then(|| PathBuf::from(&config.init_adapter)));
+    match source {
+        Some(dir) => model.model.load_lora(&peft::load(&dir)?)?,
+        None => model
+            .model
+            .attach_lora(&config.lora_config(), config.train.seed)?,
+    }
+    let mut vars = Vec::new();
+    let mut names = Vec::new();
+    for (module, a, b) in model.model.lora_vars() {
+        names.push(format!("{module}.lora_A"));
+        vars.push(a);
+        names.push(format!("{module}.lora_B"));
+        vars.push(b);
+    }
+    Ok((vars, names))
+}
+
+fn eval_loss(model: &mut Pretrained, valid: &Dataset) -> Result<(f64, usize), TrainError> {
+    model.model.set_training(false);
+    let (sum, n) = examples_nll(&model.model, &valid.examples, EVAL_BATCH_TOKENS)?;
+    model.model.set_training(true);
+    Ok((sum / n.max(1) as f64, n))
+}
+
+/// One optimizer step's gradients: each micro-batch's summed NLL divided by the target tokens
+/// of the whole step, backpropagated and added up. Returns (gradients aligned with `vars`,
+/// mean loss per target token, target tokens).
+pub fn accumulate_gradients(
+    model: &Pretrained,
+    vars: &[Var],
+    micro: &[Batch],
+) -> Result<(Vec<Tensor>, f64, usize), TrainError> {
+    let step_targets: usize = micro.iter().map(|b| b.n_targets).sum::<usize>().max(1);
+    let mut grads: Vec<Tensor> = vars
+        .iter()
+        .map(|v| v.zeros_like())
+        .collect::<candle_core::Result<_>>()?;
+    let mut loss_sum = 0f64;
+    for batch in micro.iter().filter(|b| b.n_targets > 0) {
+        let sum = batch_loss_sum(&model.model, batch)?;
+        loss_sum += sum.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let store = (sum / step_targets as f64)?.backward()?;
+        for (g, v) in grads.iter_mut().zip(vars) {
+            if let Some(dg) = store.get(v.as_tensor()) {
+                *g = (&*g + dg)?;
+            }
+        }
+    }
+    Ok((grads, loss_sum / step_targets as f64, step_targets))
+}
+
+/// Trains `model` as `config` says; `resume` continues the run in `config.output` exactly.
+/// Setting `interrupt` (Ctrl-C) ends the run after the current step with a resumable
+/// checkpoint and `TrainError::Interrupted`.
+pub fn train(
+    model: &mut Pretrained,
+    config: &TrainConfig,
+    resume: bool,
+    interrupt: &AtomicBool,
+    report: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainOutcome, TrainError> {
+    config.validate()?;
+    let run_dir = config.output.clone();
+    let latest = checkpoint::list(&run_dir).pop();
+    if !resume && latest.is_some() {
+        return Err(TrainError::RunExists { path: run_dir });
+    }
+    std::fs::create_dir_all(&run_dir).map_err(TrainError::io(&run_dir))?;
+    let config_path = run_dir.join("config.toml");
+    peft::write_atomic(&config_path, config.to_toml().as_bytes())?;
+
+    // Data.
+    let (train_data, valid_data) = load_data(model, config)?;
+    if train_data.trained_tokens() == 0 {
+        return Err(TrainError::NoTrainingData);
+    }
+    let pad = model
+        .tokenizer
+        .special
+        .pad
+        .as_ref()
+        .or(model.tokenizer.special.eos.as_ref())
+        .map_or(0, |(id, _)| *id);
+
+    // Adapters and optimizer, from the latest checkpoint when resuming.
+    let resume_from = if resume {
+        latest.as_ref().map(|(_, p)| p.as_path())
+    } else {
+        None
+    };
+    let (vars, names) = attach_adapters(model, config, resume_from)?;
+    model.model.set_training(true);
+    let lora_config = config.lora_config();
+    let o = &config.optim;
+    let mut optimizer = AdamW::new(
+        vars.clone(),
+        AdamWParams {
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+        },
+    )?;
+
+    let micro_per_epoch =
+        epoch_plan(&train_data.examples, &config.batch, config.train.seed, 0).len();
+    let steps_per_epoch = micro_per_epoch.div_ceil(config.train.grad_accum).max(1);
+    let total_steps = match config.train.max_steps {
+        0 => ((config.train.epochs * steps_per_epoch as f64).ceil() as usize).max(1),
+        n => n,
+    };
+    let warmup = if o.warmup_steps > 0 {
+        o.warmup_steps
+    } else {
+        (o.warmup_ratio * total_steps as f64).round() as usize
+    };
+    let schedule = Schedule {
+        kind: o.schedule,
+        peak: o.lr,
+        warmup_steps: warmup,
+        total_steps,
+    };
+
+    let mut state = TrainerState {
+        step: 0,
+        total_steps,
+        epoch: 0,
+        batch_in_epoch: 0,
+        best_eval_loss: None,
+        best_step: None,
+        evals_since_best: 0,
+        tokens_seen: 0,
+        train_seconds: 0.0,
+    };
+    if let Some(dir) = resume_from {
+        let (saved, moments) = checkpoint::read(dir)?;
+        optimizer
+            .load_state(&names, &moments, saved.step)
+            .map_err(|reason| TrainError::BadCheckpoint {
+                path: dir.join(checkpoint::OPTIMIZER_FILE),
+                reason,
+            })?;
+        state = TrainerState {
+            total_steps,
+            ..saved
+        };
+    }
+    let mut stream = BatchStream::new(
+        &train_data.examples,
+        config,
+        pad,
+        state.epoch,
+        state.batch_in_epoch,
+    );
+    report(&TrainEvent::Started {
+        total_steps,
+        start_step: state.step,
+        train_examples: train_data.examples.len(),
+        valid_examples: valid_data.as_ref().map_or(0, |v| v.examples.len()),
+        train_target_tokens: train_data.trained_tokens(),
+        trainable_params: vars.iter().map(|v| v.elem_count()).sum(),
+    });
+
+    let save = |model: &mut Pretrained,
+                optimizer: &AdamW,
+                state: &TrainerState|
+     -> Result<PathBuf, TrainError> {
+        checkpoint::write(
+            &run_dir,
+            |dir| Ok(model.model.save_lora(dir, &lora_config)?),
+            &optimizer.state(&names),
+            state,
+        )
+    };
+    let started = Instant::now();
+    let seconds_before = state.train_seconds;
+    let mut stopped_early = false;
+    while state.step < total_steps {
+        let step_started = Instant::now();
+        let micro: Vec<Batch> = (0..config.train.grad_accum)
+            .map(|_| stream.next_batch())
+            .collect();
+        let (mut grads, loss, step_targets) = accumulate_gradients(model, &vars, &micro)?;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                step: state.step + 1,
+                value: loss,
+            });
+        }
+        let max_norm = (o.max_grad_norm > 0.0).then_some(o.max_grad_norm);
+        let grad_norm = clip_grad_norm(&mut grads, max_norm)?;
+        let lr = schedule.lr(state.step + 1);
+        optimizer.update(&grads, lr)?;
+
+        state.step += 1;
+        state.epoch = stream.epoch;
+        state.batch_in_epoch = stream.index;
+        let tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
+        state.tokens_seen += tokens;
+        state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+        report(&TrainEvent::Step {
+            step: state.step,
+            total_steps,
+            loss,
+            lr,
+            grad_norm,
+            target_tokens: step_targets,
+            tokens,
+            tokens_per_s: tokens as f64 / step_started.elapsed().as_secs_f64().max(1e-9),
+            elapsed_s: state.train_seconds,
+        });
+
+        let last = state.step == total_steps;
+        let every = |n: usize| n > 0 && state.step.is_multiple_of(n);
+        let mut improved = false;
+        if let Some(valid) = valid_data
+            .as_ref()
+            .filter(|_| every(config.train.eval_every) || last)
+        {
+            let (eval, n) = eval_loss(model, valid)?;
+            improved = state.best_eval_loss.is_none_or(|b| eval < b);
+            if improved {
+                state.best_eval_loss = Some(eval);
+                state.best_step = Some(state.step);
+                state.evals_since_best = 0;
+            } else {
+                state.evals_since_best += 1;
+            }
+            report(&TrainEvent::Eval {
+                step: state.step,
+                loss: eval,
+                perplexity: eval.exp(),
+                tokens: n,
+                best: improved,
+            });
+            let patience = config.train.early_stopping_patience;
+            stopped_early = patience > 0 && state.evals_since_best >= patience && !last;
+        }
+        let interrupted = interrupt.load(Ordering::SeqCst);
+        if every(config.train.save_every) || last || improved || stopped_early || interrupted {
+            let dir = save(model, &optimizer, &state)?;
+            if improved {
+                checkpoint::publish_adapter(&dir, &run_dir.join("best"))?;
+            }
+            checkpoint::prune(&run_dir, config.train.keep_last)?;
+            report(&TrainEvent::Checkpoint {
+                step: state.step,
+                path: dir.display().to_string(),
+            });
+        }
+        if interrupted {
+            return Err(TrainError::Interrupted {
+                step: state.step,
+                run: run_dir.clone(),
+            });
+        }
+        if stopped_early {
+            break;
+        }
+    }
+
+    let adapter_dir = run_dir.join("adapter");
+    let newest = checkpoint::list(&run_dir).pop().map(|(_, p)| p);
+    match newest {
+        Some(dir) => checkpoint::publish_adapter(&dir, &adapter_dir)?,
+        None => model.model.save_lora(&adapter_dir, &lora_config)?,
+    }
+    report(&TrainEvent::Finished {
+        step: state.step,
+        adapter: adapter_dir.display().to_string(),
+        best_eval_loss: state.best_eval_loss,
+        best_step: state.best_step,
+        train_seconds: state.train_seconds,
+        stopped_early,
+    });
+    Ok(TrainOutcome { adapter_dir, state })
+}

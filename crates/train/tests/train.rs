@@ -1,0 +1,227 @@
+//! The training loop on a tiny model: the eval loss falls, a resumed run continues exactly,
+//! gradient accumulation equals one big batch, a killed checkpoint write leaves the previous
+//! ones intact, and bad configs name their key.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tuna_data::{make_batch, Dataset, EncodeOptions, Encoder, FieldNames};
+use tuna_model::{LoadOptions, Pretrained};
+use tuna_testkit::{tiny_model, TinyModel, TinySpec};
+use tuna_train::trainer::accumulate_gradients;
+use tuna_train::{checkpoint, train, TrainConfig, TrainError, TrainEvent};
+
+fn write_data(dir: &Path) -> (String, String) {
+    let words = ["cat", "sea", "hat", "mat", "rest", "tin"];
+    let mut train = String::new();
+    for i in 0..48 {
+        let w = words[i % words.len()];
+        train.push_str(&format!(
+            "{{\"prompt\": \"the {w} {i}\", \"completion\": \"is {w}\"}}\n"
+        ));
+    }
+    let valid: String = words
+        .iter()
+        .map(|w| format!("{{\"prompt\": \"the {w} 99\", \"completion\": \"is {w}\"}}\n"))
+        .collect();
+    let (t, v) = (dir.join("train.jsonl"), dir.join("valid.jsonl"));
+    std::fs::write(&t, train).unwrap();
+    std::fs::write(&v, valid).unwrap();
+    (t.display().to_string(), v.display().to_string())
+}
+
+fn config(m: &TinyModel, out: &str, steps: usize) -> TrainConfig {
+    let (train, valid) = write_data(m.path());
+    let mut c = TrainConfig {
+        model: m.path_str(),
+        output: m.path().join(out),
+        ..Default::default()
+    };
+    c.data.train = train.into();
+    c.data.valid = valid.into();
+    c.lora.r = 4;
+    c.lora.lora_alpha = 8.0;
+    c.optim.lr = 5e-3;
+    c.train.max_steps = steps;
+    c.train.eval_every = 5;
+    c.train.save_every = 5;
+    c.batch.batch_size = 4;
+    c
+}
+
+fn load(m: &TinyModel) -> Pretrained {
+    Pretrained::load(&m.path_str(), &LoadOptions::default()).unwrap()
+}
+
+/// Runs `config`, returning the per-step losses and eval losses.
+fn run(
+    m: &TinyModel,
+    c: &TrainConfig,
+    resume: bool,
+    stop_at: Option<usize>,
+) -> (Vec<f64>, Vec<f64>, Result<(), TrainError>) {
+    let mut model = load(m);
+    let interrupt = AtomicBool::new(false);
+    let (mut losses, mut evals) = (Vec::new(), Vec::new());
+    let result = train(&mut model, c, resume, &interrupt, &mut |e| match e {
+        TrainEvent::Step { step, loss, .. } => {
+            losses.push(*loss);
+            if Some(*step) == stop_at {
+                interrupt.store(true, Ordering::SeqCst);
+            }
+        }
+        TrainEvent::Eval { loss, .. } => evals.push(*loss),
+        _ => {}
+    });
+    (losses, evals, result.map(|_| ()))
+}
+
+#[test]
+fn eval_loss_falls_and_the_run_directory_tells_the_story() {
+    let m = tiny_model(TinySpec::default());
+    let c = config(&m, "run", 30);
+    let (losses, evals, result) = run(&m, &c, false, None);
+    result.unwrap();
+    assert_eq!(losses.len(), 30);
+    assert!(
+        evals.last().unwrap() < &(evals[0] * 0.8),
+        "eval losses {evals:?}"
+    );
+    let dir = m.path().join("run");
+    for f in [
+        "config.toml",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "best/adapter_model.safetensors",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    assert_eq!(checkpoint::list(&dir).len(), 2, "keep_last 2");
+    let resolved = TrainConfig::from_toml_file(&dir.join("config.toml")).unwrap();
+    assert_eq!(resolved, c);
+    // The adapter changes the model.
+    let mut tuned = load(&m);
+    tuned
+        .model
+        .load_lora(&tuna_lora::peft::load(&dir.join("adapter")).unwrap())
+        .unwrap();
+    // A second run into the same directory is refused rather than mixing runs.
+    let (_, _, again) = run(&m, &c, false, None);
+    assert!(matches!(again, Err(TrainError::RunExists { .. })));
+}
+
+#[test]
+fn a_resumed_run_continues_exactly() {
+    let m = tiny_model(TinySpec::default());
+    let whole = config(&m, "whole", 20);
+    let (all, _, r) = run(&m, &whole, false, None);
+    r.unwrap();
+    let split = config(&m, "split", 20);
+    let (first, _, r) = run(&m, &split, false, Some(10));
+    assert!(
+        matches!(r, Err(TrainError::Interrupted { step: 10, .. })),
+        "{:?}",
+        r.err()
+    );
+    let (rest, _, r) = run(&m, &split, true, None);
+    r.unwrap();
+    let joined: Vec<f64> = first.into_iter().chain(rest).collect();
+    assert_eq!(joined.len(), all.len());
+    for (i, (a, b)) in all.iter().zip(&joined).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+            "step {}: {a} vs {b}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn accumulation_equals_one_big_batch() {
+    let m = tiny_model(TinySpec::default());
+    let c = config(&m, "acc", 1);
+    let mut model = load(&m);
+    model.model.attach_lora(&c.lora_config(), 0).unwrap();
+    for (_, _, b) in model.model.lora_vars() {
+        b.set(
+            &candle_core::Tensor::randn(0f32, 0.1, b.shape(), &candle_core::Device::Cpu).unwrap(),
+        )
+        .unwrap();
+    }
+    let vars: Vec<candle_core::Var> = model
+        .model
+        .lora_vars()
+        .into_iter()
+        .flat_map(|(_, a, b)| [a, b])
+        .collect();
+    let options = EncodeOptions::default();
+    let encoder = Encoder::new(&model, &options).unwrap();
+    let data = Dataset::load(&c.data.train, &encoder, &FieldNames::default()).unwrap();
+    let xs = &data.examples[..8];
+    let rows = |r: std::ops::Range<usize>| -> Vec<Vec<usize>> { r.map(|i| vec![i]).collect() };
+    let one = [make_batch(xs, &rows(0..8), 2, 8)];
+    let two = [
+        make_batch(xs, &rows(0..4), 2, 1),
+        make_batch(xs, &rows(4..8), 2, 64),
+    ];
+    assert_ne!(one[0].cols, two[1].cols, "different padding");
+    let (g1, l1, n1) = accumulate_gradients(&model, &vars, &one).unwrap();
+    let (g2, l2, n2) = accumulate_gradients(&model, &vars, &two).unwrap();
+    assert_eq!(n1, n2);
+    assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
+    for (a, b) in g1.iter().zip(&g2) {
+        assert!(tuna_testkit::max_abs_diff(a, b) < 1e-5);
+    }
+}
+
+#[test]
+fn a_killed_checkpoint_write_leaves_the_previous_one_intact() {
+    let m = tiny_model(TinySpec::default());
+    let c = config(&m, "kill", 10);
+    let (_, _, r) = run(&m, &c, false, Some(5));
+    assert!(matches!(r, Err(TrainError::Interrupted { .. })));
+    let dir = m.path().join("kill");
+    // A write killed half-way: a temp directory with some files and no state.
+    let partial = dir.join(".checkpoint-6.partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("adapter_model.safetensors"), b"half").unwrap();
+    assert_eq!(
+        checkpoint::list(&dir).last().unwrap().0,
+        5,
+        "the temp directory is not a checkpoint"
+    );
+    let (rest, _, r) = run(&m, &c, true, None);
+    r.unwrap();
+    assert_eq!(rest.len(), 5, "resumed from step 5");
+}
+
+#[test]
+fn bad_configs_name_the_key() {
+    let err = TrainConfig::from_toml_str("[optim]\nlr = 0.1\nlearning_rate = 3\n", "c.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("c.toml:3: (toml): unknown field `learning_rate`"),
+        "{err}"
+    );
+    let err = TrainConfig::from_toml_str("[train]\nmax_steps = \"ten\"\n", "c.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("c.toml:2: (toml): invalid type: string \"ten\""),
+        "{err}"
+    );
+    let mut c = TrainConfig::default();
+    c.data.train = "x.jsonl".into();
+    c.optim.lr = -1.0;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "config: optim.lr: must be a number > 0"
+    );
+    c.optim.lr = 1e-3;
+    c.lora.r = 0;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "lora: r: must be at least 1"
+    );
+}
