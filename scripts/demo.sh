@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
-# The main job on the default model, end to end. For now: fetch SmolLM2-135M-Instruct, build,
-# ask it something through its chat template, and score it on sample text. (Training, evaluation and the prompt-vs-tune
-# comparison join this script as they land.)
+# The main job on the default model, end to end: fetch SmolLM2-135M-Instruct, build, check the
+# bundled sentiment data, fine-tune a LoRA adapter on it (a short run), score base vs tuned on
+# the held-out split, and ask both the same question. (tuna compare's full prompt-vs-tune
+# report joins this script when it lands.)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 model="$(scripts/fetch-model.sh)"
 cargo build --release --locked
 tuna=target/release/tuna
-echo "== tuna generate --chat (SmolLM2-135M-Instruct, greedy)" >&2
-$tuna generate --model "$model" --chat --prompt "Give me three tips for writing clear commit messages." --max-new-tokens 120
-echo "== tuna data validate (the bundled sentiment example)" >&2
-$tuna data validate --model "$model" data/example/sentiment/train.jsonl data/example/sentiment/valid.jsonl
-echo "== tuna eval (loss and perplexity on data/example/text-sample.jsonl)" >&2
-$tuna eval --model "$model" --data data/example/text-sample.jsonl
+run=runs/demo-sentiment
+template=$'Classify the sentiment of this text as negative, neutral or positive.\n\nText: {prompt}'
+steps="${DEMO_STEPS:-40}"
+
+echo "== tuna data validate" >&2
+$tuna data validate --model "$model" --prompt-template "$template" \
+  data/example/sentiment/train.jsonl data/example/sentiment/valid.jsonl
+
+echo "== tuna train ($steps steps, LoRA r=16 on all projections)" >&2
+rm -rf "$run"
+$tuna train -c configs/smollm2-135m-lora.toml --model "$model" --output "$run" \
+  --max-steps "$steps" --eval-every 20 --save-every 20
+
+echo "== tuna eval: base vs tuned on the held-out split (completion loss)" >&2
+$tuna eval --model "$model" --data data/example/sentiment/valid.jsonl --prompt-template "$template" --limit 100
+$tuna eval --model "$model" --adapter "$run" --data data/example/sentiment/valid.jsonl --prompt-template "$template" --limit 100
+
+prompt=$'Classify the sentiment of this text as negative, neutral or positive.\n\nText: The battery died after two days and support never answered.'
+echo "== tuna generate --chat, base" >&2
+$tuna generate --model "$model" --chat --prompt "$prompt" --max-new-tokens 40
+echo "== tuna generate --chat, tuned" >&2
+$tuna generate --model "$model" --adapter "$run" --chat --prompt "$prompt" --max-new-tokens 40

@@ -24,6 +24,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Loss and perplexity on a JSONL file (any record kind; the training loss mask).
     Eval(EvalArgs),
+    /// LoRA fine-tuning: writes a run directory with checkpoints and a PEFT adapter.
+    Train(Box<TrainArgs>),
     /// Check datasets and see what training will train on.
     #[command(subcommand)]
     Data(DataCommand),
@@ -195,4 +197,93 @@ pub struct ReferenceArgs {
     pub reference_python: Option<PathBuf>,
     #[arg(long, default_value = "../shared/bench/peft_cpu_baseline.py")]
     pub reference_script: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A TOML config (see configs/smollm2-135m-lora.toml); flags override it.
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: TrainModelArgs,
+    /// Training JSONL (any record kind).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Held-out JSONL for evaluation during training.
+    #[arg(long)]
+    pub valid: Option<PathBuf>,
+    /// Hold out this share of --data (by hash of each record) when there is no --valid.
+    #[arg(long, allow_negative_numbers = true)]
+    pub valid_fraction: Option<f64>,
+    /// The run directory.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, conflicts_with = "epochs")]
+    pub max_steps: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub epochs: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub lora_alpha: Option<f64>,
+    /// all-linear, or a list such as q_proj,v_proj.
+    #[arg(long)]
+    pub target_modules: Option<String>,
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Wraps prompts of prompt/completion records, e.g. "Review: {prompt}".
+    #[arg(long)]
+    pub prompt_template: Option<String>,
+    #[arg(long)]
+    pub system_prompt: Option<String>,
+    /// Start from this adapter with a fresh optimizer (training on new data).
+    #[arg(long, conflicts_with = "resume")]
+    pub init_adapter: Option<PathBuf>,
+    /// Continue the run in this directory exactly where its last checkpoint left it.
+    #[arg(long, conflicts_with_all = ["config", "data", "output", "max_steps", "epochs", "lr"])]
+    pub resume: Option<PathBuf>,
+    /// Print the resolved config as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// No progress lines (metrics.jsonl is still written).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// --model for training: optional, since a config file can name it.
+#[derive(Debug, Clone, Args)]
+pub struct TrainModelArgs {
+    #[arg(long, env = "TUNA_MODEL")]
+    pub model: Option<String>,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+impl TrainModelArgs {
+    pub fn load(&self, weights: InferenceWeights) -> anyhow::Result<tuna_model::Pretrained> {
+        ModelArgs {
+            model: self
+                .model
+                .clone()
+                .unwrap_or_else(|| crate::model_args::DEFAULT_MODEL.into()),
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            adapter: None,
+        }
+        .load(weights)
+    }
 }

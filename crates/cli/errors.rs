@@ -13,6 +13,10 @@ fn hint_of(err: &anyhow::Error) -> Option<String> {
             e.hint()
         } else if let Some(e) = cause.downcast_ref::<DataError>() {
             e.hint()
+        } else if let Some(e) = cause.downcast_ref::<tuna_train::TrainError>() {
+            e.hint()
+        } else if let Some(e) = cause.downcast_ref::<tuna_lora::LoraError>() {
+            e.hint()
         } else {
             None
         }
@@ -33,5 +37,16 @@ pub fn report(err: &anyhow::Error) -> i32 {
     if let Some(hint) = hint_of(err) {
         eprintln!("hint: {hint}");
     }
-    1
+    // 130: ended by Ctrl-C (after writing a checkpoint), as shells report SIGINT.
+    let interrupted = err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<tuna_train::TrainError>(),
+            Some(tuna_train::TrainError::Interrupted { .. })
+        )
+    });
+    if interrupted {
+        130
+    } else {
+        1
+    }
 }

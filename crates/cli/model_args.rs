@@ -18,6 +18,21 @@ pub struct ModelArgs {
     /// Weight dtype: f32, bf16 or f16 (default: f32 on the CPU, bf16 on a GPU).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// A LoRA adapter in PEFT layout, or a run directory of tuna train (its adapter/).
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
+}
+
+/// The adapter directory `path` names: itself, or a run directory's adapter/.
+pub fn adapter_dir(path: &std::path::Path) -> std::path::PathBuf {
+    let in_run = path.join("adapter");
+    if !path.join(tuna_lora::peft::CONFIG_FILE).is_file()
+        && in_run.join(tuna_lora::peft::CONFIG_FILE).is_file()
+    {
+        in_run
+    } else {
+        path.to_path_buf()
+    }
 }
 
 /// How the projections are held for inference.
@@ -53,6 +68,11 @@ impl ModelArgs {
             dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
             weights: weights.format(),
         };
-        Ok(Pretrained::load(&self.model, &options)?)
+        let mut model = Pretrained::load(&self.model, &options)?;
+        if let Some(path) = &self.adapter {
+            let loaded = tuna_lora::peft::load(&adapter_dir(path))?;
+            model.model.load_lora(&loaded)?;
+        }
+        Ok(model)
     }
 }

@@ -4,4 +4,5 @@ mod cli;
 mod data;
 mod hub;
 mod real_model;
+mod train;
 mod util;

@@ -2,3 +2,4 @@ pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod train;

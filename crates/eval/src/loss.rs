@@ -40,22 +40,29 @@ pub fn batch_nll(model: &Llama, batch: &Batch) -> candle_core::Result<(f64, usiz
     });
     let hidden = model.hidden_states(&ids, None, packing, Kernels::Fused)?;
     let (b, t, d) = hidden.dims3()?;
-    // (b, t, d) -> (b*t, d)
-    let hidden = hidden.reshape((b * t, d))?;
-    let targets = Tensor::from_slice(&batch.targets, b * t, device)?;
-    let weights = Tensor::from_slice(&batch.weights, b * t, device)?;
+    // Only target rows go through the head: (b, t, d) -> (b*t, d) -> (n, d)
+    let rows: Vec<u32> = (0..b * t)
+        .filter(|&i| batch.weights[i] > 0.0)
+        .map(|i| i as u32)
+        .collect();
+    let targets: Vec<u32> = rows.iter().map(|&i| batch.targets[i as usize]).collect();
+    let n = rows.len();
+    let hidden = hidden
+        .reshape((b * t, d))?
+        .index_select(&Tensor::from_vec(rows, n, device)?, 0)?;
+    let targets = Tensor::from_vec(targets, n, device)?;
     let mut sum = 0f64;
-    for start in (0..b * t).step_by(HEAD_CHUNK_ROWS) {
-        let n = HEAD_CHUNK_ROWS.min(b * t - start);
-        // (n, d) -> (n, v)
+    for start in (0..n).step_by(HEAD_CHUNK_ROWS) {
+        let len = HEAD_CHUNK_ROWS.min(n - start);
+        // (len, d) -> (len, v)
         let logits = model
             .lm_head
-            .forward(&hidden.narrow(0, start, n)?)?
+            .forward(&hidden.narrow(0, start, len)?)?
             .to_dtype(DType::F32)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let target = targets.narrow(0, start, n)?.unsqueeze(1)?;
-        let nll = logp.gather(&target, 1)?.squeeze(1)?.neg()?;
-        sum += (nll * weights.narrow(0, start, n)?)?
+        let target = targets.narrow(0, start, len)?.unsqueeze(1)?;
+        sum -= logp
+            .gather(&target, 1)?
             .to_dtype(DType::F64)?
             .sum_all()?
             .to_scalar::<f64>()?;

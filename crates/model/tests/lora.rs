@@ -117,6 +117,7 @@ fn every_adapter_tensor_gets_a_gradient_that_matches_finite_differences() {
         )
         .unwrap();
     randomize_b(&mut p);
+    p.model.set_training(true);
     let vars = p.model.lora_vars();
     let grads = loss(&p).backward().unwrap();
     for (module, a, b) in &vars {
@@ -289,4 +290,19 @@ fn an_adapter_for_another_base_names_the_tensor() {
         err.ends_with("adapter_config.json: peft_type: `IA3` is not supported (only LORA)"),
         "{err}"
     );
+}
+
+#[test]
+fn outside_training_adapters_build_no_graph() {
+    let (_m, mut p) = load(TinySpec::default());
+    p.model.attach_lora(&LoraConfig::default(), 0).unwrap();
+    let vars = p.model.lora_vars();
+    let grads = loss(&p).backward().unwrap();
+    assert!(
+        grads.get(vars[0].1.as_tensor()).is_none(),
+        "inference is detached"
+    );
+    p.model.set_training(true);
+    let grads = loss(&p).backward().unwrap();
+    assert!(grads.get(vars[0].1.as_tensor()).is_some());
 }

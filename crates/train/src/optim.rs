@@ -64,8 +64,7 @@ impl AdamW {
         } = self.params;
         let bias1 = 1.0 - beta1.powi(self.step as i32);
         let bias2 = 1.0 - beta2.powi(self.step as i32);
-        for i in 0..self.vars.len() {
-            let g = &grads[i];
+        for (i, g) in grads.iter().enumerate().take(self.vars.len()) {
             let m = ((&self.m[i] * beta1)? + (g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let var = &self.vars[i];

@@ -1,0 +1,182 @@
+//! `tuna train`: settings from a TOML file and flags resolved into one config, then the loop,
+//! with progress on stderr and every event in the run's metrics.jsonl.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tuna_lora::TargetModules;
+use tuna_train::{train, TrainConfig, TrainEvent};
+
+use crate::args::TrainArgs;
+use crate::model_args::InferenceWeights;
+
+/// The config a run uses: the run's own config.toml on --resume; else the -c file (or the
+/// defaults) with the flags on top.
+pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    if let Some(run) = &args.resume {
+        let path = run.join("config.toml");
+        if !path.is_file() {
+            anyhow::bail!(
+                "{}: missing: --resume takes a run directory that tuna train wrote",
+                path.display()
+            );
+        }
+        return Ok(TrainConfig::from_toml_file(&path)?);
+    }
+    let mut c = match &args.config {
+        Some(path) => TrainConfig::from_toml_file(path)?,
+        None => TrainConfig::default(),
+    };
+    if let Some(v) = &args.model.model {
+        c.model = v.clone();
+    }
+    if let Some(v) = &args.data {
+        c.data.train = v.clone();
+    }
+    if let Some(v) = &args.valid {
+        c.data.valid = v.clone();
+    }
+    if let Some(v) = args.valid_fraction {
+        c.data.valid_fraction = v;
+    }
+    if let Some(v) = &args.output {
+        c.output = v.clone();
+    }
+    if let Some(v) = &args.init_adapter {
+        c.init_adapter = v.display().to_string();
+    }
+    if let Some(v) = args.max_steps {
+        c.train.max_steps = v;
+    }
+    if let Some(v) = args.epochs {
+        c.train.epochs = v;
+        c.train.max_steps = 0;
+    }
+    if let Some(v) = args.batch_size {
+        c.batch.batch_size = v;
+    }
+    if let Some(v) = args.grad_accum {
+        c.train.grad_accum = v;
+    }
+    if let Some(v) = args.lr {
+        c.optim.lr = v;
+    }
+    if let Some(v) = args.seq_len {
+        c.encoding.max_seq_len = v;
+    }
+    if let Some(v) = args.lora_r {
+        c.lora.r = v;
+    }
+    if let Some(v) = args.lora_alpha {
+        c.lora.lora_alpha = v;
+    }
+    if let Some(v) = &args.target_modules {
+        c.lora.target_modules = TargetModules::parse(v)?;
+    }
+    if let Some(v) = args.eval_every {
+        c.train.eval_every = v;
+    }
+    if let Some(v) = args.save_every {
+        c.train.save_every = v;
+    }
+    if let Some(v) = args.seed {
+        c.train.seed = v;
+    }
+    if let Some(v) = &args.prompt_template {
+        c.encoding.prompt_template = Some(v.clone());
+    }
+    if let Some(v) = &args.system_prompt {
+        c.encoding.system = Some(v.clone());
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn fmt_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// One line per event on stderr.
+fn progress_line(e: &TrainEvent) -> String {
+    match e {
+        TrainEvent::Started { total_steps, start_step, train_examples, valid_examples, train_target_tokens, trainable_params } => format!(
+            "training: {train_examples} examples ({train_target_tokens} target tokens), {valid_examples} valid; {trainable_params} trainable parameters; steps {}..{total_steps}",
+            start_step + 1
+        ),
+        TrainEvent::Step { step, total_steps, loss, lr, grad_norm, tokens_per_s, elapsed_s, .. } => {
+            let eta = elapsed_s / *step as f64 * (*total_steps - *step) as f64;
+            format!(
+                "step {step}/{total_steps}  loss {loss:.4}  lr {lr:.2e}  grad-norm {grad_norm:.3}  {tokens_per_s:.0} tok/s  elapsed {}  eta {}",
+                fmt_duration(*elapsed_s),
+                fmt_duration(eta)
+            )
+        }
+        TrainEvent::Eval { step, loss, perplexity, tokens, best } => format!(
+            "eval @ {step}: loss {loss:.4}  ppl {perplexity:.3}  ({tokens} target tokens){}",
+            if *best { "  best" } else { "" }
+        ),
+        TrainEvent::Checkpoint { path, .. } => format!("checkpoint: {path}"),
+        TrainEvent::Finished { adapter, best_eval_loss, best_step, train_seconds, stopped_early, .. } => format!(
+            "done{} in {}: adapter {adapter}{}",
+            if *stopped_early { " (early stop)" } else { "" },
+            fmt_duration(*train_seconds),
+            match (best_eval_loss, best_step) {
+                (Some(l), Some(s)) => format!("; best eval loss {l:.4} at step {s}"),
+                _ => String::new(),
+            }
+        ),
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let config = resolve(&args)?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    let resume = args.resume.is_some();
+    let mut model_args = args.model.clone();
+    model_args.model = Some(config.model.clone());
+    let mut model = model_args.load(InferenceWeights::Dense)?;
+
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    // A second Ctrl-C is left to the default handler (immediate exit).
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to quit now)"
+        );
+    });
+    std::fs::create_dir_all(&config.output).with_context(|| config.output.display().to_string())?;
+    let metrics_path: PathBuf = config.output.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| metrics_path.display().to_string())?;
+    let quiet = args.quiet;
+    let mut observe = |e: &TrainEvent| {
+        if let Ok(line) = serde_json::to_string(e) {
+            let _ = writeln!(metrics, "{line}");
+        }
+        if !quiet {
+            eprintln!("{}", progress_line(e));
+        }
+    };
+    let outcome = train(&mut model, &config, resume, &interrupt, &mut observe)?;
+    println!("{}", outcome.adapter_dir.display());
+    Ok(())
+}

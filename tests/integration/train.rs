@@ -1,0 +1,224 @@
+//! `tuna train` through the binary: a short real run on SmolLM2 whose adapter generate and
+//! eval then use; the resolved config; Ctrl-C writes a resumable checkpoint and exits 130;
+//! bad configs and flags name the key.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use tuna_testkit::{smollm2_gguf, tiny_model, TinySpec};
+
+use crate::util::{redact, tuna};
+
+#[test]
+fn a_short_run_on_the_real_model_yields_an_adapter_that_generate_uses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("train.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string("data/example/sentiment/train.jsonl")
+        .unwrap()
+        .lines()
+        .take(8)
+        .map(String::from)
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let model = smollm2_gguf().display().to_string();
+    let out = tmp.path().join("run");
+    let run = tuna(
+        &[
+            "train",
+            "--model",
+            &model,
+            "--data",
+            data.to_str().unwrap(),
+            "--valid-fraction",
+            "0.25",
+            "--output",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--lora-r",
+            "4",
+            "--eval-every",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), out.join("adapter").display().to_string());
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"started"));
+    assert_eq!(kinds.last(), Some(&"finished"));
+    assert_eq!(kinds.iter().filter(|k| **k == "step").count(), 2);
+    assert!(kinds.contains(&"eval"));
+    let gen = tuna(
+        &[
+            "generate",
+            "--model",
+            &model,
+            "--adapter",
+            out.to_str().unwrap(),
+            "--chat",
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "4",
+        ],
+        &[],
+    );
+    assert_eq!(gen.code, 0, "{}", gen.stderr);
+}
+
+#[test]
+fn print_config_shows_the_resolved_settings() {
+    let run = tuna(
+        &[
+            "train",
+            "-c",
+            "configs/smollm2-135m-lora.toml",
+            "--lr",
+            "0.002",
+            "--max-steps",
+            "7",
+            "--print-config",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("lr = 0.002\n") && run.stdout.contains("max_steps = 7\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(run
+        .stdout
+        .contains("train = \"data/example/sentiment/train.jsonl\"\n"));
+}
+
+#[test]
+fn bad_configs_and_flags_name_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "[lora]\nr = 8\nrank = 4\n").unwrap();
+    let run = tuna(
+        &["train", "-c", cfg.to_str().unwrap(), "--print-config"],
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        redact(&run.stderr, tmp.path()),
+        "error: <TMP>/bad.toml:3: (toml): unknown field `rank`, expected one of `r`, `lora_alpha`, `lora_dropout`, `target_modules`, `layers_to_transform`, `use_rslora`\n\
+         hint: configs/smollm2-135m-lora.toml lists every key with its meaning; --print-config shows the resolved config\n"
+    );
+    for (flag, value, want) in [
+        (
+            "--lr",
+            "-1",
+            "error: config: optim.lr: must be a number > 0\n",
+        ),
+        (
+            "--batch-size",
+            "0",
+            "error: config: batch.batch_size: must be at least 1\n",
+        ),
+        (
+            "--valid-fraction",
+            "1.5",
+            "error: config: data.valid_fraction: must be in [0, 1)\n",
+        ),
+    ] {
+        let run = tuna(
+            &["train", "--data", "x.jsonl", flag, value, "--print-config"],
+            &[],
+        );
+        assert_eq!(run.code, 1, "{flag}");
+        assert_eq!(
+            run.stderr,
+            format!("{want}hint: configs/smollm2-135m-lora.toml lists every key with its meaning; --print-config shows the resolved config\n")
+        );
+    }
+    let run = tuna(
+        &[
+            "train",
+            "--data",
+            "x.jsonl",
+            "--target-modules",
+            "qkv",
+            "--print-config",
+        ],
+        &[],
+    );
+    assert!(
+        run.stderr
+            .starts_with("error: lora: target_modules: `qkv` is not a projection of this model"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn ctrl_c_writes_a_resumable_checkpoint_and_exits_130() {
+    let m = tiny_model(TinySpec::default());
+    let data = m.path().join("train.jsonl");
+    let lines: Vec<String> = (0..64)
+        .map(|i| format!("{{\"prompt\": \"the cat {i}\", \"completion\": \"is at sea\"}}"))
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = m.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tuna"))
+        .args([
+            "train",
+            "--model",
+            &m.path_str(),
+            "--data",
+            data.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "100000",
+            "--batch-size",
+            "1",
+            "--save-every",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.starts_with("step 3/") {
+        line.clear();
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(
+        rest.contains("hint: continue with: tuna train --resume"),
+        "{rest}"
+    );
+    let checkpoints: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    assert!(out
+        .join(&checkpoints[0])
+        .join("trainer_state.json")
+        .is_file());
+}
