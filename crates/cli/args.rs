@@ -149,6 +149,33 @@ pub enum BenchCommand {
     Generate(BenchGenerateArgs),
     /// Reading, encoding and batching a dataset: tokens/s, peak RSS.
     Data(BenchDataArgs),
+    /// LoRA training steps on seeded random tokens (the reference's workload): tokens/s,
+    /// forward/backward/optimizer split, peak RSS.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 16)]
+    pub lora_r: usize,
+    #[arg(long, default_value_t = 32.0)]
+    pub lora_alpha: f64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub reference: ReferenceArgs,
 }
 
 #[derive(Debug, Args)]

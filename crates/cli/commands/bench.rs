@@ -12,7 +12,8 @@ use anyhow::{bail, Context};
 
 use tuna_data::{epoch_plan, make_batch, BatchOptions, Dataset, Encoder};
 
-use crate::args::{BenchArgs, BenchCommand, BenchDataArgs, BenchGenerateArgs, ReferenceArgs};
+use crate::args::{BenchArgs, BenchCommand, BenchDataArgs, BenchGenerateArgs, BenchTrainArgs, ReferenceArgs};
+use crate::model_args::InferenceWeights;
 
 /// The prompt ../shared/bench/peft_cpu_baseline.py uses, so both tokenize the same text.
 const GEN_PROMPT: &str =
@@ -42,7 +43,129 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchCommand::Generate(a) => bench_generate(a),
         BenchCommand::Data(a) => bench_data(a),
+        BenchCommand::Train(a) => bench_train(a),
     }
+}
+
+/// The reference's training workload: LoRA on all 7 projections, AdamW, seeded random-token
+/// batches whose every next token is a target; warm-up steps, then timed steps.
+fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
+    use rand::{Rng, SeedableRng};
+    use tuna_data::{Batch, Example};
+    use tuna_train::optim::{AdamW, AdamWParams};
+
+    let mut model = args.model.load(InferenceWeights::Dense)?;
+    let lora = tuna_lora::LoraConfig { r: args.lora_r, lora_alpha: args.lora_alpha, ..Default::default() };
+    model.model.attach_lora(&lora, 0)?;
+    model.model.set_training(true);
+    let vars: Vec<candle_core::Var> = model.model.lora_vars().into_iter().flat_map(|(_, a, b)| [a, b]).collect();
+    let trainable: usize = vars.iter().map(|v| v.elem_count()).sum();
+    let mut optimizer = AdamW::new(vars.clone(), AdamWParams::default())?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let vocab = model.config.vocab_size as u32;
+    let examples: Vec<Example> = (0..args.batch)
+        .map(|i| {
+            let ids: Vec<u32> = (0..=args.seq).map(|_| rng.random_range(0..vocab)).collect();
+            let mut trained = vec![true; ids.len()];
+            trained[0] = false;
+            Example { line: i + 1, ids, trained, truncated: false }
+        })
+        .collect();
+    let rows: Vec<Vec<&Example>> = examples.iter().map(|x| vec![x]).collect();
+    let batch = Batch::from_rows(&rows, 0, 1);
+    let tokens = args.batch * args.seq;
+    let (mut fwd, mut bwd, mut opt, mut tps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for step in 0..args.warmup + args.steps {
+        let t0 = Instant::now();
+        let sum = tuna_train::loss::batch_loss_sum(&model.model, &batch)?;
+        let loss = (sum / batch.n_targets as f64)?;
+        let t1 = Instant::now();
+        let store = loss.backward()?;
+        let t2 = Instant::now();
+        let grads: Vec<candle_core::Tensor> = vars.iter().map(|v| store.get(v.as_tensor()).cloned().unwrap_or_else(|| v.zeros_like().expect("zeros"))).collect();
+        optimizer.update(&grads, 2e-4)?;
+        let t3 = Instant::now();
+        let (f, b, o) = ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64());
+        let timed = step >= args.warmup;
+        if !args.json {
+            eprintln!(
+                "step {step} ({}): loss {:.4}  {:.3} s (fwd {f:.3} bwd {b:.3} opt {o:.3})  {:.1} tok/s",
+                if timed { "timed" } else { "warm-up" },
+                loss.to_scalar::<f32>()?,
+                f + b + o,
+                tokens as f64 / (f + b + o)
+            );
+        }
+        if timed {
+            fwd.push(f);
+            bwd.push(b);
+            opt.push(o);
+            tps.push(tokens as f64 / (f + b + o));
+        }
+    }
+    let mut result = json!({
+        "bench": "train",
+        "model": args.model.model,
+        "batch": args.batch,
+        "seq": args.seq,
+        "trainable_params": trainable,
+        "steps": args.steps,
+        "tokens_per_s": median(tps),
+        "fwd_s": median(fwd),
+        "bwd_s": median(bwd),
+        "opt_s": median(opt),
+        "threads": rayon::current_num_threads(),
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    if let Some(python) = &args.reference.reference_python {
+        let reference = run_reference(
+            python,
+            &args.reference,
+            &args.model.model,
+            &[
+                "--mode", "train",
+                "--batch", &args.batch.to_string(),
+                "--seq", &args.seq.to_string(),
+                "--steps", &args.steps.to_string(),
+                "--warmup", &args.warmup.to_string(),
+            ],
+        )?;
+        let theirs = reference["tokens_per_sec_median"].as_f64().unwrap_or(f64::NAN);
+        result["reference"] = json!({
+            "tokens_per_s": theirs,
+            "fwd_s": reference["fwd_sec"]["median"],
+            "bwd_s": reference["bwd_sec"]["median"],
+            "opt_s": reference["opt_sec"]["median"],
+            "peak_rss_mib": reference["peak_rss_mib"],
+        });
+        result["speedup_vs_reference"] = json!(result["tokens_per_s"].as_f64().unwrap_or(0.0) / theirs);
+        result["rss_vs_reference"] = json!(result["peak_rss_mib"].as_f64().unwrap_or(0.0) / reference["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
+    }
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "train {}x{}: {:.1} tok/s (median of {}); fwd {:.2} s, bwd {:.2} s, opt {:.3} s per step; peak RSS {:.0} MiB; {} trainable parameters",
+            args.batch,
+            args.seq,
+            result["tokens_per_s"].as_f64().unwrap_or(0.0),
+            args.steps,
+            result["fwd_s"].as_f64().unwrap_or(0.0),
+            result["bwd_s"].as_f64().unwrap_or(0.0),
+            result["opt_s"].as_f64().unwrap_or(0.0),
+            result["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            trainable
+        );
+        if let Some(speedup) = result["speedup_vs_reference"].as_f64() {
+            println!(
+                "reference (PyTorch+PEFT): {:.1} tok/s, peak RSS {:.0} MiB; tuna / reference = {speedup:.2}x speed, {:.2}x memory",
+                result["reference"]["tokens_per_s"].as_f64().unwrap_or(0.0),
+                result["reference"]["peak_rss_mib"].as_f64().unwrap_or(0.0),
+                result["rss_vs_reference"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Read + parse + encode (chat template, masks) + one epoch of batches, timed end to end.

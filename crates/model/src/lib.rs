@@ -7,6 +7,7 @@ pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod error;
+pub mod frozen;
 pub mod gguf;
 pub mod kv_cache;
 pub mod linear;

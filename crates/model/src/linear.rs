@@ -8,6 +8,7 @@ use candle_core::{DType, Module, Result, Tensor};
 
 use tuna_lora::LoraAdapter;
 
+use crate::frozen::FrozenLinear;
 use crate::matvec::F16MatVec;
 
 /// How a linear layer holds its weight for inference.
@@ -125,6 +126,10 @@ impl Linear {
     }
 
     fn dense_forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        // Training through a frozen CPU weight: gradient to x only (see frozen.rs).
+        if x.track_op() && !w.track_op() && w.device().is_cpu() && w.dtype() == DType::F32 && x.dtype() == DType::F32 {
+            return x.contiguous()?.apply_op1(FrozenLinear { weight: w.clone() });
+        }
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
         // (.., in) -> (rows, in) @ (in, out) -> (.., out)
