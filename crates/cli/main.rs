@@ -13,7 +13,23 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc v2's option numbers (c_src/mimalloc/v2/include/mimalloc.h, enum mi_option_e).
+const MI_OPTION_ARENA_EAGER_COMMIT: i32 = 4;
+const MI_OPTION_PURGE_DELAY: i32 = 15;
+
+/// Keep freed memory mapped: training frees and reallocates the same large activation
+/// buffers every step, and returning them to the OS made the kernel zero fresh pages for a
+/// third of the run (measured: train 4x256 from 109 to 160 tok/s, BENCHMARKS.md).
+fn keep_freed_memory() {
+    // Safety: plain option setters of the allocator, called before any thread starts.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
+    }
+}
+
 fn main() {
+    keep_freed_memory();
     let cli = args::Cli::parse();
     // Run on a rayon worker: the parallel ops inside then split work by stealing instead of
     // waking the pool from outside and blocking on a latch for every op (measured: f16

@@ -12,7 +12,9 @@ use anyhow::{bail, Context};
 
 use tuna_data::{epoch_plan, make_batch, BatchOptions, Dataset, Encoder};
 
-use crate::args::{BenchArgs, BenchCommand, BenchDataArgs, BenchGenerateArgs, BenchTrainArgs, ReferenceArgs};
+use crate::args::{
+    BenchArgs, BenchCommand, BenchDataArgs, BenchGenerateArgs, BenchTrainArgs, ReferenceArgs,
+};
 use crate::model_args::InferenceWeights;
 
 /// The prompt ../shared/bench/peft_cpu_baseline.py uses, so both tokenize the same text.
@@ -54,11 +56,41 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
     use tuna_data::{Batch, Example};
     use tuna_train::optim::{AdamW, AdamWParams};
 
+    // The reference runs first: a child inherits the parent's RSS high-water mark on Linux.
+    let reference = match &args.reference.reference_python {
+        Some(python) => Some(run_reference(
+            python,
+            &args.reference,
+            &args.model.model,
+            &[
+                "--mode",
+                "train",
+                "--batch",
+                &args.batch.to_string(),
+                "--seq",
+                &args.seq.to_string(),
+                "--steps",
+                &args.steps.to_string(),
+                "--warmup",
+                &args.warmup.to_string(),
+            ],
+        )?),
+        None => None,
+    };
     let mut model = args.model.load(InferenceWeights::Dense)?;
-    let lora = tuna_lora::LoraConfig { r: args.lora_r, lora_alpha: args.lora_alpha, ..Default::default() };
+    let lora = tuna_lora::LoraConfig {
+        r: args.lora_r,
+        lora_alpha: args.lora_alpha,
+        ..Default::default()
+    };
     model.model.attach_lora(&lora, 0)?;
     model.model.set_training(true);
-    let vars: Vec<candle_core::Var> = model.model.lora_vars().into_iter().flat_map(|(_, a, b)| [a, b]).collect();
+    let vars: Vec<candle_core::Var> = model
+        .model
+        .lora_vars()
+        .into_iter()
+        .flat_map(|(_, a, b)| [a, b])
+        .collect();
     let trainable: usize = vars.iter().map(|v| v.elem_count()).sum();
     let mut optimizer = AdamW::new(vars.clone(), AdamWParams::default())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
@@ -68,7 +100,12 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
             let ids: Vec<u32> = (0..=args.seq).map(|_| rng.random_range(0..vocab)).collect();
             let mut trained = vec![true; ids.len()];
             trained[0] = false;
-            Example { line: i + 1, ids, trained, truncated: false }
+            Example {
+                line: i + 1,
+                ids,
+                trained,
+                truncated: false,
+            }
         })
         .collect();
     let rows: Vec<Vec<&Example>> = examples.iter().map(|x| vec![x]).collect();
@@ -82,10 +119,22 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         let t1 = Instant::now();
         let store = loss.backward()?;
         let t2 = Instant::now();
-        let grads: Vec<candle_core::Tensor> = vars.iter().map(|v| store.get(v.as_tensor()).cloned().unwrap_or_else(|| v.zeros_like().expect("zeros"))).collect();
+        let grads: Vec<candle_core::Tensor> = vars
+            .iter()
+            .map(|v| {
+                store
+                    .get(v.as_tensor())
+                    .cloned()
+                    .unwrap_or_else(|| v.zeros_like().expect("zeros"))
+            })
+            .collect();
         optimizer.update(&grads, 2e-4)?;
         let t3 = Instant::now();
-        let (f, b, o) = ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64());
+        let (f, b, o) = (
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64(),
+        );
         let timed = step >= args.warmup;
         if !args.json {
             eprintln!(
@@ -117,20 +166,10 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         "threads": rayon::current_num_threads(),
         "peak_rss_mib": peak_rss_mib(),
     });
-    if let Some(python) = &args.reference.reference_python {
-        let reference = run_reference(
-            python,
-            &args.reference,
-            &args.model.model,
-            &[
-                "--mode", "train",
-                "--batch", &args.batch.to_string(),
-                "--seq", &args.seq.to_string(),
-                "--steps", &args.steps.to_string(),
-                "--warmup", &args.warmup.to_string(),
-            ],
-        )?;
-        let theirs = reference["tokens_per_sec_median"].as_f64().unwrap_or(f64::NAN);
+    if let Some(reference) = reference {
+        let theirs = reference["tokens_per_sec_median"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
         result["reference"] = json!({
             "tokens_per_s": theirs,
             "fwd_s": reference["fwd_sec"]["median"],
@@ -138,8 +177,12 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
             "opt_s": reference["opt_sec"]["median"],
             "peak_rss_mib": reference["peak_rss_mib"],
         });
-        result["speedup_vs_reference"] = json!(result["tokens_per_s"].as_f64().unwrap_or(0.0) / theirs);
-        result["rss_vs_reference"] = json!(result["peak_rss_mib"].as_f64().unwrap_or(0.0) / reference["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
+        result["speedup_vs_reference"] =
+            json!(result["tokens_per_s"].as_f64().unwrap_or(0.0) / theirs);
+        result["rss_vs_reference"] = json!(
+            result["peak_rss_mib"].as_f64().unwrap_or(0.0)
+                / reference["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+        );
     }
     if args.json {
         println!("{result}");
@@ -229,6 +272,25 @@ fn bench_data(args: BenchDataArgs) -> anyhow::Result<()> {
 }
 
 fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
+    // The reference runs first: a child inherits the parent's RSS high-water mark on Linux.
+    let reference = match &args.reference.reference_python {
+        Some(python) => Some(run_reference(
+            python,
+            &args.reference,
+            &args.model.model,
+            &[
+                "--mode",
+                "generate",
+                "--prompt-tokens",
+                &args.prompt_tokens.to_string(),
+                "--new-tokens",
+                &args.new_tokens.to_string(),
+                "--gen-reps",
+                &args.reps.to_string(),
+            ],
+        )?),
+        None => None,
+    };
     let load_started = Instant::now();
     let model = args.model.load(args.weights)?;
     let load_seconds = load_started.elapsed().as_secs_f64();
@@ -274,22 +336,7 @@ fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
         "peak_rss_mib": peak_rss_mib(),
     });
     let mut result = result;
-    if let Some(python) = &args.reference.reference_python {
-        let reference = run_reference(
-            python,
-            &args.reference,
-            &args.model.model,
-            &[
-                "--mode",
-                "generate",
-                "--prompt-tokens",
-                &args.prompt_tokens.to_string(),
-                "--new-tokens",
-                &args.new_tokens.to_string(),
-                "--gen-reps",
-                &args.reps.to_string(),
-            ],
-        )?;
+    if let Some(reference) = reference {
         let theirs = reference["tokens_per_sec_median"]
             .as_f64()
             .unwrap_or(f64::NAN);

@@ -127,8 +127,15 @@ impl Linear {
 
     fn dense_forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         // Training through a frozen CPU weight: gradient to x only (see frozen.rs).
-        if x.track_op() && !w.track_op() && w.device().is_cpu() && w.dtype() == DType::F32 && x.dtype() == DType::F32 {
-            return x.contiguous()?.apply_op1(FrozenLinear { weight: w.clone() });
+        if x.track_op()
+            && !w.track_op()
+            && w.device().is_cpu()
+            && w.dtype() == DType::F32
+            && x.dtype() == DType::F32
+        {
+            return x
+                .contiguous()?
+                .apply_op1(FrozenLinear { weight: w.clone() });
         }
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
