@@ -1,6 +1,7 @@
 //! tuna-train: LoRA fine-tuning. `train()` in `trainer.rs` reads top to bottom; the optimizer,
-//! schedule, loss, checkpoints and events each have their own file.
+//! schedule, loss, checkpoints, events and the run's chart each have their own file.
 
+pub mod chart;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

@@ -12,6 +12,7 @@ use tuna_eval::loss::examples_nll;
 use tuna_lora::peft;
 use tuna_model::Pretrained;
 
+use crate::chart::History;
 use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
 use crate::error::TrainError;
@@ -282,6 +283,7 @@ pub fn train(
     };
     let started = Instant::now();
     let seconds_before = state.train_seconds;
+    let mut history = History::default();
     let mut stopped_early = false;
     while state.step < total_steps {
         let step_started = Instant::now();
@@ -306,6 +308,7 @@ pub fn train(
         let tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
         state.tokens_seen += tokens;
         state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+        history.steps.push((state.step, loss, lr));
         report(&TrainEvent::Step {
             step: state.step,
             total_steps,
@@ -341,6 +344,8 @@ pub fn train(
                 tokens: n,
                 best: improved,
             });
+            history.evals.push((state.step, eval));
+            history.write(&run_dir.join("chart.svg"), total_steps)?;
             let patience = config.train.early_stopping_patience;
             stopped_early = patience > 0 && state.evals_since_best >= patience && !last;
         }

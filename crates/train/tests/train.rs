@@ -90,6 +90,7 @@ fn eval_loss_falls_and_the_run_directory_tells_the_story() {
     let dir = m.path().join("run");
     for f in [
         "config.toml",
+        "chart.svg",
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
         "best/adapter_model.safetensors",
