@@ -138,6 +138,73 @@ fn progress_line(e: &TrainEvent) -> String {
     }
 }
 
+/// Progress on stderr: a bar on a terminal (steps, loss, lr, tok/s, ETA; evaluations and
+/// checkpoints printed above it), one plain line per event otherwise, nothing with --quiet.
+enum Progress {
+    Quiet,
+    Lines,
+    Bar(Option<indicatif::ProgressBar>),
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Self {
+        if quiet {
+            Self::Quiet
+        } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            Self::Bar(None)
+        } else {
+            Self::Lines
+        }
+    }
+
+    fn show(&mut self, e: &TrainEvent) {
+        match self {
+            Self::Quiet => {}
+            Self::Lines => eprintln!("{}", progress_line(e)),
+            Self::Bar(bar) => {
+                if let TrainEvent::Started {
+                    total_steps,
+                    start_step,
+                    ..
+                } = e
+                {
+                    let pb = indicatif::ProgressBar::new(*total_steps as u64);
+                    pb.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{bar:30} {pos}/{len} {msg} eta {eta}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    pb.set_position(*start_step as u64);
+                    pb.println(progress_line(e));
+                    *bar = Some(pb);
+                    return;
+                }
+                let Some(pb) = bar.as_ref() else { return };
+                match e {
+                    TrainEvent::Step {
+                        step,
+                        loss,
+                        lr,
+                        tokens_per_s,
+                        ..
+                    } => {
+                        pb.set_position(*step as u64);
+                        pb.set_message(format!(
+                            "loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"
+                        ));
+                    }
+                    TrainEvent::Finished { .. } => {
+                        pb.finish_and_clear();
+                        eprintln!("{}", progress_line(e));
+                    }
+                    other => pb.println(progress_line(other)),
+                }
+            }
+        }
+    }
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = resolve(&args)?;
     if args.print_config {
@@ -167,14 +234,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .append(true)
         .open(&metrics_path)
         .with_context(|| metrics_path.display().to_string())?;
-    let quiet = args.quiet;
+    let mut progress = Progress::new(args.quiet);
     let mut observe = |e: &TrainEvent| {
         if let Ok(line) = serde_json::to_string(e) {
             let _ = writeln!(metrics, "{line}");
         }
-        if !quiet {
-            eprintln!("{}", progress_line(e));
-        }
+        progress.show(e);
     };
     let outcome = train(&mut model, &config, resume, &interrupt, &mut observe)?;
     println!("{}", outcome.adapter_dir.display());
