@@ -5,7 +5,6 @@ use std::time::Instant;
 use serde_json::json;
 use tuna_eval::{generate, SamplingOptions};
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -57,26 +56,22 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
     use tuna_train::optim::{AdamW, AdamWParams};
 
     // The reference runs first: a child inherits the parent's RSS high-water mark on Linux.
-    let reference = match &args.reference.reference_python {
-        Some(python) => Some(run_reference(
-            python,
-            &args.reference,
-            &args.model.model,
-            &[
-                "--mode",
-                "train",
-                "--batch",
-                &args.batch.to_string(),
-                "--seq",
-                &args.seq.to_string(),
-                "--steps",
-                &args.steps.to_string(),
-                "--warmup",
-                &args.warmup.to_string(),
-            ],
-        )?),
-        None => None,
-    };
+    let reference = run_reference(
+        &args.reference,
+        &args.model.model,
+        &[
+            "--mode",
+            "train",
+            "--batch",
+            &args.batch.to_string(),
+            "--seq",
+            &args.seq.to_string(),
+            "--steps",
+            &args.steps.to_string(),
+            "--warmup",
+            &args.warmup.to_string(),
+        ],
+    )?;
     let mut model = args.model.load(InferenceWeights::Dense)?;
     let lora = tuna_lora::LoraConfig {
         r: args.lora_r,
@@ -167,22 +162,7 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         "peak_rss_mib": peak_rss_mib(),
     });
     if let Some(reference) = reference {
-        let theirs = reference["tokens_per_sec_median"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
-        result["reference"] = json!({
-            "tokens_per_s": theirs,
-            "fwd_s": reference["fwd_sec"]["median"],
-            "bwd_s": reference["bwd_sec"]["median"],
-            "opt_s": reference["opt_sec"]["median"],
-            "peak_rss_mib": reference["peak_rss_mib"],
-        });
-        result["speedup_vs_reference"] =
-            json!(result["tokens_per_s"].as_f64().unwrap_or(0.0) / theirs);
-        result["rss_vs_reference"] = json!(
-            result["peak_rss_mib"].as_f64().unwrap_or(0.0)
-                / reference["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
-        );
+        attach_reference(&mut result, &reference);
     }
     if args.json {
         println!("{result}");
@@ -199,14 +179,7 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
             result["peak_rss_mib"].as_f64().unwrap_or(0.0),
             trainable
         );
-        if let Some(speedup) = result["speedup_vs_reference"].as_f64() {
-            println!(
-                "reference (PyTorch+PEFT): {:.1} tok/s, peak RSS {:.0} MiB; tuna / reference = {speedup:.2}x speed, {:.2}x memory",
-                result["reference"]["tokens_per_s"].as_f64().unwrap_or(0.0),
-                result["reference"]["peak_rss_mib"].as_f64().unwrap_or(0.0),
-                result["rss_vs_reference"].as_f64().unwrap_or(0.0)
-            );
-        }
+        print_reference(&result);
     }
     Ok(())
 }
@@ -273,24 +246,20 @@ fn bench_data(args: BenchDataArgs) -> anyhow::Result<()> {
 
 fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
     // The reference runs first: a child inherits the parent's RSS high-water mark on Linux.
-    let reference = match &args.reference.reference_python {
-        Some(python) => Some(run_reference(
-            python,
-            &args.reference,
-            &args.model.model,
-            &[
-                "--mode",
-                "generate",
-                "--prompt-tokens",
-                &args.prompt_tokens.to_string(),
-                "--new-tokens",
-                &args.new_tokens.to_string(),
-                "--gen-reps",
-                &args.reps.to_string(),
-            ],
-        )?),
-        None => None,
-    };
+    let reference = run_reference(
+        &args.reference,
+        &args.model.model,
+        &[
+            "--mode",
+            "generate",
+            "--prompt-tokens",
+            &args.prompt_tokens.to_string(),
+            "--new-tokens",
+            &args.new_tokens.to_string(),
+            "--gen-reps",
+            &args.reps.to_string(),
+        ],
+    )?;
     let load_started = Instant::now();
     let model = args.model.load(args.weights)?;
     let load_seconds = load_started.elapsed().as_secs_f64();
@@ -337,16 +306,7 @@ fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
     });
     let mut result = result;
     if let Some(reference) = reference {
-        let theirs = reference["tokens_per_sec_median"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
-        let ours = result["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
-        result["reference"] = json!({
-            "tokens_per_s": theirs,
-            "peak_rss_mib": reference["peak_rss_mib"],
-            "versions": reference["versions"],
-        });
-        result["speedup_vs_reference"] = json!(ours / theirs);
+        attach_reference(&mut result, &reference);
     }
     if args.json {
         println!("{result}");
@@ -360,25 +320,52 @@ fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
             result["peak_rss_mib"].as_f64().unwrap_or(0.0),
             load_seconds
         );
-        if let Some(speedup) = result["speedup_vs_reference"].as_f64() {
-            println!(
-                "reference (PyTorch+PEFT): {:.1} tok/s, peak RSS {:.0} MiB; tuna / reference = {speedup:.2}x",
-                result["reference"]["tokens_per_s"].as_f64().unwrap_or(0.0),
-                result["reference"]["peak_rss_mib"].as_f64().unwrap_or(0.0),
-            );
-        }
+        print_reference(&result);
     }
     Ok(())
 }
 
-/// Runs ../shared/bench/peft_cpu_baseline.py on the same model and threads; returns the JSON
-/// object its last stdout line holds.
+/// Puts the reference's figures beside ours: `reference`, and the speed and memory ratios.
+fn attach_reference(result: &mut serde_json::Value, reference: &serde_json::Value) {
+    let theirs = reference["tokens_per_sec_median"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    result["reference"] = json!({
+        "tokens_per_s": theirs,
+        "peak_rss_mib": reference["peak_rss_mib"],
+        "fwd_s": reference["fwd_sec"]["median"],
+        "bwd_s": reference["bwd_sec"]["median"],
+        "opt_s": reference["opt_sec"]["median"],
+        "versions": reference["versions"],
+    });
+    result["speedup_vs_reference"] = json!(result["tokens_per_s"].as_f64().unwrap_or(0.0) / theirs);
+    result["rss_vs_reference"] = json!(
+        result["peak_rss_mib"].as_f64().unwrap_or(0.0)
+            / reference["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+    );
+}
+
+fn print_reference(result: &serde_json::Value) {
+    if let Some(speedup) = result["speedup_vs_reference"].as_f64() {
+        println!(
+            "reference (PyTorch+PEFT): {:.1} tok/s, peak RSS {:.0} MiB; tuna / reference = {speedup:.2}x speed, {:.2}x memory",
+            result["reference"]["tokens_per_s"].as_f64().unwrap_or(0.0),
+            result["reference"]["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            result["rss_vs_reference"].as_f64().unwrap_or(0.0)
+        );
+    }
+}
+
+/// Runs ../shared/bench/peft_cpu_baseline.py on the same model and threads when
+/// --reference-python is given; returns the JSON object its last stdout line holds.
 fn run_reference(
-    python: &Path,
     reference: &ReferenceArgs,
     model: &str,
     mode_args: &[&str],
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(python) = &reference.reference_python else {
+        return Ok(None);
+    };
     if !model.ends_with(".gguf") {
         bail!("--reference-python: the reference script loads GGUF files only, and --model is {model}");
     }
@@ -406,6 +393,16 @@ fn run_reference(
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or_default();
-    serde_json::from_str(last)
-        .with_context(|| format!("the reference's last line is not JSON: {last}"))
+    let mut result: serde_json::Value = serde_json::from_str(last)
+        .with_context(|| format!("the reference's last line is not JSON: {last}"))?;
+    // The script's own high-water mark, reset after loading (VmHWM after clear_refs), when it
+    // has one; ru_maxrss of a child starts at its parent's RSS at fork.
+    if let Some(phase) = result
+        .get("peak_rss_phase_mib")
+        .filter(|v| v.is_number())
+        .cloned()
+    {
+        result["peak_rss_mib"] = phase;
+    }
+    Ok(Some(result))
 }

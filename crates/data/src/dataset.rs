@@ -51,8 +51,8 @@ impl Dataset {
                 (
                     l.line,
                     stable_hash(
-                        serde_json::Value::Object(l.object.clone())
-                            .to_string()
+                        serde_json::to_string(&l.object)
+                            .unwrap_or_default()
                             .as_bytes(),
                     ),
                 )

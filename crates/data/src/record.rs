@@ -337,26 +337,6 @@ fn parse_messages(
     Some(messages)
 }
 
-/// The `text` field of every line, for callers that accept only text records.
-pub fn text_records(path: &Path, lines: &[JsonlLine]) -> Result<Vec<(usize, String)>, DataError> {
-    let parsed = parse_records(path, lines, &FieldNames::default())?;
-    let mut errors = Vec::new();
-    let mut out = Vec::new();
-    for r in parsed.records {
-        match r.record {
-            Record::Text(t) => out.push((r.line, t)),
-            other => errors.push(DataError::bad_record(
-                path,
-                r.line,
-                "(record)",
-                format!("expected a text record, found {}", other.kind().name()),
-            )),
-        }
-    }
-    collect_errors(errors)?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,5 +201,3 @@ mod hub {
         Ok(dir)
     }
 }
-
-pub use hub::{cache_dir as hub_cache_dir, offline as hub_offline};
