@@ -108,34 +108,31 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
     let tokens = args.batch * args.seq;
     let (mut fwd, mut bwd, mut opt, mut tps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for step in 0..args.warmup + args.steps {
-        let t0 = Instant::now();
-        let sum = tuna_train::loss::batch_loss_sum(&model.model, &batch)?;
-        let loss = (sum / batch.n_targets as f64)?;
-        let t1 = Instant::now();
-        let store = loss.backward()?;
+        let pass = tuna_train::loss::loss_and_grads(
+            &model.model,
+            &batch,
+            1.0 / batch.n_targets as f64,
+            step as u64,
+        )?;
         let t2 = Instant::now();
         let grads: Vec<candle_core::Tensor> = vars
             .iter()
             .map(|v| {
-                store
+                pass.grads
                     .get(v.as_tensor())
                     .cloned()
                     .unwrap_or_else(|| v.zeros_like().expect("zeros"))
             })
             .collect();
         optimizer.update(&grads, 2e-4)?;
-        let t3 = Instant::now();
-        let (f, b, o) = (
-            (t1 - t0).as_secs_f64(),
-            (t2 - t1).as_secs_f64(),
-            (t3 - t2).as_secs_f64(),
-        );
+        let (f, b, o) = (pass.forward_s, pass.backward_s, t2.elapsed().as_secs_f64());
+        let loss = pass.loss / batch.n_targets as f64;
         let timed = step >= args.warmup;
         if !args.json {
             eprintln!(
                 "step {step} ({}): loss {:.4}  {:.3} s (fwd {f:.3} bwd {b:.3} opt {o:.3})  {:.1} tok/s",
                 if timed { "timed" } else { "warm-up" },
-                loss.to_scalar::<f32>()?,
+                loss,
                 f + b + o,
                 tokens as f64 / (f + b + o)
             );

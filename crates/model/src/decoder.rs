@@ -64,7 +64,7 @@ pub struct Llama {
     pub norm: Tensor,
     /// Shares `embed_tokens`' storage when the embeddings are tied.
     pub lm_head: Linear,
-    rope: Rope,
+    pub(crate) rope: Rope,
 }
 
 impl Llama {

@@ -2,6 +2,7 @@
 //! (config, weights, tokenizer, chat template) from a GGUF file, a Hugging Face directory or
 //! a hub id.
 
+pub mod backprop;
 pub mod chat;
 pub mod config;
 pub mod decoder;
@@ -20,6 +21,7 @@ pub mod source;
 pub mod tokenizer;
 pub mod weights;
 
+pub use backprop::{TrainBatch, TrainPass};
 pub use chat::{ChatTemplate, Message};
 pub use config::LlamaConfig;
 pub use decoder::{Llama, Packing};

@@ -17,7 +17,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::events::TrainEvent;
-use crate::loss::batch_loss_sum;
+use crate::loss::loss_and_grads;
 use crate::optim::{clip_grad_norm, AdamW, AdamWParams};
 use crate::schedule::Schedule;
 
@@ -132,12 +132,14 @@ fn eval_loss(model: &mut Pretrained, valid: &Dataset) -> Result<(f64, usize), Tr
 }
 
 /// One optimizer step's gradients: each micro-batch's summed NLL divided by the target tokens
-/// of the whole step, backpropagated and added up. Returns (gradients aligned with `vars`,
-/// mean loss per target token, target tokens).
+/// of the whole step, backpropagated and added up. `seed` draws dropout masks (one stream per
+/// micro-batch), so a resumed run repeats them. Returns (gradients aligned with `vars`, mean
+/// loss per target token, target tokens).
 pub fn accumulate_gradients(
     model: &Pretrained,
     vars: &[Var],
     micro: &[Batch],
+    seed: u64,
 ) -> Result<(Vec<Tensor>, f64, usize), TrainError> {
     let step_targets: usize = micro.iter().map(|b| b.n_targets).sum::<usize>().max(1);
     let mut grads: Vec<Tensor> = vars
@@ -145,12 +147,14 @@ pub fn accumulate_gradients(
         .map(|v| v.zeros_like())
         .collect::<candle_core::Result<_>>()?;
     let mut loss_sum = 0f64;
-    for batch in micro.iter().filter(|b| b.n_targets > 0) {
-        let sum = batch_loss_sum(&model.model, batch)?;
-        loss_sum += sum.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        let store = (sum / step_targets as f64)?.backward()?;
+    for (i, batch) in micro.iter().enumerate().filter(|(_, b)| b.n_targets > 0) {
+        let micro_seed = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(i as u64);
+        let pass = loss_and_grads(&model.model, batch, 1.0 / step_targets as f64, micro_seed)?;
+        loss_sum += pass.loss;
         for (g, v) in grads.iter_mut().zip(vars) {
-            if let Some(dg) = store.get(v.as_tensor()) {
+            if let Some(dg) = pass.grads.get(v.as_tensor()) {
                 *g = (&*g + dg)?;
             }
         }
@@ -290,7 +294,12 @@ pub fn train(
         let micro: Vec<Batch> = (0..config.train.grad_accum)
             .map(|_| stream.next_batch())
             .collect();
-        let (mut grads, loss, step_targets) = accumulate_gradients(model, &vars, &micro)?;
+        let (mut grads, loss, step_targets) = accumulate_gradients(
+            model,
+            &vars,
+            &micro,
+            config.train.seed ^ (state.step as u64 + 1),
+        )?;
         if !loss.is_finite() {
             return Err(TrainError::NonFiniteLoss {
                 step: state.step + 1,

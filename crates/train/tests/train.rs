@@ -166,8 +166,8 @@ fn accumulation_equals_one_big_batch() {
         make_batch(xs, &rows(4..8), 2, 64),
     ];
     assert_ne!(one[0].cols, two[1].cols, "different padding");
-    let (g1, l1, n1) = accumulate_gradients(&model, &vars, &one).unwrap();
-    let (g2, l2, n2) = accumulate_gradients(&model, &vars, &two).unwrap();
+    let (g1, l1, n1) = accumulate_gradients(&model, &vars, &one, 0).unwrap();
+    let (g2, l2, n2) = accumulate_gradients(&model, &vars, &two, 0).unwrap();
     assert_eq!(n1, n2);
     assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
     for (a, b) in g1.iter().zip(&g2) {

@@ -1,0 +1,274 @@
+//! Causal self-attention for the training pass, forward and backward. The forward keeps only
+//! each query row's log-sum-exp; the backward recomputes the probabilities from q and k
+//! (one extra q·kᵀ product), so no (t × t) matrix outlives its layer.
+//!
+//! Every mask tuna uses (causal, sliding window, packed examples, padding) leaves each query a
+//! contiguous run of keys ending at itself, so a mask is the first key each query may see.
+//!
+//! Head-major layouts: q (b, kvh, g·t, hd) — query head kv·g + j sits in kv group kv, which is
+//! the (b, h, t, hd) layout reshaped —, k and v (b, kvh, t, hd).
+
+use candle_core::{Result, Tensor};
+use rayon::prelude::*;
+
+use super::kernels::{tensor, to_vec};
+
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub kvh: usize,
+    pub hd: usize,
+}
+
+impl AttentionShape {
+    fn scale(&self) -> f32 {
+        1.0 / (self.hd as f32).sqrt()
+    }
+}
+
+/// The first key each query (b·t of them, row-major) may attend to: causal, inside its own
+/// example when rows are packed (`segments`; padding, `u32::MAX`, sees only itself), and
+/// within `window` positions.
+pub fn first_keys(b: usize, t: usize, segments: Option<&[u32]>, window: Option<usize>) -> Vec<u32> {
+    let window = window.unwrap_or(usize::MAX);
+    let mut first = vec![0u32; b * t];
+    for bi in 0..b {
+        let mut start = 0usize;
+        for ti in 0..t {
+            let at = bi * t + ti;
+            let mut lo = match segments {
+                Some(seg) if seg[at] == u32::MAX => ti,
+                Some(seg) => {
+                    if ti > 0 && seg[at] != seg[at - 1] {
+                        start = ti;
+                    }
+                    start
+                }
+                None => 0,
+            };
+            if ti + 1 > window {
+                lo = lo.max(ti + 1 - window);
+            }
+            first[at] = lo as u32;
+        }
+    }
+    first
+}
+
+/// Attention forward: q, k, v head-major; returns (y head-major (b, h, t, hd), log-sum-exp
+/// of each query row (b·h·t)).
+pub fn forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    first: &[u32],
+    shape: AttentionShape,
+) -> Result<(Tensor, Vec<f32>)> {
+    let AttentionShape { b, t, h, kvh, .. } = shape;
+    // (b, kvh, g·t, hd) @ (b, kvh, hd, t) -> (b, kvh, g·t, t)
+    let mut p = to_vec(&q.matmul(&k.t()?)?)?;
+    let mut lse = vec![0f32; b * h * t];
+    let scale = shape.scale();
+    p.par_chunks_mut(t)
+        .zip(lse.par_iter_mut())
+        .enumerate()
+        .for_each(|(row, (p, lse))| {
+            let (bi, ti) = (row / (h * t), row % t);
+            let lo = first[bi * t + ti] as usize;
+            let max = p[lo..=ti]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
+            let mut sum = 0f32;
+            for s in &mut p[lo..=ti] {
+                *s = (*s * scale - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            p[lo..=ti].iter_mut().for_each(|s| *s *= inv);
+            p[..lo].fill(0.0);
+            p[ti + 1..].fill(0.0);
+            *lse = max + sum.ln();
+        });
+    let g = h / kvh;
+    let p = tensor(p, &[b, kvh, g * t, t])?;
+    // (b, kvh, g·t, t) @ (b, kvh, t, hd) -> (b, kvh, g·t, hd)
+    Ok((p.matmul(v)?, lse))
+}
+
+/// Attention backward. `dy` is head-major like y; `delta` holds Σ dy·y per query row.
+/// Returns (dq, dk, dv), head-major like q, k, v.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    lse: &[f32],
+    first: &[u32],
+    dy: &Tensor,
+    delta: &[f32],
+    shape: AttentionShape,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let AttentionShape { b, t, h, kvh, .. } = shape;
+    let g = h / kvh;
+    let scale = shape.scale();
+    let mut p = to_vec(&q.matmul(&k.t()?)?)?;
+    p.par_chunks_mut(t).enumerate().for_each(|(row, p)| {
+        let (bi, ti) = (row / (h * t), row % t);
+        let lo = first[bi * t + ti] as usize;
+        for s in &mut p[lo..=ti] {
+            *s = (*s * scale - lse[row]).exp();
+        }
+        p[..lo].fill(0.0);
+        p[ti + 1..].fill(0.0);
+    });
+    let p = tensor(p, &[b, kvh, g * t, t])?;
+    // dv = pᵀ dy: (b, kvh, t, g·t) @ (b, kvh, g·t, hd)
+    let dv = p.t()?.matmul(dy)?;
+    // dp = dy vᵀ: (b, kvh, g·t, hd) @ (b, kvh, hd, t)
+    let mut ds = to_vec(&dy.matmul(&v.t()?)?)?;
+    {
+        let p = super::kernels::view(&p)?;
+        ds.par_chunks_mut(t)
+            .zip(p.par_chunks(t))
+            .enumerate()
+            .for_each(|(row, (ds, p))| {
+                // ds = p ⊙ (dp − delta) · scale, zero where p is masked.
+                for (ds, p) in ds.iter_mut().zip(p) {
+                    *ds = p * (*ds - delta[row]) * scale;
+                }
+            });
+    }
+    let ds = tensor(ds, &[b, kvh, g * t, t])?;
+    // dq = ds k: (b, kvh, g·t, t) @ (b, kvh, t, hd); dk = dsᵀ q
+    let dq = ds.matmul(k)?;
+    let dk = ds.t()?.matmul(q)?;
+    Ok((dq, dk, dv))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backprop::kernels::{tensor, to_vec};
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    #[test]
+    fn first_keys_follow_causality_segments_window_and_padding() {
+        // One row: example 0 at 0..3, example 1 at 3..5, padding at 5.
+        let seg = [0, 0, 0, 1, 1, u32::MAX];
+        assert_eq!(first_keys(1, 6, Some(&seg), None), [0, 0, 0, 3, 3, 5]);
+        assert_eq!(first_keys(1, 6, Some(&seg), Some(2)), [0, 0, 1, 3, 3, 5]);
+        assert_eq!(first_keys(2, 3, None, None), [0, 0, 0, 0, 0, 0]);
+        assert_eq!(first_keys(1, 4, None, Some(3)), [0, 0, 0, 1]);
+    }
+
+    /// Naive attention of one (batch, query head) pair, straight from the definition.
+    fn naive(q: &[f32], k: &[f32], v: &[f32], first: &[u32], s: AttentionShape) -> Vec<f32> {
+        let AttentionShape { b, t, h, kvh, hd } = s;
+        let g = h / kvh;
+        let mut y = vec![0f32; b * h * t * hd];
+        for bi in 0..b {
+            for head in 0..h {
+                let kv = head / g;
+                for i in 0..t {
+                    let qi = &q[((bi * h + head) * t + i) * hd..][..hd];
+                    let lo = first[bi * t + i] as usize;
+                    let scores: Vec<f32> = (lo..=i)
+                        .map(|j| {
+                            let kj = &k[((bi * kvh + kv) * t + j) * hd..][..hd];
+                            qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * s.scale()
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let e: Vec<f32> = scores.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f32 = e.iter().sum();
+                    for (j, e) in (lo..=i).zip(&e) {
+                        let vj = &v[((bi * kvh + kv) * t + j) * hd..][..hd];
+                        for c in 0..hd {
+                            y[((bi * h + head) * t + i) * hd + c] += e / sum * vj[c];
+                        }
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn forward_matches_the_definition_and_backward_matches_finite_differences() {
+        let shape = AttentionShape {
+            b: 2,
+            t: 5,
+            h: 4,
+            kvh: 2,
+            hd: 4,
+        };
+        let AttentionShape { b, t, h, kvh, hd } = shape;
+        let seg = [0, 0, 1, 1, 1, 0, 0, 0, 0, u32::MAX];
+        let first = first_keys(b, t, Some(&seg), Some(3));
+        let (qv, kv, vv) = (
+            random(b * h * t * hd, 1),
+            random(b * kvh * t * hd, 2),
+            random(b * kvh * t * hd, 3),
+        );
+        let probe = random(b * h * t * hd, 4);
+        let run = |q: &[f32], k: &[f32], v: &[f32]| -> Vec<f32> {
+            let q = tensor(q.to_vec(), &[b, kvh, h / kvh * t, hd]).unwrap();
+            let k = tensor(k.to_vec(), &[b, kvh, t, hd]).unwrap();
+            let v = tensor(v.to_vec(), &[b, kvh, t, hd]).unwrap();
+            to_vec(&forward(&q, &k, &v, &first, shape).unwrap().0).unwrap()
+        };
+        let y = run(&qv, &kv, &vv);
+        let want = naive(&qv, &kv, &vv, &first, shape);
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+
+        let q = tensor(qv.clone(), &[b, kvh, h / kvh * t, hd]).unwrap();
+        let k = tensor(kv.clone(), &[b, kvh, t, hd]).unwrap();
+        let v = tensor(vv.clone(), &[b, kvh, t, hd]).unwrap();
+        let (_, lse) = forward(&q, &k, &v, &first, shape).unwrap();
+        let delta: Vec<f32> = y
+            .chunks(hd)
+            .zip(probe.chunks(hd))
+            .map(|(y, p)| y.iter().zip(p).map(|(a, b)| a * b).sum())
+            .collect();
+        let dy = tensor(probe.clone(), &[b, kvh, h / kvh * t, hd]).unwrap();
+        let (dq, dk, dv) = backward(&q, &k, &v, &lse, &first, &dy, &delta, shape).unwrap();
+        let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
+            run(q, k, v)
+                .iter()
+                .zip(&probe)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum()
+        };
+        let eps = 1e-2f32;
+        let check = |analytic: &Tensor, which: usize| {
+            let analytic = to_vec(analytic).unwrap();
+            let base = [&qv, &kv, &vv][which];
+            for i in 0..base.len() {
+                let mut inputs = [qv.clone(), kv.clone(), vv.clone()];
+                inputs[which][i] += eps;
+                let plus = loss(&inputs[0], &inputs[1], &inputs[2]);
+                inputs[which][i] -= 2.0 * eps;
+                let minus = loss(&inputs[0], &inputs[1], &inputs[2]);
+                let numeric = (plus - minus) / (2.0 * eps as f64);
+                let err = (numeric - analytic[i] as f64).abs();
+                assert!(
+                    err < 2e-3 * (1.0 + numeric.abs()),
+                    "input {which}[{i}]: analytic {} vs numeric {numeric}",
+                    analytic[i]
+                );
+            }
+        };
+        check(&dq, 0);
+        check(&dk, 1);
+        check(&dv, 2);
+    }
+}
