@@ -106,6 +106,14 @@ fn fmt_duration(seconds: f64) -> String {
     }
 }
 
+/// The last `n` characters of `text` (a prompt's end is what the model answers).
+fn tail(text: &str, n: usize) -> String {
+    let chars: Vec<char> = text.trim().chars().collect();
+    let start = chars.len().saturating_sub(n);
+    let prefix = if start > 0 { "…" } else { "" };
+    format!("{prefix}{}", chars[start..].iter().collect::<String>())
+}
+
 /// One line per event on stderr.
 fn progress_line(e: &TrainEvent) -> String {
     match e {
@@ -124,6 +132,12 @@ fn progress_line(e: &TrainEvent) -> String {
         TrainEvent::Eval { step, loss, perplexity, tokens, best } => format!(
             "eval @ {step}: loss {loss:.4}  ppl {perplexity:.3}  ({tokens} target tokens){}",
             if *best { "  best" } else { "" }
+        ),
+        TrainEvent::Sample { step, line, prompt, output, reference } => format!(
+            "sample @ {step} (valid line {line}): {:?} -> {:?} (reference {:?})",
+            tail(prompt, 60),
+            output.trim(),
+            reference.trim()
         ),
         TrainEvent::Checkpoint { path, .. } => format!("checkpoint: {path}"),
         TrainEvent::Finished { adapter, best_eval_loss, best_step, train_seconds, stopped_early, .. } => format!(

@@ -81,6 +81,10 @@ pub struct LoopSection {
     pub keep_last: usize,
     /// Stop after this many evaluations without a better eval loss (0: never).
     pub early_stopping_patience: usize,
+    /// At each evaluation, greedy completions of this many held-out prompts (0: none).
+    pub sample_count: usize,
+    /// Tokens generated per sample at most.
+    pub sample_max_new_tokens: usize,
     pub seed: u64,
 }
 
@@ -155,6 +159,8 @@ impl Default for LoopSection {
             save_every: 100,
             keep_last: 2,
             early_stopping_patience: 0,
+            sample_count: 2,
+            sample_max_new_tokens: 32,
             seed: 0,
         }
     }

@@ -19,9 +19,17 @@ pub enum TrainError {
     #[error("{path}: the run directory already holds a run (use --resume {path} to continue it, or another --output)")]
     RunExists { path: PathBuf },
     #[error(
-        "step {step}: the loss is {value}; training stopped (the last good checkpoint is kept)"
+        "step {step}: the loss is {value}; training stopped ({})",
+        match last_checkpoint {
+            Some(p) => format!("the last good checkpoint, {}, is kept", p.display()),
+            None => "no checkpoint had been written yet".to_string(),
+        }
     )]
-    NonFiniteLoss { step: usize, value: f64 },
+    NonFiniteLoss {
+        step: usize,
+        value: f64,
+        last_checkpoint: Option<PathBuf>,
+    },
     #[error("interrupted after step {step}; a checkpoint was written")]
     Interrupted { step: usize, run: PathBuf },
     #[error("the training data has no example with a target token")]
@@ -32,6 +40,8 @@ pub enum TrainError {
     Lora(#[from] tuna_lora::LoraError),
     #[error(transparent)]
     Data(#[from] tuna_data::DataError),
+    #[error(transparent)]
+    Eval(#[from] tuna_eval::EvalError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -32,6 +32,15 @@ pub enum TrainEvent {
         tokens: usize,
         best: bool,
     },
+    /// A greedy completion of a held-out prompt, at an evaluation.
+    Sample {
+        step: usize,
+        /// The valid file's line.
+        line: usize,
+        prompt: String,
+        output: String,
+        reference: String,
+    },
     Checkpoint {
         step: usize,
         path: String,

@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 use tuna_data::{epoch_plan, make_batch, Batch, Dataset, Encoder, Example};
+use tuna_eval::generate::{generate, SamplingOptions};
 use tuna_eval::loss::examples_nll;
 use tuna_lora::peft;
 use tuna_model::Pretrained;
 
 use crate::chart::History;
 use crate::checkpoint::{self, TrainerState};
-use crate::config::TrainConfig;
+use crate::config::{LoopSection, TrainConfig};
 use crate::error::TrainError;
 use crate::events::TrainEvent;
 use crate::loss::loss_and_grads;
@@ -129,6 +130,39 @@ fn eval_loss(model: &mut Pretrained, valid: &Dataset) -> Result<(f64, usize), Tr
     let (sum, n) = examples_nll(&model.model, &valid.examples, EVAL_BATCH_TOKENS)?;
     model.model.set_training(true);
     Ok((sum / n.max(1) as f64, n))
+}
+
+/// Greedy completions of the first `sample_count` held-out examples that have a prompt.
+fn eval_samples(
+    model: &mut Pretrained,
+    valid: &Dataset,
+    loop_config: &LoopSection,
+    step: usize,
+) -> Result<Vec<TrainEvent>, TrainError> {
+    let options = SamplingOptions {
+        max_new_tokens: loop_config.sample_max_new_tokens,
+        ..Default::default()
+    };
+    let with_prompt = valid.examples.iter().filter_map(|x| {
+        let first = x.trained.iter().position(|&t| t)?;
+        (first > 0).then_some((x, first))
+    });
+    model.model.set_training(false);
+    let mut samples = Vec::new();
+    for (example, first) in with_prompt.take(loop_config.sample_count) {
+        let (prompt, reference) = example.ids.split_at(first);
+        let (output, _) = generate(model, prompt, &options, |_| {})?;
+        let text = |ids: &[u32]| model.tokenizer.decode(ids, true);
+        samples.push(TrainEvent::Sample {
+            step,
+            line: example.line,
+            prompt: text(prompt)?,
+            output: text(&output)?,
+            reference: text(reference)?,
+        });
+    }
+    model.model.set_training(true);
+    Ok(samples)
 }
 
 /// One optimizer step's gradients: each micro-batch's summed NLL divided by the target tokens
@@ -304,6 +338,7 @@ pub fn train(
             return Err(TrainError::NonFiniteLoss {
                 step: state.step + 1,
                 value: loss,
+                last_checkpoint: checkpoint::list(&run_dir).pop().map(|(_, p)| p),
             });
         }
         let max_norm = (o.max_grad_norm > 0.0).then_some(o.max_grad_norm);
@@ -354,6 +389,9 @@ pub fn train(
                 best: improved,
             });
             history.evals.push((state.step, eval));
+            for sample in eval_samples(model, valid, &config.train, state.step)? {
+                report(&sample);
+            }
             history.write(&run_dir.join("chart.svg"), total_steps)?;
             let patience = config.train.early_stopping_patience;
             stopped_early = patience > 0 && state.evals_since_best >= patience && !last;

@@ -226,3 +226,91 @@ fn bad_configs_name_the_key() {
         "lora: r: must be at least 1"
     );
 }
+
+/// Runs `config` and returns every event and the result.
+fn run_events(m: &TinyModel, c: &TrainConfig) -> (Vec<TrainEvent>, Result<(), TrainError>) {
+    let mut model = load(m);
+    let interrupt = AtomicBool::new(false);
+    let mut events = Vec::new();
+    let result = train(&mut model, c, false, &interrupt, &mut |e| events.push(e.clone()));
+    (events, result.map(|_| ()))
+}
+
+#[test]
+fn early_stopping_ends_the_run_after_patience_evaluations_without_progress() {
+    let m = tiny_model(TinySpec::default());
+    let mut c = config(&m, "early", 20);
+    // So small a step that the eval loss never improves on the first evaluation.
+    c.optim.lr = 1e-30;
+    c.train.eval_every = 1;
+    c.train.early_stopping_patience = 2;
+    let (events, result) = run_events(&m, &c);
+    result.unwrap();
+    let evals = events
+        .iter()
+        .filter(|e| matches!(e, TrainEvent::Eval { .. }))
+        .count();
+    assert_eq!(evals, 3, "best at step 1, then 2 evaluations without progress");
+    match events.last() {
+        Some(TrainEvent::Finished {
+            step,
+            stopped_early,
+            best_step,
+            ..
+        }) => assert_eq!((*step, *stopped_early, *best_step), (3, true, Some(1))),
+        other => panic!("last event {other:?}"),
+    }
+    assert!(m.path().join("early/best/adapter_model.safetensors").is_file());
+    assert!(m.path().join("early/adapter/adapter_model.safetensors").is_file());
+    // Each evaluation came with greedy samples of held-out prompts and their references.
+    let samples: Vec<&TrainEvent> = events
+        .iter()
+        .filter(|e| matches!(e, TrainEvent::Sample { .. }))
+        .collect();
+    assert_eq!(samples.len(), 3 * c.train.sample_count);
+    match samples[0] {
+        TrainEvent::Sample {
+            step,
+            line,
+            prompt,
+            reference,
+            ..
+        } => {
+            assert_eq!((*step, *line), (1, 1));
+            assert!(prompt.contains("the cat 99"), "{prompt:?}");
+            assert!(reference.contains("is cat"), "{reference:?}");
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let m = tiny_model(TinySpec::default());
+    let mut c = config(&m, "nan", 10);
+    // Adam moves every weight by about lr per step: the second forward overflows.
+    c.optim.lr = 1e30;
+    c.train.save_every = 1;
+    c.train.eval_every = 0;
+    let (events, result) = run_events(&m, &c);
+    let Err(TrainError::NonFiniteLoss {
+        step,
+        last_checkpoint: Some(last),
+        ..
+    }) = &result
+    else {
+        panic!("{result:?}");
+    };
+    assert!(*step >= 2, "step {step}");
+    assert_eq!(last, &m.path().join(format!("nan/checkpoint-{}", step - 1)));
+    let (state, tensors) = checkpoint::read(last).unwrap();
+    assert_eq!(state.step, step - 1);
+    assert!(!tensors.is_empty());
+    assert!(result
+        .unwrap_err()
+        .to_string()
+        .contains("the last good checkpoint"));
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, TrainEvent::Finished { .. })));
+}
