@@ -24,6 +24,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Loss and perplexity on a JSONL file (any record kind; the training loss mask).
     Eval(EvalArgs),
+    /// Prompting strategies vs the tuned adapter on a test set: report.md, report.html,
+    /// report.json. With --prompt: one prompt, base and tuned side by side.
+    Compare(Box<CompareArgs>),
     /// LoRA fine-tuning: writes a run directory with checkpoints and a PEFT adapter.
     Train(Box<TrainArgs>),
     /// Check datasets and see what training will train on.
@@ -135,6 +138,81 @@ pub struct EvalArgs {
     /// Print {"loss", "perplexity", "tokens", ...} as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Test JSONL: prompt/completion, instruction/output or messages records (the last
+    /// assistant turn is the reference).
+    #[arg(long, required_unless_present = "prompt")]
+    pub data: Option<PathBuf>,
+    /// Where shots, labels and the majority baseline come from (default: the adapter run's
+    /// training file, else train.jsonl beside the test file).
+    #[arg(long)]
+    pub train: Option<PathBuf>,
+    /// Report directory (report.md, report.html, report.json).
+    #[arg(long, required_unless_present = "prompt")]
+    pub output: Option<PathBuf>,
+    /// Comma-separated: zero, one, few, cot, tuned, hybrid.
+    #[arg(long, default_value = "zero,one,few,cot,tuned,hybrid")]
+    pub strategies: String,
+    /// Shots for few-shot and hybrid (drawn from the train split, balanced per label).
+    #[arg(long, default_value_t = 5)]
+    pub shots: usize,
+    /// Score the first N test examples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Chain-of-thought generates long answers: score it on the first N test examples at
+    /// most (its row says how many).
+    #[arg(long, default_value_t = 100)]
+    pub cot_limit: usize,
+    /// The prompting strategies' wording around each input ({prompt} marks the input).
+    /// Default: the adapter run's prompt template, else one naming the labels.
+    #[arg(long)]
+    pub instruction: Option<String>,
+    /// System message for the prompting strategies (default: the adapter run's).
+    #[arg(long)]
+    pub system_prompt: Option<String>,
+    /// The label set, comma-separated (default: inferred from the train split).
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Metrics, comma-separated, the first the headline: accuracy, macro-f1, exact-match,
+    /// token-f1, token-error-rate (phones), char-error-rate (default: by task).
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// Label tasks: rank the labels by log-likelihood, or generate and parse.
+    #[arg(long, value_enum, default_value = "rank")]
+    pub method: MethodArg,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Longest generated answer (sequence tasks, generate method).
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    /// Longest chain-of-thought answer.
+    #[arg(long, default_value_t = 160)]
+    pub cot_max_new_tokens: usize,
+    /// Rows of the side-by-side table.
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
+    /// One prompt, base and tuned answers streamed one after the other.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// With --prompt: render it through the chat template.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long = "field", value_name = "KIND=NAME")]
+    pub fields: Vec<String>,
+    /// Print the report as JSON on stdout too.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodArg {
+    Rank,
+    Generate,
 }
 
 #[derive(Debug, Args)]

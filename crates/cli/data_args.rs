@@ -73,8 +73,15 @@ impl DataArgs {
     }
 
     pub fn field_names(&self) -> Result<FieldNames, DataError> {
+        parse_field_names(&self.fields)
+    }
+}
+
+/// `--field KIND=NAME` flags to field names.
+pub fn parse_field_names(specs: &[String]) -> Result<FieldNames, DataError> {
+    {
         let mut names = FieldNames::default();
-        for spec in &self.fields {
+        for spec in specs {
             let bad = |reason: &str| DataError::BadOption {
                 field: format!("--field {spec}"),
                 reason: reason.into(),

@@ -37,6 +37,7 @@ fn main() {
     let result = rayon::scope(|_| match cli.command {
         args::Command::Generate(a) => commands::generate::run(a),
         args::Command::Eval(a) => commands::eval::run(a),
+        args::Command::Compare(a) => commands::compare::run(*a),
         args::Command::Train(a) => commands::train::run(*a),
         args::Command::Data(a) => commands::data::run(a),
         args::Command::Bench(a) => commands::bench::run(a),

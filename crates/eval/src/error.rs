@@ -19,6 +19,21 @@ pub enum EvalError {
     NoChatTemplate { model: String },
     #[error("{path}: no example has a target token, so there is nothing to score")]
     NothingToScore { path: String },
+    #[error("{path}:{line}: {reason}")]
+    BadTaskRecord {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("{path}: the test set is empty")]
+    EmptyTestSet { path: String },
+    #[error("{path}:{line}: the reference {reference:?} is not in the label set ({labels})")]
+    LabelNotInSet {
+        path: String,
+        line: usize,
+        reference: String,
+        labels: String,
+    },
 }
 
 impl EvalError {
@@ -32,6 +47,12 @@ impl EvalError {
             Self::NothingToScore { .. } => {
                 Some("each record needs a text of at least two tokens".into())
             }
+            Self::BadTaskRecord { .. } => Some(
+                "tuna compare scores prompt/completion, instruction/output or messages records whose last turn is the reference answer".into(),
+            ),
+            Self::LabelNotInSet { .. } => Some(
+                "pass every label with --labels, or drop --labels to infer them from the train split".into(),
+            ),
             Self::EmptyPrompt => {
                 Some("pass --prompt TEXT, --prompt-file FILE, or text on stdin".into())
             }

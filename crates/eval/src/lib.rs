@@ -1,9 +1,16 @@
-//! tuna-eval: language-model loss and perplexity, prompts, and generation.
+//! tuna-eval: language-model loss and perplexity, prompts, generation, task metrics, and the
+//! prompting-vs-fine-tuning comparison.
 
+pub mod compare;
 pub mod error;
 pub mod generate;
 pub mod loss;
+pub mod metrics;
 pub mod prompt;
+pub mod report;
+pub mod scoring;
+pub mod strategy;
+pub mod task;
 
 pub use error::EvalError;
 pub use generate::{generate, GenerationStats, SamplingOptions, StopReason};

@@ -220,6 +220,13 @@ impl Llama {
             .squeeze(1)
     }
 
+    /// Runs `ids` (b, t) after the positions in `cache` and returns the logits of every new
+    /// position, (b, t, v).
+    pub fn forward_cached_all(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.hidden_states(ids, Some(cache), None, Kernels::Fused)?;
+        self.lm_head.forward(&hidden)
+    }
+
     /// The final-normed hidden states (b, t, d), before the head.
     pub fn hidden_states(
         &self,

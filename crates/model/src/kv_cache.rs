@@ -43,6 +43,23 @@ impl KvCache {
         self.len += t;
     }
 
+    /// Forgets every position from `len` on (a shared prompt prefix stays cached).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        if len == 0 {
+            self.clear();
+            return Ok(());
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(2, 0, len)?.contiguous()?;
+            *v = v.narrow(2, 0, len)?.contiguous()?;
+        }
+        self.len = len;
+        Ok(())
+    }
+
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
         self.len = 0;

@@ -29,6 +29,10 @@ pub struct TrainerState {
     pub tokens_seen: usize,
     /// Wall time spent training so far (summed over resumed parts).
     pub train_seconds: f64,
+    /// CPU time of the training process over the same span (all threads), where the
+    /// platform reports it.
+    #[serde(default)]
+    pub cpu_seconds: f64,
 }
 
 fn sync_dir(dir: &Path) {
@@ -123,15 +127,19 @@ pub fn publish_adapter(checkpoint: &Path, dest: &Path) -> Result<(), TrainError>
     Ok(())
 }
 
-/// Reads a checkpoint's state and optimizer moments.
-pub fn read(checkpoint: &Path) -> Result<(TrainerState, HashMap<String, Tensor>), TrainError> {
+/// Reads a checkpoint's trainer state.
+pub fn read_state(checkpoint: &Path) -> Result<TrainerState, TrainError> {
     let state_path = checkpoint.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(TrainError::io(&state_path))?;
-    let state: TrainerState =
-        serde_json::from_str(&text).map_err(|e| TrainError::BadCheckpoint {
-            path: state_path.clone(),
-            reason: e.to_string(),
-        })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::BadCheckpoint {
+        path: state_path.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads a checkpoint's state and optimizer moments.
+pub fn read(checkpoint: &Path) -> Result<(TrainerState, HashMap<String, Tensor>), TrainError> {
+    let state = read_state(checkpoint)?;
     let opt_path = checkpoint.join(OPTIMIZER_FILE);
     let optimizer = candle_core::safetensors::load(&opt_path, &Device::Cpu).map_err(|e| {
         TrainError::BadCheckpoint {

@@ -51,6 +51,7 @@ pub enum TrainEvent {
         best_eval_loss: Option<f64>,
         best_step: Option<usize>,
         train_seconds: f64,
+        cpu_seconds: f64,
         stopped_early: bool,
     },
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod loss;
 pub mod optim;
+pub mod run_dir;
 pub mod schedule;
 pub mod trainer;
 

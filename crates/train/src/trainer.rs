@@ -132,6 +132,16 @@ fn eval_loss(model: &mut Pretrained, valid: &Dataset) -> Result<(f64, usize), Tr
     Ok((sum / n.max(1) as f64, n))
 }
 
+/// User + system CPU time of this process (Linux: /proc/self/stat, in USER_HZ = 100 ticks).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 /// Greedy completions of the first `sample_count` held-out examples that have a prompt.
 fn eval_samples(
     model: &mut Pretrained,
@@ -278,6 +288,7 @@ pub fn train(
         evals_since_best: 0,
         tokens_seen: 0,
         train_seconds: 0.0,
+        cpu_seconds: 0.0,
     };
     if let Some(dir) = resume_from {
         let (saved, moments) = checkpoint::read(dir)?;
@@ -321,6 +332,8 @@ pub fn train(
     };
     let started = Instant::now();
     let seconds_before = state.train_seconds;
+    let cpu_before = state.cpu_seconds;
+    let cpu_start = process_cpu_seconds();
     let mut history = History::default();
     let mut stopped_early = false;
     while state.step < total_steps {
@@ -352,6 +365,9 @@ pub fn train(
         let tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
         state.tokens_seen += tokens;
         state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+        if let (Some(start), Some(now)) = (cpu_start, process_cpu_seconds()) {
+            state.cpu_seconds = cpu_before + (now - start);
+        }
         history.steps.push((state.step, loss, lr));
         report(&TrainEvent::Step {
             step: state.step,
@@ -431,6 +447,7 @@ pub fn train(
         best_eval_loss: state.best_eval_loss,
         best_step: state.best_step,
         train_seconds: state.train_seconds,
+        cpu_seconds: state.cpu_seconds,
         stopped_early,
     });
     Ok(TrainOutcome { adapter_dir, state })

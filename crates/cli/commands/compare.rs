@@ -1,0 +1,298 @@
+//! `tuna compare`: prompting strategies and the tuned adapter on one test set, written as
+//! report.md, report.html and report.json; or, with --prompt, one prompt answered by the base
+//! and the tuned model one after the other.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use tuna_eval::compare::{self, AdapterFacts, CompareSetup, Method};
+use tuna_eval::metrics::Metric;
+use tuna_eval::strategy::{PromptShape, Strategy};
+use tuna_eval::task::{self, TaskKind};
+use tuna_eval::{generate, PromptSpec, SamplingOptions};
+use tuna_model::Pretrained;
+use tuna_train::run_dir::{self, RunInfo};
+
+use crate::args::{CompareArgs, MethodArg};
+use crate::data_args::parse_field_names;
+use crate::model_args::{adapter_dir, InferenceWeights};
+
+pub fn run(args: CompareArgs) -> anyhow::Result<()> {
+    let mut base_args = args.model.clone();
+    base_args.adapter = None;
+    let adapter = args.model.adapter.clone();
+    let run = match &adapter {
+        Some(path) => match run_dir::run_dir_of(path) {
+            Some(dir) => Some(run_dir::read(&dir)?),
+            None => None,
+        },
+        None => None,
+    };
+    if let Some(prompt) = &args.prompt {
+        return side_by_side(&args, prompt, run.as_ref());
+    }
+    let (Some(data), Some(output)) = (&args.data, &args.output) else {
+        bail!("--data and --output are required (or --prompt for one prompt)");
+    };
+    let strategies = parse_strategies(&args.strategies)?;
+    let fields = parse_field_names(&args.fields)?;
+
+    let mut test = task::load_examples(data, &fields)?;
+    if let Some(limit) = args.limit {
+        test.truncate(limit);
+    }
+    let train_path = train_path(&args, run.as_ref(), data);
+    let train = match &train_path {
+        Some(p) => task::load_examples(p, &fields)?,
+        None => Vec::new(),
+    };
+    let kind = match &args.labels {
+        Some(l) => TaskKind::Labels {
+            labels: l.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        },
+        None if train.is_empty() => TaskKind::Sequence,
+        None => task::infer_kind(&train),
+    };
+    task::check_references(data, &test, &kind)?;
+    let needs_train = strategies.iter().any(|s| s.shot_count(args.shots) > 0);
+    if needs_train && train.is_empty() {
+        bail!("few-shot strategies draw shots from a train split: pass --train FILE (or leave one-shot, few-shot and hybrid out of --strategies)");
+    }
+    let metrics = match &args.metric {
+        Some(m) => m
+            .split(',')
+            .map(|name| {
+                Metric::parse(name.trim()).with_context(|| {
+                    format!("--metric: unknown metric {name:?} (accuracy, macro-f1, exact-match, token-f1, token-error-rate, char-error-rate)")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => kind.default_metrics(),
+    };
+
+    let tuned_shape = run.as_ref().map_or_else(PromptShape::default, |r| PromptShape {
+        template: r.config.encoding.prompt_template.clone(),
+        system: r.config.encoding.system.clone(),
+    });
+    let prompt_shape = PromptShape {
+        template: args
+            .instruction
+            .clone()
+            .or_else(|| tuned_shape.template.clone())
+            .or_else(|| default_instruction(&kind)),
+        system: args.system_prompt.clone().or_else(|| tuned_shape.system.clone()),
+    };
+
+    eprintln!("loading {}", base_args.model);
+    let base = base_args.load(InferenceWeights::Dense)?;
+    let tuned = match &adapter {
+        Some(_) => {
+            eprintln!("loading {} with the adapter", base_args.model);
+            Some(args.model.load(InferenceWeights::Dense)?)
+        }
+        None => None,
+    };
+    let facts = adapter
+        .as_ref()
+        .map(|a| adapter_facts(a, run.as_ref(), tuned.as_ref()))
+        .transpose()?;
+
+    // Chain-of-thought generates long answers: it runs on its own (smaller) prefix.
+    let mut report = None;
+    let (cot, rest): (Vec<Strategy>, Vec<Strategy>) =
+        strategies.iter().partition(|s| **s == Strategy::Cot);
+    let setup = CompareSetup {
+        base: &base,
+        tuned: tuned.as_ref(),
+        test_path: data,
+        test: &test,
+        train: &train,
+        kind: kind.clone(),
+        strategies: rest.clone(),
+        shots: args.shots,
+        seed: args.seed,
+        prompt_shape: prompt_shape.clone(),
+        tuned_shape: tuned_shape.clone(),
+        method: match args.method {
+            MethodArg::Rank => Method::Rank,
+            MethodArg::Generate => Method::Generate,
+        },
+        metrics: metrics.clone(),
+        max_new_tokens: args.max_new_tokens,
+        cot_max_new_tokens: args.cot_max_new_tokens,
+        adapter: facts.clone(),
+        samples: args.samples,
+    };
+    let mut progress = |line: &str| eprintln!("{line}");
+    if !rest.is_empty() || cot.is_empty() {
+        report = Some(compare::run(&setup, &mut progress)?);
+    }
+    if !cot.is_empty() {
+        let n = test.len().min(args.cot_limit);
+        let cot_setup = CompareSetup {
+            strategies: cot,
+            test: &test[..n],
+            ..setup.clone()
+        };
+        let cot_report = compare::run(&cot_setup, &mut progress)?;
+        report = Some(match report {
+            None => cot_report,
+            Some(mut r) => {
+                for mut row in cot_report.rows {
+                    if n < test.len() {
+                        row.title = format!("{} (first {n} examples)", row.title);
+                        r.notes.push(format!(
+                            "chain-of-thought was scored on the first {n} of {} examples (--cot-limit); its interval is wider and its column in the side-by-side table is left out",
+                            test.len()
+                        ));
+                        row.predictions.resize(test.len(), String::new());
+                    }
+                    // Keep the strategies' order as asked.
+                    let at = strategies
+                        .iter()
+                        .position(|s| *s == Strategy::Cot)
+                        .unwrap_or(r.rows.len())
+                        .min(r.rows.len());
+                    r.rows.insert(at, row);
+                }
+                r
+            }
+        });
+    }
+    let report = report.expect("at least one strategy ran");
+    write_reports(output, &report)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", tuna_eval::report::markdown(&report));
+    }
+    eprintln!(
+        "wrote {}, {}, {}",
+        output.join("report.md").display(),
+        output.join("report.html").display(),
+        output.join("report.json").display()
+    );
+    Ok(())
+}
+
+fn parse_strategies(list: &str) -> anyhow::Result<Vec<Strategy>> {
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let s = Strategy::parse(name).with_context(|| {
+            format!("--strategies: unknown strategy {name:?} (zero, one, few, cot, tuned, hybrid)")
+        })?;
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    if out.is_empty() {
+        bail!("--strategies: name at least one of zero, one, few, cot, tuned, hybrid");
+    }
+    Ok(out)
+}
+
+/// --train, else the adapter run's training file, else train.jsonl beside the test file.
+fn train_path(args: &CompareArgs, run: Option<&RunInfo>, data: &Path) -> Option<PathBuf> {
+    if let Some(p) = &args.train {
+        return Some(p.clone());
+    }
+    if let Some(r) = run {
+        let p = &r.config.data.train;
+        if !p.as_os_str().is_empty() && p.is_file() {
+            return Some(p.clone());
+        }
+    }
+    let sibling = data.with_file_name("train.jsonl");
+    (sibling.is_file() && sibling != data).then_some(sibling)
+}
+
+fn default_instruction(kind: &TaskKind) -> Option<String> {
+    match kind {
+        TaskKind::Labels { labels } => Some(format!(
+            "Answer with exactly one of: {}.\n\n{{prompt}}",
+            labels.join(", ")
+        )),
+        TaskKind::Sequence => None,
+    }
+}
+
+fn adapter_facts(
+    path: &Path,
+    run: Option<&RunInfo>,
+    tuned: Option<&Pretrained>,
+) -> anyhow::Result<AdapterFacts> {
+    let dir = adapter_dir(path);
+    let weights = dir.join(tuna_lora::peft::WEIGHTS_FILE);
+    let bytes = std::fs::metadata(&weights)
+        .with_context(|| format!("{}: cannot read the adapter weights", weights.display()))?
+        .len();
+    let parameters = match tuned {
+        Some(m) => {
+            let mut m = m.model.clone();
+            m.lora_vars()
+                .iter()
+                .map(|(_, a, b)| a.elem_count() + b.elem_count())
+                .sum()
+        }
+        None => 0,
+    };
+    let state = run.and_then(|r| r.state.as_ref());
+    Ok(AdapterFacts {
+        path: dir.display().to_string(),
+        parameters,
+        bytes,
+        train_examples: run.and_then(|r| r.train_examples).unwrap_or(0),
+        steps: state.map_or(0, |s| s.step),
+        train_seconds: state.map_or(0.0, |s| s.train_seconds),
+        cpu_seconds: state.map(|s| s.cpu_seconds).filter(|c| *c > 0.0),
+    })
+}
+
+/// report.md, report.html and report.json, each written to a temporary name then renamed.
+fn write_reports(dir: &Path, report: &compare::CompareReport) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let files = [
+        ("report.md", tuna_eval::report::markdown(report)),
+        ("report.html", tuna_eval::report::html(report)),
+        ("report.json", serde_json::to_string_pretty(report)? + "\n"),
+    ];
+    for (name, text) in files {
+        tuna_lora::peft::write_atomic(&dir.join(name), text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// One prompt: the base model's answer, then the tuned model's, streamed.
+fn side_by_side(args: &CompareArgs, prompt: &str, run: Option<&RunInfo>) -> anyhow::Result<()> {
+    if args.model.adapter.is_none() {
+        bail!("--prompt compares the base model with a tuned one: pass --adapter too");
+    }
+    let mut base_args = args.model.clone();
+    base_args.adapter = None;
+    let system = args
+        .system_prompt
+        .clone()
+        .or_else(|| run.and_then(|r| r.config.encoding.system.clone()));
+    let spec = PromptSpec {
+        text: prompt.to_string(),
+        chat: args.chat,
+        system: if args.chat { system } else { None },
+    };
+    let options = SamplingOptions {
+        max_new_tokens: args.max_new_tokens,
+        ..Default::default()
+    };
+    for (label, model_args) in [("base", &base_args), ("tuned", &args.model)] {
+        let model = model_args.load(InferenceWeights::F16)?;
+        let ids = spec.encode(&model)?;
+        println!("== {label}");
+        let mut out = std::io::stdout();
+        generate(&model, &ids, &options, |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        })?;
+        println!();
+    }
+    Ok(())
+}

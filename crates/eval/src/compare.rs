@@ -1,0 +1,530 @@
+//! `tuna compare`: every strategy on the same test examples, scored with the same metrics and
+//! intervals, plus the majority-class baseline, paired differences and a recommendation
+//! derived from the numbers.
+
+use std::path::Path;
+
+use serde::Serialize;
+use tuna_model::Pretrained;
+
+use crate::error::Result;
+use crate::metrics::{bootstrap, distribution, normalize, paired_difference, Estimate, Metric};
+use crate::scoring::{PromptEncoder, Scorer};
+use crate::strategy::{draw_shots, extract_answer, messages, PromptShape, Strategy};
+use crate::task::{label_prior, majority_label, TaskExample, TaskKind};
+
+/// How label tasks are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Rank the labels by the log-likelihood of each as the answer (deterministic).
+    Rank,
+    /// Generate greedily, then find the label in the text.
+    Generate,
+}
+
+/// What the run directory tells about the adapter, for the table's cost columns.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AdapterFacts {
+    pub path: String,
+    pub parameters: usize,
+    pub bytes: u64,
+    pub train_examples: usize,
+    pub steps: usize,
+    pub train_seconds: f64,
+    pub cpu_seconds: Option<f64>,
+}
+
+#[derive(Clone)]
+pub struct CompareSetup<'a> {
+    pub base: &'a Pretrained,
+    pub tuned: Option<&'a Pretrained>,
+    pub test_path: &'a Path,
+    pub test: &'a [TaskExample],
+    pub train: &'a [TaskExample],
+    pub kind: TaskKind,
+    pub strategies: Vec<Strategy>,
+    pub shots: usize,
+    pub seed: u64,
+    /// The wording prompting strategies use, and the adapter's training wording.
+    pub prompt_shape: PromptShape,
+    pub tuned_shape: PromptShape,
+    pub method: Method,
+    pub metrics: Vec<Metric>,
+    pub max_new_tokens: usize,
+    pub cot_max_new_tokens: usize,
+    pub adapter: Option<AdapterFacts>,
+    /// Side-by-side rows in the report.
+    pub samples: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricValue {
+    pub metric: Metric,
+    pub name: &'static str,
+    #[serde(flatten)]
+    pub estimate: Estimate,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StrategyRow {
+    pub key: String,
+    pub title: String,
+    pub uses_adapter: bool,
+    /// Examples the strategy needs: shots in the prompt, or the adapter's training set.
+    pub examples_used: usize,
+    pub method: String,
+    pub metrics: Vec<MetricValue>,
+    /// Predictions, most frequent first.
+    pub distribution: Vec<(String, usize)>,
+    /// Share of rows given the most frequent prediction.
+    pub dominant_share: f64,
+    /// One label on most rows (more than 80%) while the references are not like that.
+    pub collapsed: bool,
+    /// Mean −log p(reference) with the label likelihoods normalized over the label set.
+    pub label_nll: Option<f64>,
+    pub prompt_tokens_per_example: f64,
+    pub generated_tokens_per_example: f64,
+    pub seconds: f64,
+    pub seconds_per_1k: f64,
+    pub predictions: Vec<String>,
+}
+
+impl StrategyRow {
+    pub fn headline(&self) -> &MetricValue {
+        &self.metrics[0]
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub a: String,
+    pub b: String,
+    pub metric: &'static str,
+    /// a − b with a paired bootstrap interval.
+    pub difference: Estimate,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub line: usize,
+    pub input: String,
+    pub reference: String,
+    /// (strategy key, prediction)
+    pub predictions: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompareReport {
+    pub model: String,
+    pub test_path: String,
+    pub examples: usize,
+    pub train_examples: usize,
+    pub task: TaskKind,
+    pub seed: u64,
+    pub shots: usize,
+    pub prompt_shape: PromptShape,
+    pub tuned_shape: PromptShape,
+    pub adapter: Option<AdapterFacts>,
+    pub rows: Vec<StrategyRow>,
+    pub baseline: Option<StrategyRow>,
+    /// The prior-only floor: −log of the train split's frequency of each test reference,
+    /// averaged (what a model that knows only the label frequencies scores).
+    pub prior_floor_nll: Option<f64>,
+    pub comparisons: Vec<Comparison>,
+    pub recommendation: String,
+    pub samples: Vec<Sample>,
+    pub notes: Vec<String>,
+}
+
+/// Runs every strategy of `setup`; `progress` hears one line per strategy and example batch.
+pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<CompareReport> {
+    let labels = setup.kind.labels().to_vec();
+    let pairs_of = |predictions: &[String]| -> Vec<(String, String)> {
+        predictions
+            .iter()
+            .cloned()
+            .zip(setup.test.iter().map(|x| x.reference.trim().to_string()))
+            .collect()
+    };
+    let mut notes = Vec::new();
+    let mut rows = Vec::new();
+    for &strategy in &setup.strategies {
+        let model = if strategy.uses_adapter() {
+            match setup.tuned {
+                Some(m) => m,
+                None => {
+                    notes.push(format!(
+                        "{} skipped: no --adapter was given",
+                        strategy.title(setup.shots)
+                    ));
+                    continue;
+                }
+            }
+        } else {
+            setup.base
+        };
+        let row = run_strategy(setup, strategy, model, &labels, progress)?;
+        rows.push(row);
+    }
+
+    let baseline = match (&setup.kind, majority_label(setup.train, &labels)) {
+        (TaskKind::Labels { .. }, Some(majority)) => {
+            let predictions = vec![majority.clone(); setup.test.len()];
+            Some(row_from_predictions(
+                setup,
+                "majority",
+                format!("majority class (\"{majority}\")"),
+                false,
+                setup.train.len(),
+                "constant",
+                predictions,
+                None,
+                Default::default(),
+                &labels,
+            ))
+        }
+        _ => None,
+    };
+    let prior_floor_nll = (!labels.is_empty() && !setup.train.is_empty()).then(|| {
+        let prior = label_prior(setup.train, &labels);
+        let total: f64 = setup
+            .test
+            .iter()
+            .map(|x| {
+                let i = labels
+                    .iter()
+                    .position(|l| normalize(l) == normalize(&x.reference))
+                    .unwrap_or(0);
+                -(prior[i].max(1e-9)).ln()
+            })
+            .sum();
+        total / setup.test.len() as f64
+    });
+
+    let headline = setup.metrics[0];
+    let better = |a: f64, b: f64| {
+        if headline.higher_is_better() {
+            a > b
+        } else {
+            a < b
+        }
+    };
+    let best_prompting = rows
+        .iter()
+        .filter(|r| !r.uses_adapter)
+        .fold(None::<&StrategyRow>, |best, r| match best {
+            Some(b) if !better(r.headline().estimate.value, b.headline().estimate.value) => Some(b),
+            _ => Some(r),
+        });
+    let tuned = rows.iter().find(|r| r.key == Strategy::Tuned.key());
+    let hybrid = rows.iter().find(|r| r.key == Strategy::Hybrid.key());
+    let mut comparisons = Vec::new();
+    let mut compare = |a: &StrategyRow, b: &StrategyRow| {
+        let d = paired_difference(
+            headline,
+            &pairs_of(&a.predictions),
+            &pairs_of(&b.predictions),
+            &labels,
+            setup.seed ^ 0x5eed,
+        );
+        comparisons.push(Comparison {
+            a: a.key.clone(),
+            b: b.key.clone(),
+            metric: headline.name(),
+            difference: d,
+        });
+        d
+    };
+    let tuned_vs_prompt = match (tuned, best_prompting) {
+        (Some(t), Some(p)) => Some(compare(t, p)),
+        _ => None,
+    };
+    if let (Some(h), Some(t)) = (hybrid, tuned) {
+        compare(h, t);
+    }
+    let recommendation = recommend(
+        headline,
+        best_prompting,
+        tuned,
+        hybrid,
+        baseline.as_ref(),
+        tuned_vs_prompt,
+        prior_floor_nll,
+        setup.adapter.as_ref(),
+    );
+
+    let samples = setup
+        .test
+        .iter()
+        .enumerate()
+        .take(setup.samples)
+        .map(|(i, x)| Sample {
+            line: x.line,
+            input: x.input().to_string(),
+            reference: x.reference.trim().to_string(),
+            predictions: rows
+                .iter()
+                .map(|r| (r.key.clone(), r.predictions[i].clone()))
+                .collect(),
+        })
+        .collect();
+    Ok(CompareReport {
+        model: setup.base.source.path().display().to_string(),
+        test_path: setup.test_path.display().to_string(),
+        examples: setup.test.len(),
+        train_examples: setup.train.len(),
+        task: setup.kind.clone(),
+        seed: setup.seed,
+        shots: setup.shots,
+        prompt_shape: setup.prompt_shape.clone(),
+        tuned_shape: setup.tuned_shape.clone(),
+        adapter: setup.adapter.clone(),
+        rows,
+        baseline,
+        prior_floor_nll,
+        comparisons,
+        recommendation,
+        samples,
+        notes,
+    })
+}
+
+fn run_strategy(
+    setup: &CompareSetup,
+    strategy: Strategy,
+    model: &Pretrained,
+    labels: &[String],
+    progress: &mut dyn FnMut(&str),
+) -> Result<StrategyRow> {
+    let options = PromptEncoder::options(model);
+    let encoder = PromptEncoder::new(model, &options, setup.test_path)?;
+    let shape = if strategy.uses_adapter() {
+        &setup.tuned_shape
+    } else {
+        &setup.prompt_shape
+    };
+    let shots = draw_shots(
+        setup.train,
+        strategy.shot_count(setup.shots),
+        labels,
+        setup.seed,
+    );
+    let cot = strategy == Strategy::Cot;
+    let rank = !labels.is_empty() && setup.method == Method::Rank && !cot;
+    let mut scorer = Scorer::new(model);
+    let mut predictions = Vec::with_capacity(setup.test.len());
+    let mut nll = 0f64;
+    let title = strategy.title(setup.shots);
+    for (i, x) in setup.test.iter().enumerate() {
+        let m = messages(shape, &shots, x, cot);
+        if rank {
+            let encoded = encoder.with_answers(x.line, &m, labels)?;
+            let scores = scorer.rank(&encoded.prompt, &encoded.candidates)?;
+            let best = (0..scores.len())
+                .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+                .unwrap_or(0);
+            predictions.push(labels[best].clone());
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + scores.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
+            let r = labels
+                .iter()
+                .position(|l| normalize(l) == normalize(&x.reference))
+                .unwrap_or(0);
+            nll += lse - scores[r];
+        } else {
+            let prompt = encoder.prompt(&m)?;
+            let max_new = if cot {
+                setup.cot_max_new_tokens
+            } else {
+                setup.max_new_tokens
+            };
+            let out = scorer.greedy(&prompt, max_new)?;
+            let text = model.tokenizer.decode(&out, true)?;
+            predictions.push(extract_answer(&text, labels, cot));
+        }
+        if (i + 1) % 50 == 0 || i + 1 == setup.test.len() {
+            progress(&format!(
+                "{title}: {}/{} examples, {:.1} s",
+                i + 1,
+                setup.test.len(),
+                scorer.usage.seconds
+            ));
+        }
+    }
+    let examples_used = if strategy.uses_adapter() {
+        setup.adapter.as_ref().map_or(0, |a| a.train_examples) + shots.len()
+    } else {
+        shots.len()
+    };
+    Ok(row_from_predictions(
+        setup,
+        strategy.key(),
+        title,
+        strategy.uses_adapter(),
+        examples_used,
+        if rank { "rank labels by log-likelihood" } else if cot { "generate (chain of thought), extract the answer" } else { "generate greedily, parse" },
+        predictions,
+        rank.then(|| nll / setup.test.len() as f64),
+        scorer.usage,
+        labels,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row_from_predictions(
+    setup: &CompareSetup,
+    key: &str,
+    title: String,
+    uses_adapter: bool,
+    examples_used: usize,
+    method: &str,
+    predictions: Vec<String>,
+    label_nll: Option<f64>,
+    usage: crate::scoring::Usage,
+    labels: &[String],
+) -> StrategyRow {
+    let pairs: Vec<(String, String)> = predictions
+        .iter()
+        .cloned()
+        .zip(setup.test.iter().map(|x| x.reference.trim().to_string()))
+        .collect();
+    let metrics = setup
+        .metrics
+        .iter()
+        .map(|&metric| MetricValue {
+            metric,
+            name: metric.name(),
+            estimate: bootstrap(metric, &pairs, labels, setup.seed),
+        })
+        .collect();
+    let n = setup.test.len().max(1) as f64;
+    let dist = distribution(predictions.iter().map(|p| normalize(p)));
+    let dominant_share = dist.first().map_or(0.0, |d| d.1 as f64 / n);
+    let reference_share = distribution(setup.test.iter().map(|x| normalize(&x.reference)))
+        .first()
+        .map_or(0.0, |d| d.1 as f64 / n);
+    StrategyRow {
+        key: key.to_string(),
+        title,
+        uses_adapter,
+        examples_used,
+        method: method.to_string(),
+        metrics,
+        distribution: dist,
+        dominant_share,
+        collapsed: !labels.is_empty() && labels.len() > 1 && dominant_share > 0.8 && reference_share < 0.8,
+        label_nll,
+        prompt_tokens_per_example: usage.prompt_tokens as f64 / n,
+        generated_tokens_per_example: usage.generated_tokens as f64 / n,
+        seconds: usage.seconds,
+        seconds_per_1k: usage.seconds / n * 1000.0,
+        predictions,
+    }
+}
+
+/// Points, for metrics in [0, 1]: "0.312" -> "31.2 points".
+fn points(x: f64) -> String {
+    format!("{:.1}", x * 100.0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn recommend(
+    metric: Metric,
+    best_prompting: Option<&StrategyRow>,
+    tuned: Option<&StrategyRow>,
+    hybrid: Option<&StrategyRow>,
+    baseline: Option<&StrategyRow>,
+    tuned_vs_prompt: Option<Estimate>,
+    prior_floor: Option<f64>,
+    adapter: Option<&AdapterFacts>,
+) -> String {
+    let mut out = Vec::new();
+    let name = metric.name();
+    match (best_prompting, tuned, tuned_vs_prompt) {
+        (Some(p), Some(t), Some(d)) => {
+            let significant = d.low > 0.0 || d.high < 0.0;
+            let tuned_better = if metric.higher_is_better() { d.value > 0.0 } else { d.value < 0.0 };
+            let cost = adapter.map_or(String::new(), |a| {
+                format!(
+                    " after {:.0} s of training on {} examples ({} steps)",
+                    a.train_seconds, a.train_examples, a.steps
+                )
+            });
+            let diff = format!(
+                "{} points of {name} (95% CI {} to {})",
+                points(d.value.abs()),
+                points(d.low),
+                points(d.high)
+            );
+            if significant && tuned_better {
+                out.push(format!(
+                    "Fine-tuning wins: the adapter beats the best prompting strategy ({}) by {diff}{cost}.",
+                    p.title
+                ));
+            } else if significant {
+                out.push(format!(
+                    "Prompting wins: {} beats the adapter by {diff}, with no training at all.",
+                    p.title
+                ));
+            } else {
+                out.push(format!(
+                    "No clear winner: the adapter and the best prompting strategy ({}) differ by {diff}, an interval that includes 0 — prompting costs no training.",
+                    p.title
+                ));
+            }
+            if let Some(b) = baseline {
+                let (pv, tv, bv) = (
+                    p.headline().estimate.value,
+                    t.headline().estimate.value,
+                    b.headline().estimate.value,
+                );
+                if tv != bv && metric.higher_is_better() && tv > bv {
+                    let share = ((pv - bv) / (tv - bv)).clamp(-9.99, 9.99);
+                    out.push(format!(
+                        "Measured from the majority-class baseline ({name} {:.3}), {} gets {:.0}% of the way to the adapter ({:.3} vs {:.3}).",
+                        bv,
+                        p.title,
+                        share * 100.0,
+                        pv,
+                        tv
+                    ));
+                }
+            }
+        }
+        (Some(p), None, _) => out.push(format!(
+            "Best prompting strategy: {} ({name} {:.3}). Train an adapter (tuna train) and pass --adapter to measure fine-tuning against it.",
+            p.title,
+            p.headline().estimate.value
+        )),
+        _ => {}
+    }
+    if let (Some(t), Some(floor)) = (tuned, prior_floor) {
+        if let Some(nll) = t.label_nll {
+            if nll >= floor - 0.05 {
+                out.push(format!(
+                    "Caution: the adapter's label loss ({nll:.3} nats) is no better than the prior-only floor ({floor:.3}): it learned the label frequencies, not the task. Train longer or with a higher learning rate."
+                ));
+            }
+        }
+    }
+    for r in best_prompting.into_iter().chain(tuned).chain(hybrid) {
+        if r.collapsed {
+            out.push(format!(
+                "{} puts one answer on {:.0}% of the rows; its accuracy says little.",
+                r.title,
+                r.dominant_share * 100.0
+            ));
+        }
+    }
+    if let (Some(h), Some(t)) = (hybrid, tuned) {
+        let (hv, tv) = (h.headline().estimate.value, t.headline().estimate.value);
+        let worse = if metric.higher_is_better() { hv < tv } else { hv > tv };
+        out.push(if worse {
+            format!("Adding shots to the tuned model hurt here ({name} {hv:.3} vs {tv:.3}): the adapter was trained without shots in its prompts.")
+        } else {
+            format!("Adding shots to the tuned model did not hurt ({name} {hv:.3} vs {tv:.3}).")
+        });
+    }
+    out.join(" ")
+}

@@ -1,0 +1,351 @@
+//! `tuna compare`'s report as Markdown, as one self-contained HTML page (inline CSS and SVG,
+//! nothing fetched), and as JSON (the `CompareReport` itself).
+
+use std::fmt::Write;
+
+use crate::compare::{CompareReport, StrategyRow};
+
+fn modification(r: &StrategyRow, report: &CompareReport) -> String {
+    match (&report.adapter, r.uses_adapter) {
+        (Some(a), true) => format!(
+            "LoRA adapter: {:.2} M params, {:.1} MB",
+            a.parameters as f64 / 1e6,
+            a.bytes as f64 / 1e6
+        ),
+        _ if r.key == "majority" => "none (always the most frequent label)".into(),
+        _ => "none (prompt only)".into(),
+    }
+}
+
+fn data_required(r: &StrategyRow, report: &CompareReport) -> String {
+    match (&report.adapter, r.uses_adapter) {
+        (Some(a), true) => {
+            let shots = r.examples_used.saturating_sub(a.train_examples);
+            if shots > 0 {
+                format!("{} train + {shots} shots", a.train_examples)
+            } else {
+                format!("{} train examples", a.train_examples)
+            }
+        }
+        _ if r.key == "majority" => format!("{} labels counted", r.examples_used),
+        _ => match r.examples_used {
+            1 => "1 example".into(),
+            n => format!("{n} examples"),
+        },
+    }
+}
+
+fn implementation_time(r: &StrategyRow, report: &CompareReport) -> String {
+    match (&report.adapter, r.uses_adapter) {
+        (Some(a), true) => {
+            let cpu = a
+                .cpu_seconds
+                .map_or(String::new(), |c| format!(", {c:.0} CPU-s"));
+            format!("{:.0} s training, {} steps{cpu}", a.train_seconds, a.steps)
+        }
+        _ => "0 (no training)".into(),
+    }
+}
+
+fn cost(r: &StrategyRow) -> String {
+    if r.key == "majority" {
+        return "—".into();
+    }
+    let mut s = format!(
+        "{:.0}k prompt tokens, {:.0} s",
+        r.prompt_tokens_per_example,
+        r.seconds_per_1k
+    );
+    if r.generated_tokens_per_example > 0.0 {
+        let _ = write!(s, ", {:.0}k generated", r.generated_tokens_per_example);
+    }
+    s
+}
+
+fn metric_cell(r: &StrategyRow, i: usize) -> String {
+    let m = &r.metrics[i];
+    format!(
+        "{:.3} [{:.3}, {:.3}]",
+        m.estimate.value, m.estimate.low, m.estimate.high
+    )
+}
+
+fn predictions_cell(r: &StrategyRow, n: usize) -> String {
+    let mut parts: Vec<String> = r
+        .distribution
+        .iter()
+        .take(4)
+        .map(|(p, c)| format!("{} {:.0}%", short(p, 16), *c as f64 * 100.0 / n.max(1) as f64))
+        .collect();
+    if r.distribution.len() > 4 {
+        parts.push(format!("… {} distinct", r.distribution.len()));
+    }
+    let mut s = parts.join(", ");
+    if r.collapsed {
+        s.push_str(" ⚠ one answer on most rows");
+    }
+    s
+}
+
+fn short(s: &str, n: usize) -> String {
+    let s = s.replace(['\n', '|'], " ");
+    if s.chars().count() <= n {
+        s
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+fn all_rows(report: &CompareReport) -> Vec<&StrategyRow> {
+    report.rows.iter().chain(report.baseline.as_ref()).collect()
+}
+
+pub fn markdown(report: &CompareReport) -> String {
+    let mut s = String::new();
+    let task = match report.task.labels() {
+        [] => "sequence answers".to_string(),
+        labels => format!("labels: {}", labels.join(", ")),
+    };
+    let _ = writeln!(s, "# Prompting vs fine-tuning on `{}`\n", report.test_path);
+    let _ = writeln!(
+        s,
+        "Model `{}`; {} test examples ({task}); shots drawn from {} train examples with seed {}.\n",
+        report.model, report.examples, report.train_examples, report.seed
+    );
+    let _ = writeln!(s, "## Recommendation\n\n{}\n", report.recommendation);
+    let metric_names: Vec<&str> = report.rows.first().map_or(vec![], |r| {
+        r.metrics.iter().map(|m| m.name).collect()
+    });
+    let _ = write!(
+        s,
+        "## The table\n\n| strategy | modification | data required | implementation time | cost per 1k test examples |"
+    );
+    for m in &metric_names {
+        let _ = write!(s, " {m} [95% CI] |");
+    }
+    let _ = writeln!(s, " predictions |");
+    let _ = writeln!(s, "|{}", "---|".repeat(6 + metric_names.len()));
+    for r in all_rows(report) {
+        let _ = write!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            r.title,
+            modification(r, report),
+            data_required(r, report),
+            implementation_time(r, report),
+            cost(r)
+        );
+        for i in 0..r.metrics.len() {
+            let _ = write!(s, " {} |", metric_cell(r, i));
+        }
+        let _ = writeln!(s, " {} |", predictions_cell(r, report.examples));
+    }
+    let _ = writeln!(s);
+    let methods: Vec<String> = report
+        .rows
+        .iter()
+        .map(|r| format!("{}: {}", r.title, r.method))
+        .collect();
+    let _ = writeln!(s, "Scoring: {}.\n", methods.join("; "));
+    if let Some(floor) = report.prior_floor_nll {
+        let _ = writeln!(
+            s,
+            "Label loss (−log p of the reference, labels normalized) against the prior-only floor {floor:.3} nats: {}.\n",
+            report
+                .rows
+                .iter()
+                .filter_map(|r| r.label_nll.map(|l| format!("{} {l:.3}", r.title)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for c in &report.comparisons {
+        let _ = writeln!(
+            s,
+            "- {} − {}: {} {:+.3} [95% CI {:+.3}, {:+.3}] (paired bootstrap over the same examples)",
+            c.a, c.b, c.metric, c.difference.value, c.difference.low, c.difference.high
+        );
+    }
+    let _ = writeln!(s, "\n## Wording\n");
+    let _ = writeln!(
+        s,
+        "- prompting: template {:?}, system {:?}",
+        report.prompt_shape.template, report.prompt_shape.system
+    );
+    let _ = writeln!(
+        s,
+        "- adapter (as trained): template {:?}, system {:?}",
+        report.tuned_shape.template, report.tuned_shape.system
+    );
+    if !report.samples.is_empty() {
+        let _ = write!(s, "\n## Side by side (first {})\n\n| line | input | reference |", report.samples.len());
+        for r in &report.rows {
+            let _ = write!(s, " {} |", r.key);
+        }
+        let _ = writeln!(s, "\n|{}", "---|".repeat(3 + report.rows.len()));
+        for x in &report.samples {
+            let _ = write!(s, "| {} | {} | {} |", x.line, short(&x.input, 80), short(&x.reference, 40));
+            for (_, p) in &x.predictions {
+                let _ = write!(s, " {} |", short(p, 40));
+            }
+            let _ = writeln!(s);
+        }
+    }
+    for n in &report.notes {
+        let _ = writeln!(s, "\nNote: {n}");
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A horizontal bar per strategy with its 95% interval, on a 0–1 axis.
+fn bar_chart(report: &CompareReport) -> String {
+    let rows = all_rows(report);
+    let (w, row_h, left) = (720.0, 28.0, 230.0);
+    let h = rows.len() as f64 * row_h + 40.0;
+    let x = |v: f64| left + v.clamp(0.0, 1.0) * (w - left - 20.0);
+    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="metric per strategy">"#);
+    for t in 0..=10 {
+        let v = t as f64 / 10.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{0}" y1="10" x2="{0}" y2="{1}" stroke="#ddd"/><text x="{0}" y="{2}" font-size="10" text-anchor="middle">{v:.1}</text>"##,
+            x(v),
+            h - 25.0,
+            h - 10.0
+        );
+    }
+    for (i, r) in rows.iter().enumerate() {
+        let m = &r.metrics[0].estimate;
+        let y = 15.0 + i as f64 * row_h;
+        let color = if r.uses_adapter { "#2a7ab9" } else if r.key == "majority" { "#999" } else { "#e08a2c" };
+        let _ = write!(
+            s,
+            r##"<text x="{tx}" y="{ty}" font-size="12" text-anchor="end">{name}</text><rect x="{left}" y="{y}" width="{bw}" height="16" fill="{color}"/><line x1="{lo}" y1="{cy}" x2="{hi}" y2="{cy}" stroke="#000" stroke-width="1.5"/><line x1="{lo}" y1="{y1}" x2="{lo}" y2="{y2}" stroke="#000"/><line x1="{hi}" y1="{y1}" x2="{hi}" y2="{y2}" stroke="#000"/><text x="{vx}" y="{ty}" font-size="11">{val:.3}</text>"##,
+            tx = left - 8.0,
+            ty = y + 12.0,
+            name = esc(&r.title),
+            bw = x(m.value) - left,
+            lo = x(m.low),
+            hi = x(m.high),
+            cy = y + 8.0,
+            y1 = y + 3.0,
+            y2 = y + 13.0,
+            vx = x(m.high) + 4.0,
+            val = m.value,
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// Metric against cost (seconds per 1k test examples plus training time, log scale).
+fn cost_chart(report: &CompareReport) -> String {
+    let train = report.adapter.as_ref().map_or(0.0, |a| a.train_seconds);
+    let points: Vec<(&StrategyRow, f64)> = report
+        .rows
+        .iter()
+        .map(|r| (r, r.seconds_per_1k + if r.uses_adapter { train } else { 0.0 }))
+        .collect();
+    let (w, h, left, bottom) = (720.0, 300.0, 60.0, 40.0);
+    let max = points.iter().map(|p| p.1).fold(1.0f64, f64::max).log10().ceil().max(1.0);
+    let x = |c: f64| left + c.max(1.0).log10() / max * (w - left - 30.0);
+    let y = |v: f64| (h - bottom) - v.clamp(0.0, 1.0) * (h - bottom - 15.0);
+    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="metric vs cost">"#);
+    let _ = write!(s, r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#000"/><line x1="{left}" y1="10" x2="{left}" y2="{0}" stroke="#000"/>"##, h - bottom, w - 20.0);
+    for p in 0..=max as i32 {
+        let c = 10f64.powi(p);
+        let _ = write!(s, r##"<text x="{}" y="{}" font-size="10" text-anchor="middle">{c}</text>"##, x(c), h - bottom + 14.0);
+    }
+    let _ = write!(s, r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">seconds per 1k test examples (+ training time for adapters), log scale</text>"##, (w + left) / 2.0, h - 5.0);
+    for t in 0..=5 {
+        let v = t as f64 / 5.0;
+        let _ = write!(s, r##"<text x="{}" y="{}" font-size="10" text-anchor="end">{v:.1}</text>"##, left - 4.0, y(v) + 3.0);
+    }
+    for (r, c) in points {
+        let v = r.metrics[0].estimate.value;
+        let color = if r.uses_adapter { "#2a7ab9" } else { "#e08a2c" };
+        let _ = write!(s, r##"<circle cx="{0}" cy="{1}" r="5" fill="{color}"/><text x="{2}" y="{3}" font-size="11">{name}</text>"##, x(c), y(v), x(c) + 7.0, y(v) - 6.0, name = esc(&r.key));
+    }
+    s.push_str("</svg>");
+    s
+}
+
+pub fn html(report: &CompareReport) -> String {
+    let mut s = String::new();
+    let metric = report.rows.first().map_or("metric", |r| r.metrics[0].name);
+    let _ = write!(
+        s,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>tuna compare: {title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;margin:1em 0;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}
+th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padding:.6em 1em}}.warn{{color:#b00}}code{{background:#f5f5f5}}</style></head><body>
+<h1>Prompting vs fine-tuning</h1><p>Model <code>{model}</code>, test set <code>{title}</code>: {n} examples; {train} train examples; seed {seed}.</p>
+<div class="rec"><strong>Recommendation.</strong> {rec}</div>"#,
+        title = esc(&report.test_path),
+        model = esc(&report.model),
+        n = report.examples,
+        train = report.train_examples,
+        seed = report.seed,
+        rec = esc(&report.recommendation),
+    );
+    let metric_names: Vec<&str> = report.rows.first().map_or(vec![], |r| r.metrics.iter().map(|m| m.name).collect());
+    s.push_str("<h2>The table</h2><table><tr><th>strategy</th><th>modification</th><th>data required</th><th>implementation time</th><th>cost per 1k test examples</th>");
+    for m in &metric_names {
+        let _ = write!(s, "<th>{} [95% CI]</th>", esc(m));
+    }
+    s.push_str("<th>predictions</th></tr>");
+    for r in all_rows(report) {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            esc(&r.title),
+            esc(&modification(r, report)),
+            esc(&data_required(r, report)),
+            esc(&implementation_time(r, report)),
+            esc(&cost(r))
+        );
+        for i in 0..r.metrics.len() {
+            let _ = write!(s, "<td>{}</td>", esc(&metric_cell(r, i)));
+        }
+        let class = if r.collapsed { " class=\"warn\"" } else { "" };
+        let _ = write!(s, "<td{class}>{}</td></tr>", esc(&predictions_cell(r, report.examples)));
+    }
+    s.push_str("</table>");
+    for c in &report.comparisons {
+        let _ = write!(
+            s,
+            "<p>{} − {}: {} {:+.3} [95% CI {:+.3}, {:+.3}] (paired bootstrap)</p>",
+            esc(&c.a), esc(&c.b), esc(c.metric), c.difference.value, c.difference.low, c.difference.high
+        );
+    }
+    let _ = write!(s, "<h2>{} per strategy (95% CI)</h2>{}", esc(metric), bar_chart(report));
+    let _ = write!(s, "<h2>{} against cost</h2>{}", esc(metric), cost_chart(report));
+    if !report.samples.is_empty() {
+        s.push_str("<h2>Side by side</h2><table><tr><th>line</th><th>input</th><th>reference</th>");
+        for r in &report.rows {
+            let _ = write!(s, "<th>{}</th>", esc(&r.key));
+        }
+        s.push_str("</tr>");
+        for x in &report.samples {
+            let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td>", x.line, esc(&short(&x.input, 200)), esc(&x.reference));
+            for (_, p) in &x.predictions {
+                let mark = if crate::metrics::normalize(p) == crate::metrics::normalize(&x.reference) { "" } else { " class=\"warn\"" };
+                let _ = write!(s, "<td{mark}>{}</td>", esc(&short(p, 80)));
+            }
+            s.push_str("</tr>");
+        }
+        s.push_str("</table>");
+    }
+    for n in &report.notes {
+        let _ = write!(s, "<p><em>Note: {}</em></p>", esc(n));
+    }
+    s.push_str("</body></html>\n");
+    s
+}

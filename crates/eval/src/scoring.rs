@@ -1,0 +1,225 @@
+//! Scoring prompts on one model: the log-likelihood of candidate answers (label ranking) and
+//! greedy generation, with a KV cache that keeps the prompt prefix shared with the previous
+//! call — few-shot prompts repeat their shots for every example, so only each example's own
+//! tail is computed.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, D};
+use tuna_data::{EncodeOptions, Encoded, Encoder, LineRecord, PromptFormat, Record};
+use tuna_model::{KvCache, Message, Pretrained};
+
+use crate::error::{EvalError, Result};
+
+/// A prompt and, per candidate answer, the tokens that follow it (the answer and its end of
+/// turn).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptAndAnswers {
+    pub prompt: Vec<u32>,
+    pub candidates: Vec<Vec<u32>>,
+}
+
+/// Encodes prompts exactly as training encodes examples (tuna-data's `Encoder`): the chat
+/// template for instruct models, raw text otherwise.
+pub struct PromptEncoder<'a> {
+    encoder: Encoder<'a>,
+    path: &'a Path,
+}
+
+impl<'a> PromptEncoder<'a> {
+    pub fn new(model: &'a Pretrained, options: &'a EncodeOptions, path: &'a Path) -> Result<Self> {
+        Ok(Self {
+            encoder: Encoder::new(model, options)?,
+            path,
+        })
+    }
+
+    /// Options for scoring: no template of their own (strategies word the prompt), the
+    /// model's whole context.
+    pub fn options(model: &Pretrained) -> EncodeOptions {
+        EncodeOptions {
+            format: PromptFormat::Auto,
+            max_seq_len: model.config.max_position_embeddings,
+            prompt_template: None,
+            system: None,
+            ..EncodeOptions::default()
+        }
+    }
+
+    /// The ids generation is fed for `messages` (ending with a user turn).
+    pub fn prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.encoder
+            .prompt_ids(messages)
+            .map_err(|reason| EvalError::Prompt { reason })
+    }
+
+    /// The prompt and each answer's trained tokens, as the training encoder lays them out.
+    pub fn with_answers(&self, line: usize, messages: &[Message], answers: &[String]) -> Result<PromptAndAnswers> {
+        let mut prompt: Option<Vec<u32>> = None;
+        let mut candidates = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let record = if self.encoder.is_chat() {
+                let mut m = messages.to_vec();
+                m.push(Message::new("assistant", answer));
+                Record::Messages(m)
+            } else {
+                let text: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+                Record::PromptCompletion {
+                    prompt: text.join("\n\n"),
+                    completion: answer.clone(),
+                }
+            };
+            let encoded = self.encoder.encode(self.path, &LineRecord { line, record })?;
+            let Encoded::Example(example) = encoded else {
+                return Err(EvalError::Prompt {
+                    reason: format!("line {line}: the prompt does not fit the model's context"),
+                });
+            };
+            // The answer is the last run of trained tokens.
+            let end = example.trained.iter().rposition(|&t| t).map_or(0, |i| i + 1);
+            let start = example.trained[..end]
+                .iter()
+                .rposition(|&t| !t)
+                .map_or(0, |i| i + 1);
+            let (p, c) = (&example.ids[..start], &example.ids[start..end]);
+            match &prompt {
+                None => prompt = Some(p.to_vec()),
+                Some(q) if q == p => {}
+                Some(_) => {
+                    return Err(EvalError::Prompt {
+                        reason: format!("line {line}: the answers change how the prompt tokenizes, so they cannot be ranked after one shared prompt"),
+                    })
+                }
+            }
+            candidates.push(c.to_vec());
+        }
+        Ok(PromptAndAnswers {
+            prompt: prompt.unwrap_or_default(),
+            candidates,
+        })
+    }
+}
+
+/// Wall time and tokens spent by a scorer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// Prompt tokens of all calls (what an API would bill), and those actually computed
+    /// (the rest came from the shared-prefix cache).
+    pub prompt_tokens: usize,
+    pub computed_tokens: usize,
+    pub generated_tokens: usize,
+    pub seconds: f64,
+}
+
+pub struct Scorer<'a> {
+    model: &'a Pretrained,
+    cache: KvCache,
+    /// The tokens whose keys and values `cache` holds.
+    cached: Vec<u32>,
+    pub usage: Usage,
+}
+
+impl<'a> Scorer<'a> {
+    pub fn new(model: &'a Pretrained) -> Self {
+        Self {
+            model,
+            cache: KvCache::new(model.config.num_hidden_layers),
+            cached: Vec::new(),
+            usage: Usage::default(),
+        }
+    }
+
+    /// Runs the part of `prompt` not already cached; returns the log-probabilities of the
+    /// next token (v).
+    fn feed(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
+        if prompt.is_empty() {
+            return Err(EvalError::EmptyPrompt);
+        }
+        let shared = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // At least the last prompt token runs, for its logits.
+        let keep = shared.min(prompt.len() - 1);
+        self.cache.truncate(keep)?;
+        let new = &prompt[keep..];
+        let ids = Tensor::new(new, self.model.model.device())?.unsqueeze(0)?;
+        let logits = self.model.model.forward_cached_all(&ids, &mut self.cache)?;
+        self.cached = prompt.to_vec();
+        self.usage.prompt_tokens += prompt.len();
+        self.usage.computed_tokens += new.len();
+        let last = logits.squeeze(0)?.get(new.len() - 1)?;
+        log_softmax(&last)
+    }
+
+    /// Σ log p(candidate tokens | prompt) for each candidate.
+    pub fn rank(&mut self, prompt: &[u32], candidates: &[Vec<u32>]) -> Result<Vec<f64>> {
+        let started = Instant::now();
+        let first = self.feed(prompt)?;
+        let mut scores = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let Some(&c0) = c.first() else {
+                scores.push(0.0);
+                continue;
+            };
+            let mut score = first[c0 as usize] as f64;
+            if c.len() > 1 {
+                let ids = Tensor::new(&c[..c.len() - 1], self.model.model.device())?.unsqueeze(0)?;
+                let logits = self.model.model.forward_cached_all(&ids, &mut self.cache)?;
+                let logp = candle_nn::ops::log_softmax(&logits.squeeze(0)?.to_dtype(DType::F32)?, D::Minus1)?;
+                let next = Tensor::new(&c[1..], logp.device())?.unsqueeze(1)?;
+                score += logp
+                    .gather(&next, 1)?
+                    .to_dtype(DType::F64)?
+                    .sum_all()?
+                    .to_scalar::<f64>()?;
+                self.cache.truncate(prompt.len())?;
+                self.usage.computed_tokens += c.len() - 1;
+            }
+            scores.push(score);
+        }
+        self.usage.seconds += started.elapsed().as_secs_f64();
+        Ok(scores)
+    }
+
+    /// Greedy decoding after `prompt`, up to `max_new` tokens or a stop token (excluded).
+    pub fn greedy(&mut self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>> {
+        let started = Instant::now();
+        let mut logp = self.feed(prompt)?;
+        let mut out = Vec::new();
+        while out.len() < max_new {
+            let next = argmax(&logp);
+            if self.model.tokenizer.is_stop(next) {
+                break;
+            }
+            out.push(next);
+            if out.len() == max_new {
+                break;
+            }
+            let ids = Tensor::new(&[next], self.model.model.device())?.unsqueeze(0)?;
+            let logits = self.model.model.forward_cached_all(&ids, &mut self.cache)?;
+            self.cached.push(next);
+            logp = log_softmax(&logits.squeeze(0)?.get(0)?)?;
+        }
+        self.usage.generated_tokens += out.len();
+        self.usage.seconds += started.elapsed().as_secs_f64();
+        Ok(out)
+    }
+}
+
+fn log_softmax(logits: &Tensor) -> Result<Vec<f32>> {
+    Ok(candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_vec1::<f32>()?)
+}
+
+fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

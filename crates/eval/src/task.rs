@@ -1,0 +1,247 @@
+//! A task to score: held-out examples with a reference answer each, and whether the answers
+//! come from a small label set (classification) or are free sequences.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+use tuna_data::{parse_records, read_jsonl, FieldNames, Record};
+use tuna_model::Message;
+
+use crate::error::{EvalError, Result};
+use crate::metrics::{normalize, Metric};
+
+/// One example: the conversation up to the question (optional system turn, earlier turns,
+/// a last user turn holding the raw input, before any instruction template), and the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskExample {
+    pub line: usize,
+    pub context: Vec<Message>,
+    pub reference: String,
+}
+
+impl TaskExample {
+    /// The raw input: the last user turn.
+    pub fn input(&self) -> &str {
+        self.context.last().map_or("", |m| m.content.as_str())
+    }
+}
+
+/// At most this many distinct answers make a label task when inferred from the train split.
+pub const MAX_INFERRED_LABELS: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TaskKind {
+    /// Answers from a fixed set, in the order first seen.
+    Labels { labels: Vec<String> },
+    Sequence,
+}
+
+impl TaskKind {
+    pub fn labels(&self) -> &[String] {
+        match self {
+            Self::Labels { labels } => labels,
+            Self::Sequence => &[],
+        }
+    }
+
+    /// The metrics reported, the headline first.
+    pub fn default_metrics(&self) -> Vec<Metric> {
+        match self {
+            Self::Labels { .. } => vec![Metric::Accuracy, Metric::MacroF1],
+            Self::Sequence => vec![
+                Metric::ExactMatch,
+                Metric::TokenErrorRate,
+                Metric::CharErrorRate,
+            ],
+        }
+    }
+}
+
+/// Reads a JSONL file of prompt/completion, instruction/output or messages records (the last
+/// message the assistant's reference). Text records have no reference and are refused.
+pub fn load_examples(path: &Path, fields: &FieldNames) -> Result<Vec<TaskExample>> {
+    let shown = path.display().to_string();
+    let lines = read_jsonl(path)?;
+    let parsed = parse_records(path, &lines, fields)?;
+    let bad = |line: usize, reason: &str| EvalError::BadTaskRecord {
+        path: shown.clone(),
+        line,
+        reason: reason.to_string(),
+    };
+    let mut out = Vec::with_capacity(parsed.records.len());
+    for r in parsed.records {
+        let (context, reference) = match r.record {
+            Record::PromptCompletion { prompt, completion } => {
+                (vec![Message::new("user", &prompt)], completion)
+            }
+            Record::Alpaca {
+                instruction,
+                input,
+                output,
+            } => {
+                let user = if input.is_empty() {
+                    instruction
+                } else {
+                    format!("{instruction}\n\n{input}")
+                };
+                (vec![Message::new("user", &user)], output)
+            }
+            Record::Messages(mut messages) => {
+                let last = messages.pop();
+                match last {
+                    Some(ref m) if m.role == "assistant" => {}
+                    _ => {
+                        return Err(bad(
+                            r.line,
+                            "messages: the last turn must be the assistant's reference answer",
+                        ))
+                    }
+                }
+                if messages.last().is_none_or(|m| m.role != "user") {
+                    return Err(bad(
+                        r.line,
+                        "messages: the reference answer must follow a user turn",
+                    ));
+                }
+                let reference = last.map(|m| m.content).unwrap_or_default();
+                (messages, reference)
+            }
+            Record::Text(_) => {
+                return Err(bad(
+                    r.line,
+                    "a text record has no reference answer to compare with",
+                ))
+            }
+        };
+        if reference.trim().is_empty() {
+            return Err(bad(r.line, "the reference answer is empty"));
+        }
+        out.push(TaskExample {
+            line: r.line,
+            context,
+            reference,
+        });
+    }
+    if out.is_empty() {
+        return Err(EvalError::EmptyTestSet { path: shown });
+    }
+    Ok(out)
+}
+
+/// A label task when the train split's answers are few and repeat (at most
+/// `MAX_INFERRED_LABELS` distinct ones, each seen four times on average); else a sequence task.
+pub fn infer_kind(train: &[TaskExample]) -> TaskKind {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut order = Vec::new();
+    for x in train {
+        let key = normalize(&x.reference);
+        if !seen.contains_key(&key) {
+            seen.insert(key, x.reference.trim().to_string());
+            order.push(x.reference.trim().to_string());
+        }
+    }
+    if !order.is_empty() && order.len() <= MAX_INFERRED_LABELS && order.len() * 4 <= train.len() {
+        TaskKind::Labels { labels: order }
+    } else {
+        TaskKind::Sequence
+    }
+}
+
+/// Every reference of a label task must be one of its labels.
+pub fn check_references(path: &Path, examples: &[TaskExample], kind: &TaskKind) -> Result<()> {
+    let TaskKind::Labels { labels } = kind else {
+        return Ok(());
+    };
+    let known: Vec<String> = labels.iter().map(|l| normalize(l)).collect();
+    for x in examples {
+        if !known.contains(&normalize(&x.reference)) {
+            return Err(EvalError::LabelNotInSet {
+                path: path.display().to_string(),
+                line: x.line,
+                reference: x.reference.clone(),
+                labels: labels.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The most frequent answer of the train split (ties: first seen).
+pub fn majority_label(train: &[TaskExample], labels: &[String]) -> Option<String> {
+    let mut counts = vec![0usize; labels.len()];
+    for x in train {
+        if let Some(i) = labels
+            .iter()
+            .position(|l| normalize(l) == normalize(&x.reference))
+        {
+            counts[i] += 1;
+        }
+    }
+    let best = counts.iter().enumerate().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))?;
+    Some(labels[best.0].clone())
+}
+
+/// Label frequencies of the train split, in `labels` order (a prior-only model's beliefs).
+pub fn label_prior(train: &[TaskExample], labels: &[String]) -> Vec<f64> {
+    let mut counts = vec![0f64; labels.len()];
+    for x in train {
+        if let Some(i) = labels
+            .iter()
+            .position(|l| normalize(l) == normalize(&x.reference))
+        {
+            counts[i] += 1.0;
+        }
+    }
+    let total: f64 = counts.iter().sum::<f64>().max(1.0);
+    counts.iter().map(|c| c / total).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(line: usize, reference: &str) -> TaskExample {
+        TaskExample {
+            line,
+            context: vec![Message::new("user", "x")],
+            reference: reference.into(),
+        }
+    }
+
+    #[test]
+    fn labels_are_inferred_from_repeated_answers() {
+        let train: Vec<TaskExample> = (0..12)
+            .map(|i| ex(i + 1, ["pos", "neg", "Pos "][i % 3]))
+            .collect();
+        assert_eq!(
+            infer_kind(&train),
+            TaskKind::Labels {
+                labels: vec!["pos".into(), "neg".into()]
+            }
+        );
+        assert_eq!(majority_label(&train, train_labels(&train).as_slice()), Some("pos".into()));
+        let prior = label_prior(&train, &train_labels(&train));
+        assert!((prior[0] - 8.0 / 12.0).abs() < 1e-12);
+        let words: Vec<TaskExample> = (0..12).map(|i| ex(i + 1, &format!("w{i}"))).collect();
+        assert_eq!(infer_kind(&words), TaskKind::Sequence);
+    }
+
+    fn train_labels(train: &[TaskExample]) -> Vec<String> {
+        infer_kind(train).labels().to_vec()
+    }
+
+    #[test]
+    fn a_reference_outside_the_label_set_names_its_line() {
+        let kind = TaskKind::Labels {
+            labels: vec!["pos".into(), "neg".into()],
+        };
+        let test = vec![ex(1, "pos"), ex(2, "meh")];
+        let err = check_references(Path::new("t.jsonl"), &test, &kind).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.jsonl:2: the reference \"meh\" is not in the label set (pos, neg)"
+        );
+    }
+}
