@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the default model, end to end: fetch SmolLM2-135M-Instruct, build, check the
 # bundled sentiment data, fine-tune a LoRA adapter on it (a short run), score base vs tuned on
-# the held-out split, and ask both the same question. (tuna compare's full prompt-vs-tune
-# report joins this script when it lands.)
+# the held-out split, then `tuna compare`: every prompting strategy against the adapter on the
+# test split, written to runs/demo-sentiment/compare/report.html (and .md, .json).
+#   DEMO_STEPS (default 40) training steps; DEMO_LIMIT (default 200) test rows.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 model="$(scripts/fetch-model.sh)"
@@ -25,8 +26,14 @@ echo "== tuna eval: base vs tuned on the held-out split (completion loss)" >&2
 $tuna eval --model "$model" --data data/example/sentiment/valid.jsonl --prompt-template "$template" --limit 100
 $tuna eval --model "$model" --adapter "$run" --data data/example/sentiment/valid.jsonl --prompt-template "$template" --limit 100
 
+limit="${DEMO_LIMIT:-200}"
+echo "== tuna compare: zero/one/few-shot, chain-of-thought, tuned, hybrid on $limit test rows" >&2
+$tuna compare --model "$model" --adapter "$run" --data data/example/sentiment/test.jsonl \
+  --limit "$limit" --cot-limit "$(( limit / 4 ))" --output "$run/compare" > /dev/null
+
 prompt=$'Classify the sentiment of this text as negative, neutral or positive.\n\nText: The battery died after two days and support never answered.'
-echo "== tuna generate --chat, base" >&2
-$tuna generate --model "$model" --chat --prompt "$prompt" --max-new-tokens 40
-echo "== tuna generate --chat, tuned" >&2
-$tuna generate --model "$model" --adapter "$run" --chat --prompt "$prompt" --max-new-tokens 40
+echo "== tuna compare --prompt: one question, base then tuned" >&2
+$tuna compare --model "$model" --adapter "$run" --chat --prompt "$prompt" --max-new-tokens 40
+
+echo "== the report: $run/compare/report.html (also report.md, report.json)" >&2
+sed -n '/^## Recommendation/,/^## Scoring/p' "$run/compare/report.md" | sed '/^Scoring/q' >&2

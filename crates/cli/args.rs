@@ -356,6 +356,13 @@ pub struct TrainArgs {
     /// Start from this adapter with a fresh optimizer (training on new data).
     #[arg(long, conflicts_with = "resume")]
     pub init_adapter: Option<PathBuf>,
+    /// Train on this many records of --data (a seeded subset; 0: all).
+    #[arg(long)]
+    pub train_subset: Option<usize>,
+    /// A learning curve: one run per size, on nested seeded subsets of --data, into
+    /// OUTPUT/size-N/ (e.g. 100,400,1600); `tuna compare --adapter OUTPUT` then charts them.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["resume", "train_subset"])]
+    pub train_sizes: Vec<usize>,
     /// Continue the run in this directory exactly where its last checkpoint left it.
     #[arg(long, conflicts_with_all = ["config", "data", "output", "max_steps", "epochs", "lr"])]
     pub resume: Option<PathBuf>,

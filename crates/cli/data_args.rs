@@ -79,20 +79,19 @@ impl DataArgs {
 
 /// `--field KIND=NAME` flags to field names.
 pub fn parse_field_names(specs: &[String]) -> Result<FieldNames, DataError> {
-    {
-        let mut names = FieldNames::default();
-        for spec in specs {
-            let bad = |reason: &str| DataError::BadOption {
-                field: format!("--field {spec}"),
-                reason: reason.into(),
-            };
-            let (kind, name) = spec
-                .split_once('=')
-                .ok_or_else(|| bad("expected KIND=NAME"))?;
-            if name.is_empty() {
-                return Err(bad("the field name is empty"));
-            }
-            let slot = match kind {
+    let mut names = FieldNames::default();
+    for spec in specs {
+        let bad = |reason: &str| DataError::BadOption {
+            field: format!("--field {spec}"),
+            reason: reason.into(),
+        };
+        let (kind, name) = spec
+            .split_once('=')
+            .ok_or_else(|| bad("expected KIND=NAME"))?;
+        if name.is_empty() {
+            return Err(bad("the field name is empty"));
+        }
+        let slot = match kind {
                 "text" => &mut names.text,
                 "prompt" => &mut names.prompt,
                 "completion" => &mut names.completion,
@@ -104,8 +103,7 @@ pub fn parse_field_names(specs: &[String]) -> Result<FieldNames, DataError> {
                 "output" => &mut names.output,
                 _ => return Err(bad("KIND must be one of text, prompt, completion, messages, role, content, instruction, input, output")),
             };
-            *slot = name.to_string();
-        }
-        Ok(names)
+        *slot = name.to_string();
     }
+    Ok(names)
 }

@@ -21,7 +21,19 @@ use crate::model_args::{adapter_dir, InferenceWeights};
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut base_args = args.model.clone();
     base_args.adapter = None;
-    let adapter = args.model.adapter.clone();
+    // A learning-curve directory (tuna train --train-sizes): the largest run is "the" adapter.
+    let curve = args
+        .model
+        .adapter
+        .as_deref()
+        .map(curve_runs)
+        .unwrap_or_default();
+    let adapter = match curve.last() {
+        Some((_, dir)) => Some(dir.clone()),
+        None => args.model.adapter.clone(),
+    };
+    let mut tuned_args = args.model.clone();
+    tuned_args.adapter = adapter.clone();
     let run = match &adapter {
         Some(path) => match run_dir::run_dir_of(path) {
             Some(dir) => Some(run_dir::read(&dir)?),
@@ -49,7 +61,11 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     };
     let kind = match &args.labels {
         Some(l) => TaskKind::Labels {
-            labels: l.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            labels: l
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
         },
         None if train.is_empty() => TaskKind::Sequence,
         None => task::infer_kind(&train),
@@ -71,17 +87,22 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         None => kind.default_metrics(),
     };
 
-    let tuned_shape = run.as_ref().map_or_else(PromptShape::default, |r| PromptShape {
-        template: r.config.encoding.prompt_template.clone(),
-        system: r.config.encoding.system.clone(),
-    });
+    let tuned_shape = run
+        .as_ref()
+        .map_or_else(PromptShape::default, |r| PromptShape {
+            template: r.config.encoding.prompt_template.clone(),
+            system: r.config.encoding.system.clone(),
+        });
     let prompt_shape = PromptShape {
         template: args
             .instruction
             .clone()
             .or_else(|| tuned_shape.template.clone())
             .or_else(|| default_instruction(&kind)),
-        system: args.system_prompt.clone().or_else(|| tuned_shape.system.clone()),
+        system: args
+            .system_prompt
+            .clone()
+            .or_else(|| tuned_shape.system.clone()),
     };
 
     eprintln!("loading {}", base_args.model);
@@ -89,7 +110,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let tuned = match &adapter {
         Some(_) => {
             eprintln!("loading {} with the adapter", base_args.model);
-            Some(args.model.load(InferenceWeights::Dense)?)
+            Some(tuned_args.load(InferenceWeights::Dense)?)
         }
         None => None,
     };
@@ -143,10 +164,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                     if n < test.len() {
                         row.title = format!("{} (first {n} examples)", row.title);
                         r.notes.push(format!(
-                            "chain-of-thought was scored on the first {n} of {} examples (--cot-limit); its interval is wider and its column in the side-by-side table is left out",
+                            "chain-of-thought was scored on the first {n} of {} examples (--cot-limit), so its interval is wider",
                             test.len()
                         ));
-                        row.predictions.resize(test.len(), String::new());
                     }
                     // Keep the strategies' order as asked.
                     let at = strategies
@@ -154,13 +174,53 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                         .position(|s| *s == Strategy::Cot)
                         .unwrap_or(r.rows.len())
                         .min(r.rows.len());
+                    for sample in r.samples.iter_mut() {
+                        let pred = test
+                            .iter()
+                            .position(|x| x.line == sample.line)
+                            .and_then(|i| row.predictions.get(i))
+                            .cloned()
+                            .unwrap_or_else(|| "—".into());
+                        let col = at.min(sample.predictions.len());
+                        sample.predictions.insert(col, (row.key.clone(), pred));
+                    }
                     r.rows.insert(at, row);
                 }
                 r
             }
         });
     }
-    let report = report.expect("at least one strategy ran");
+    let mut report = report.expect("at least one strategy ran");
+    for (n, dir) in &curve {
+        let main = Some(dir) == adapter.as_ref();
+        let row = match report.rows.iter().find(|r| r.key == Strategy::Tuned.key()) {
+            Some(r) if main => r.clone(),
+            _ => {
+                eprintln!("learning curve: {n} training records ({})", dir.display());
+                let mut a = args.model.clone();
+                a.adapter = Some(dir.clone());
+                let model = a.load(InferenceWeights::Dense)?;
+                let info = run_dir::read(dir)?;
+                let point_setup = CompareSetup {
+                    tuned: Some(&model),
+                    strategies: vec![Strategy::Tuned],
+                    adapter: Some(adapter_facts(dir, Some(&info), Some(&model))?),
+                    samples: 0,
+                    ..setup.clone()
+                };
+                compare::run(&point_setup, &mut progress)?.rows.remove(0)
+            }
+        };
+        let info = run_dir::read(dir)?;
+        let state = info.state.as_ref();
+        report.learning_curve.push(compare::CurvePoint {
+            adapter: dir.display().to_string(),
+            train_examples: info.train_examples.unwrap_or(*n),
+            steps: state.map_or(0, |s| s.step),
+            train_seconds: state.map_or(0.0, |s| s.train_seconds),
+            metric: row.metrics[0].clone(),
+        });
+    }
     write_reports(output, &report)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -174,6 +234,30 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         output.join("report.json").display()
     );
     Ok(())
+}
+
+/// The size-N/ runs of a learning-curve directory, smallest first (empty for a plain run).
+fn curve_runs(dir: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut runs: Vec<(usize, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let n = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("size-")?
+                .parse()
+                .ok()?;
+            e.path()
+                .join("config.toml")
+                .is_file()
+                .then(|| (n, e.path()))
+        })
+        .collect();
+    runs.sort();
+    runs
 }
 
 fn parse_strategies(list: &str) -> anyhow::Result<Vec<Strategy>> {

@@ -48,6 +48,9 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(v) = &args.init_adapter {
         c.init_adapter = v.display().to_string();
     }
+    if let Some(v) = args.train_subset {
+        c.data.train_subset = v;
+    }
     if let Some(v) = args.max_steps {
         c.train.max_steps = v;
     }
@@ -225,6 +228,29 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
+    if args.train_sizes.is_empty() {
+        return train_one(&args, config);
+    }
+    let mut sizes = args.train_sizes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    if sizes.contains(&0) {
+        anyhow::bail!("--train-sizes: sizes must be > 0");
+    }
+    for n in sizes {
+        let mut c = config.clone();
+        c.data.train_subset = n;
+        c.output = config.output.join(format!("size-{n}"));
+        eprintln!(
+            "== learning curve: {n} training records -> {}",
+            c.output.display()
+        );
+        train_one(&args, c)?;
+    }
+    Ok(())
+}
+
+fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
     let resume = args.resume.is_some();
     let mut model_args = args.model.clone();
     model_args.model = Some(config.model.clone());

@@ -109,6 +109,26 @@ impl Dataset {
         self.examples.iter().map(Example::n_trained).sum()
     }
 
+    /// Keeps the examples of `n` records chosen by a seeded hash order of the records, so
+    /// that for one seed a smaller subset is always inside a larger one (learning curves).
+    pub fn subset(mut self, n: usize, seed: u64) -> Self {
+        let mut lines: Vec<(u64, usize)> = self
+            .line_hashes
+            .iter()
+            .map(|(&line, &h)| {
+                let mut key = seed.to_le_bytes().to_vec();
+                key.extend_from_slice(&h.to_le_bytes());
+                key.extend_from_slice(&(line as u64).to_le_bytes());
+                (stable_hash(&key), line)
+            })
+            .collect();
+        lines.sort_unstable();
+        let keep: HashSet<usize> = lines.iter().take(n).map(|&(_, line)| line).collect();
+        self.examples.retain(|x| keep.contains(&x.line));
+        self.records = keep.len().min(self.records);
+        self
+    }
+
     /// Splits off a deterministic held-out share: an example goes to the second part when the
     /// hash of its record falls in the first `fraction` of 10,000 buckets. Equal records land
     /// on the same side, and adding records never moves the others.
@@ -159,5 +179,32 @@ mod tests {
         assert_eq!(in_valid(8), in_valid(401), "equal records share a side");
         assert_eq!(load().duplicates, 1);
         let _ = train2;
+    }
+
+    #[test]
+    fn subsets_are_seeded_and_nested() {
+        let m = tiny_model(TinySpec::default());
+        let p = Pretrained::load(&m.path_str(), &Default::default()).unwrap();
+        let path = m.path().join("d.jsonl");
+        let lines: Vec<String> = (0..100)
+            .map(|i| format!("{{\"text\": \"a {i}\"}}"))
+            .collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let options = EncodeOptions::default();
+        let encoder = Encoder::new(&p, &options).unwrap();
+        let load = || Dataset::load(&path, &encoder, &FieldNames::default()).unwrap();
+        let lines_of =
+            |d: &Dataset| -> HashSet<usize> { d.examples.iter().map(|x| x.line).collect() };
+        let small = lines_of(&load().subset(10, 3));
+        let large = lines_of(&load().subset(40, 3));
+        assert_eq!((small.len(), large.len()), (10, 40));
+        assert!(small.is_subset(&large), "nested");
+        assert_ne!(small, lines_of(&load().subset(10, 4)), "seeded");
+        assert_ne!(
+            small,
+            (1..=10).collect::<HashSet<usize>>(),
+            "not the first lines"
+        );
+        assert_eq!(load().subset(10, 3).records, 10);
     }
 }

@@ -114,6 +114,16 @@ pub struct Sample {
     pub predictions: Vec<(String, String)>,
 }
 
+/// The adapter trained on one data size, scored like the tuned strategy.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurvePoint {
+    pub adapter: String,
+    pub train_examples: usize,
+    pub steps: usize,
+    pub train_seconds: f64,
+    pub metric: MetricValue,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CompareReport {
     pub model: String,
@@ -135,6 +145,9 @@ pub struct CompareReport {
     pub recommendation: String,
     pub samples: Vec<Sample>,
     pub notes: Vec<String>,
+    /// Adapters trained on nested subsets of the train split (`tuna train --train-sizes`),
+    /// smallest first.
+    pub learning_curve: Vec<CurvePoint>,
 }
 
 /// Runs every strategy of `setup`; `progress` hears one line per strategy and example batch.
@@ -210,13 +223,15 @@ pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<Compa
             a < b
         }
     };
-    let best_prompting = rows
-        .iter()
-        .filter(|r| !r.uses_adapter)
-        .fold(None::<&StrategyRow>, |best, r| match best {
-            Some(b) if !better(r.headline().estimate.value, b.headline().estimate.value) => Some(b),
-            _ => Some(r),
-        });
+    let best_prompting =
+        rows.iter()
+            .filter(|r| !r.uses_adapter)
+            .fold(None::<&StrategyRow>, |best, r| match best {
+                Some(b) if !better(r.headline().estimate.value, b.headline().estimate.value) => {
+                    Some(b)
+                }
+                _ => Some(r),
+            });
     let tuned = rows.iter().find(|r| r.key == Strategy::Tuned.key());
     let hybrid = rows.iter().find(|r| r.key == Strategy::Hybrid.key());
     let mut comparisons = Vec::new();
@@ -287,6 +302,7 @@ pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<Compa
         recommendation,
         samples,
         notes,
+        learning_curve: Vec::new(),
     })
 }
 
@@ -363,7 +379,13 @@ fn run_strategy(
         title,
         strategy.uses_adapter(),
         examples_used,
-        if rank { "rank labels by log-likelihood" } else if cot { "generate (chain of thought), extract the answer" } else { "generate greedily, parse" },
+        if rank {
+            "rank labels by log-likelihood"
+        } else if cot {
+            "generate (chain of thought), extract the answer"
+        } else {
+            "generate greedily, parse"
+        },
         predictions,
         rank.then(|| nll / setup.test.len() as f64),
         scorer.usage,
@@ -413,7 +435,10 @@ fn row_from_predictions(
         metrics,
         distribution: dist,
         dominant_share,
-        collapsed: !labels.is_empty() && labels.len() > 1 && dominant_share > 0.8 && reference_share < 0.8,
+        collapsed: !labels.is_empty()
+            && labels.len() > 1
+            && dominant_share > 0.8
+            && reference_share < 0.8,
         label_nll,
         prompt_tokens_per_example: usage.prompt_tokens as f64 / n,
         generated_tokens_per_example: usage.generated_tokens as f64 / n,
@@ -519,7 +544,11 @@ fn recommend(
     }
     if let (Some(h), Some(t)) = (hybrid, tuned) {
         let (hv, tv) = (h.headline().estimate.value, t.headline().estimate.value);
-        let worse = if metric.higher_is_better() { hv < tv } else { hv > tv };
+        let worse = if metric.higher_is_better() {
+            hv < tv
+        } else {
+            hv > tv
+        };
         out.push(if worse {
             format!("Adding shots to the tuned model hurt here ({name} {hv:.3} vs {tv:.3}): the adapter was trained without shots in its prompts.")
         } else {

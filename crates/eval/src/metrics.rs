@@ -56,7 +56,9 @@ impl Metric {
         let picked = || idx.iter().map(|&i| (&pairs[i].0, &pairs[i].1));
         match self {
             Self::Accuracy | Self::ExactMatch => {
-                let hits = picked().filter(|(p, r)| normalize(p) == normalize(r)).count();
+                let hits = picked()
+                    .filter(|(p, r)| normalize(p) == normalize(r))
+                    .count();
                 hits as f64 / idx.len().max(1) as f64
             }
             Self::MacroF1 => macro_f1(picked(), labels),
@@ -66,7 +68,11 @@ impl Metric {
             Self::TokenErrorRate | Self::CharErrorRate => {
                 let units = |s: &str| -> Vec<String> {
                     if self == Self::TokenErrorRate {
-                        normalize(s).split(' ').filter(|t| !t.is_empty()).map(String::from).collect()
+                        normalize(s)
+                            .split(' ')
+                            .filter(|t| !t.is_empty())
+                            .map(String::from)
+                            .collect()
                     } else {
                         normalize(s).chars().map(String::from).collect()
                     }
@@ -112,7 +118,13 @@ pub fn macro_f1<'a>(
     } else {
         let mut l: Vec<String> = labels.iter().map(|l| normalize(l)).collect();
         // Predictions outside the label set are errors and count as a class of their own.
-        l.extend(counts.keys().filter(|k| !l.contains(k)).cloned().collect::<Vec<_>>());
+        l.extend(
+            counts
+                .keys()
+                .filter(|k| !l.contains(k))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         l
     };
     let f1s: Vec<f64> = labels
@@ -128,9 +140,16 @@ pub fn macro_f1<'a>(
 /// SQuAD-style token F1 of one pair: overlap of normalized whitespace tokens (multiset).
 pub fn token_f1(prediction: &str, reference: &str) -> f64 {
     let (p, r) = (normalize(prediction), normalize(reference));
-    let (p, r): (Vec<&str>, Vec<&str>) = (p.split_whitespace().collect(), r.split_whitespace().collect());
+    let (p, r): (Vec<&str>, Vec<&str>) = (
+        p.split_whitespace().collect(),
+        r.split_whitespace().collect(),
+    );
     if p.is_empty() || r.is_empty() {
-        return if p.is_empty() && r.is_empty() { 1.0 } else { 0.0 };
+        return if p.is_empty() && r.is_empty() {
+            1.0
+        } else {
+            0.0
+        };
     }
     let mut left: BTreeMap<&str, usize> = BTreeMap::new();
     for t in &r {
@@ -208,13 +227,19 @@ pub fn paired_difference(
     labels: &[String],
     seed: u64,
 ) -> Estimate {
-    assert_eq!(a.len(), b.len(), "paired strategies score the same examples");
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "paired strategies score the same examples"
+    );
     let all: Vec<usize> = (0..a.len()).collect();
     let value = metric.value(a, &all, labels) - metric.value(b, &all, labels);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut samples: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
         .map(|_| {
-            let idx: Vec<usize> = (0..a.len()).map(|_| rng.random_range(0..a.len().max(1))).collect();
+            let idx: Vec<usize> = (0..a.len())
+                .map(|_| rng.random_range(0..a.len().max(1)))
+                .collect();
             metric.value(a, &idx, labels) - metric.value(b, &idx, labels)
         })
         .collect();
@@ -247,13 +272,19 @@ mod tests {
     use super::*;
 
     fn pairs(p: &[&str], r: &[&str]) -> Vec<(String, String)> {
-        p.iter().zip(r).map(|(p, r)| (p.to_string(), r.to_string())).collect()
+        p.iter()
+            .zip(r)
+            .map(|(p, r)| (p.to_string(), r.to_string()))
+            .collect()
     }
 
     #[test]
     fn accuracy_and_macro_f1_by_hand() {
         // refs:  a a a b b c ; preds: a a b b c c
-        let x = pairs(&["a", "a", "b", "b", "c", "c"], &["a", "a", "a", "b", "b", "c"]);
+        let x = pairs(
+            &["a", "a", "b", "b", "c", "c"],
+            &["a", "a", "a", "b", "b", "c"],
+        );
         let all: Vec<usize> = (0..6).collect();
         let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         assert!((Metric::Accuracy.value(&x, &all, &labels) - 4.0 / 6.0).abs() < 1e-12);
@@ -279,7 +310,13 @@ mod tests {
         // K AE1 T vs K AH0 T S: one substitution, one deletion -> 2 edits over 4 phones
         let x = pairs(&["K AE1 T"], &["K AH0 T S"]);
         assert!((Metric::TokenErrorRate.value(&x, &[0], &[]) - 0.5).abs() < 1e-12);
-        assert_eq!(edit_distance(&['k', 'i', 't', 't', 'e', 'n'], &['s', 'i', 't', 't', 'i', 'n', 'g']), 3);
+        assert_eq!(
+            edit_distance(
+                &['k', 'i', 't', 't', 'e', 'n'],
+                &['s', 'i', 't', 't', 'i', 'n', 'g']
+            ),
+            3
+        );
         // overlap {K, T}: precision 2/3, recall 2/4 -> F1 = 4/7
         assert!((token_f1("K AE1 T", "K AH0 T S") - 4.0 / 7.0).abs() < 1e-12);
         // Pooled over examples: (2 + 0) edits / (4 + 2) reference phones.
@@ -289,11 +326,19 @@ mod tests {
 
     #[test]
     fn bootstrap_is_seeded_and_brackets_the_estimate() {
-        let preds: Vec<&str> = (0..200).map(|i| if i % 4 == 0 { "b" } else { "a" }).collect();
-        let refs: Vec<&str> = (0..200).map(|i| if i % 5 == 0 { "b" } else { "a" }).collect();
+        let preds: Vec<&str> = (0..200)
+            .map(|i| if i % 4 == 0 { "b" } else { "a" })
+            .collect();
+        let refs: Vec<&str> = (0..200)
+            .map(|i| if i % 5 == 0 { "b" } else { "a" })
+            .collect();
         let x = pairs(&preds, &refs);
         let a = bootstrap(Metric::Accuracy, &x, &[], 7);
-        assert_eq!(a, bootstrap(Metric::Accuracy, &x, &[], 7), "same seed, same interval");
+        assert_eq!(
+            a,
+            bootstrap(Metric::Accuracy, &x, &[], 7),
+            "same seed, same interval"
+        );
         assert_ne!(a, bootstrap(Metric::Accuracy, &x, &[], 8));
         assert!(a.low < a.value && a.value < a.high, "{a:?}");
         // About ±1.96·sqrt(p(1−p)/n) = ±0.05 for p = 0.7, n = 200.

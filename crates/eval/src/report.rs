@@ -53,8 +53,7 @@ fn cost(r: &StrategyRow) -> String {
     }
     let mut s = format!(
         "{:.0}k prompt tokens, {:.0} s",
-        r.prompt_tokens_per_example,
-        r.seconds_per_1k
+        r.prompt_tokens_per_example, r.seconds_per_1k
     );
     if r.generated_tokens_per_example > 0.0 {
         let _ = write!(s, ", {:.0}k generated", r.generated_tokens_per_example);
@@ -70,12 +69,19 @@ fn metric_cell(r: &StrategyRow, i: usize) -> String {
     )
 }
 
-fn predictions_cell(r: &StrategyRow, n: usize) -> String {
+fn predictions_cell(r: &StrategyRow) -> String {
+    let n: usize = r.distribution.iter().map(|d| d.1).sum();
     let mut parts: Vec<String> = r
         .distribution
         .iter()
         .take(4)
-        .map(|(p, c)| format!("{} {:.0}%", short(p, 16), *c as f64 * 100.0 / n.max(1) as f64))
+        .map(|(p, c)| {
+            format!(
+                "{} {:.0}%",
+                short(p, 16),
+                *c as f64 * 100.0 / n.max(1) as f64
+            )
+        })
         .collect();
     if r.distribution.len() > 4 {
         parts.push(format!("… {} distinct", r.distribution.len()));
@@ -96,6 +102,13 @@ fn short(s: &str, n: usize) -> String {
     }
 }
 
+/// The strategies the side-by-side table has columns for (those scored on its rows).
+fn sample_keys(report: &CompareReport) -> Vec<&str> {
+    report.samples.first().map_or(vec![], |x| {
+        x.predictions.iter().map(|(k, _)| k.as_str()).collect()
+    })
+}
+
 fn all_rows(report: &CompareReport) -> Vec<&StrategyRow> {
     report.rows.iter().chain(report.baseline.as_ref()).collect()
 }
@@ -113,9 +126,10 @@ pub fn markdown(report: &CompareReport) -> String {
         report.model, report.examples, report.train_examples, report.seed
     );
     let _ = writeln!(s, "## Recommendation\n\n{}\n", report.recommendation);
-    let metric_names: Vec<&str> = report.rows.first().map_or(vec![], |r| {
-        r.metrics.iter().map(|m| m.name).collect()
-    });
+    let metric_names: Vec<&str> = report
+        .rows
+        .first()
+        .map_or(vec![], |r| r.metrics.iter().map(|m| m.name).collect());
     let _ = write!(
         s,
         "## The table\n\n| strategy | modification | data required | implementation time | cost per 1k test examples |"
@@ -138,7 +152,7 @@ pub fn markdown(report: &CompareReport) -> String {
         for i in 0..r.metrics.len() {
             let _ = write!(s, " {} |", metric_cell(r, i));
         }
-        let _ = writeln!(s, " {} |", predictions_cell(r, report.examples));
+        let _ = writeln!(s, " {} |", predictions_cell(r));
     }
     let _ = writeln!(s);
     let methods: Vec<String> = report
@@ -166,6 +180,25 @@ pub fn markdown(report: &CompareReport) -> String {
             c.a, c.b, c.metric, c.difference.value, c.difference.low, c.difference.high
         );
     }
+    if !report.learning_curve.is_empty() {
+        let _ = writeln!(s, "\n## Learning curve\n\n| train examples | steps | training time | {} [95% CI] |\n|---|---|---|---|", report.learning_curve[0].metric.name);
+        for p in &report.learning_curve {
+            let e = &p.metric.estimate;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} s | {:.3} [{:.3}, {:.3}] |",
+                p.train_examples, p.steps, p.train_seconds, e.value, e.low, e.high
+            );
+        }
+        if let Some(best) = best_prompting(report) {
+            let _ = writeln!(
+                s,
+                "\nBest prompting strategy for comparison: {} at {:.3}.",
+                best.title,
+                best.headline().estimate.value
+            );
+        }
+    }
     let _ = writeln!(s, "\n## Wording\n");
     let _ = writeln!(
         s,
@@ -178,13 +211,24 @@ pub fn markdown(report: &CompareReport) -> String {
         report.tuned_shape.template, report.tuned_shape.system
     );
     if !report.samples.is_empty() {
-        let _ = write!(s, "\n## Side by side (first {})\n\n| line | input | reference |", report.samples.len());
-        for r in &report.rows {
-            let _ = write!(s, " {} |", r.key);
+        let keys = sample_keys(report);
+        let _ = write!(
+            s,
+            "\n## Side by side (first {})\n\n| line | input | reference |",
+            report.samples.len()
+        );
+        for k in &keys {
+            let _ = write!(s, " {k} |");
         }
-        let _ = writeln!(s, "\n|{}", "---|".repeat(3 + report.rows.len()));
+        let _ = writeln!(s, "\n|{}", "---|".repeat(3 + keys.len()));
         for x in &report.samples {
-            let _ = write!(s, "| {} | {} | {} |", x.line, short(&x.input, 80), short(&x.reference, 40));
+            let _ = write!(
+                s,
+                "| {} | {} | {} |",
+                x.line,
+                short(&x.input, 80),
+                short(&x.reference, 40)
+            );
             for (_, p) in &x.predictions {
                 let _ = write!(s, " {} |", short(p, 40));
             }
@@ -194,6 +238,123 @@ pub fn markdown(report: &CompareReport) -> String {
     for n in &report.notes {
         let _ = writeln!(s, "\nNote: {n}");
     }
+    s
+}
+
+/// The prompting row with the best headline value (none with an adapter).
+fn best_prompting(report: &CompareReport) -> Option<&StrategyRow> {
+    let higher = report
+        .rows
+        .first()
+        .is_none_or(|r| r.metrics[0].metric.higher_is_better());
+    report
+        .rows
+        .iter()
+        .filter(|r| !r.uses_adapter)
+        .max_by(|a, b| {
+            let (x, y) = (a.headline().estimate.value, b.headline().estimate.value);
+            if higher {
+                x.total_cmp(&y)
+            } else {
+                y.total_cmp(&x)
+            }
+        })
+}
+
+/// The metric against training examples (log scale), with the best prompting strategy as a
+/// horizontal line: where tuning starts to pay.
+fn curve_chart(report: &CompareReport) -> String {
+    let points = &report.learning_curve;
+    let (w, h, left, bottom) = (720.0, 300.0, 60.0, 40.0);
+    let lo = points
+        .iter()
+        .map(|p| p.train_examples.max(1) as f64)
+        .fold(f64::MAX, f64::min)
+        .log10()
+        .floor();
+    let hi = points
+        .iter()
+        .map(|p| p.train_examples.max(1) as f64)
+        .fold(1.0, f64::max)
+        .log10()
+        .ceil()
+        .max(lo + 1.0);
+    let x = |n: f64| left + (n.max(1.0).log10() - lo) / (hi - lo) * (w - left - 30.0);
+    let y = |v: f64| (h - bottom) - v.clamp(0.0, 1.0) * (h - bottom - 15.0);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="learning curve">"#
+    );
+    let _ = write!(
+        s,
+        r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#000"/><line x1="{left}" y1="10" x2="{left}" y2="{0}" stroke="#000"/>"##,
+        h - bottom,
+        w - 20.0
+    );
+    for p in lo as i32..=hi as i32 {
+        let n = 10f64.powi(p);
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" font-size="10" text-anchor="middle">{n}</text>"##,
+            x(n),
+            h - bottom + 14.0
+        );
+    }
+    for t in 0..=5 {
+        let v = t as f64 / 5.0;
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" font-size="10" text-anchor="end">{v:.1}</text>"##,
+            left - 4.0,
+            y(v) + 3.0
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">training examples (log scale)</text>"##,
+        (w + left) / 2.0,
+        h - 5.0
+    );
+    if let Some(best) = best_prompting(report) {
+        let v = best.headline().estimate.value;
+        let _ = write!(
+            s,
+            r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#e08a2c" stroke-dasharray="5,4"/><text x="{2}" y="{3}" font-size="11" fill="#e08a2c">{4}</text>"##,
+            y(v),
+            w - 20.0,
+            left + 6.0,
+            y(v) - 4.0,
+            esc(&best.title)
+        );
+    }
+    let path: Vec<String> = points
+        .iter()
+        .map(|p| {
+            format!(
+                "{:.1},{:.1}",
+                x(p.train_examples as f64),
+                y(p.metric.estimate.value)
+            )
+        })
+        .collect();
+    let _ = write!(
+        s,
+        r##"<polyline points="{}" fill="none" stroke="#2a7ab9" stroke-width="2"/>"##,
+        path.join(" ")
+    );
+    for p in points {
+        let (px, e) = (x(p.train_examples as f64), &p.metric.estimate);
+        let _ = write!(
+            s,
+            r##"<line x1="{px}" y1="{0}" x2="{px}" y2="{1}" stroke="#2a7ab9"/><circle cx="{px}" cy="{2}" r="4" fill="#2a7ab9"/><text x="{3}" y="{4}" font-size="10">{5:.3}</text>"##,
+            y(e.low),
+            y(e.high),
+            y(e.value),
+            px + 6.0,
+            y(e.value) + 12.0,
+            e.value
+        );
+    }
+    s.push_str("</svg>");
     s
 }
 
@@ -207,10 +368,12 @@ fn esc(s: &str) -> String {
 /// A horizontal bar per strategy with its 95% interval, on a 0–1 axis.
 fn bar_chart(report: &CompareReport) -> String {
     let rows = all_rows(report);
-    let (w, row_h, left) = (720.0, 28.0, 230.0);
+    let (w, row_h, left) = (760.0, 28.0, 270.0);
     let h = rows.len() as f64 * row_h + 40.0;
     let x = |v: f64| left + v.clamp(0.0, 1.0) * (w - left - 20.0);
-    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="metric per strategy">"#);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="metric per strategy">"#
+    );
     for t in 0..=10 {
         let v = t as f64 / 10.0;
         let _ = write!(
@@ -224,13 +387,19 @@ fn bar_chart(report: &CompareReport) -> String {
     for (i, r) in rows.iter().enumerate() {
         let m = &r.metrics[0].estimate;
         let y = 15.0 + i as f64 * row_h;
-        let color = if r.uses_adapter { "#2a7ab9" } else if r.key == "majority" { "#999" } else { "#e08a2c" };
+        let color = if r.uses_adapter {
+            "#2a7ab9"
+        } else if r.key == "majority" {
+            "#999"
+        } else {
+            "#e08a2c"
+        };
         let _ = write!(
             s,
             r##"<text x="{tx}" y="{ty}" font-size="12" text-anchor="end">{name}</text><rect x="{left}" y="{y}" width="{bw}" height="16" fill="{color}"/><line x1="{lo}" y1="{cy}" x2="{hi}" y2="{cy}" stroke="#000" stroke-width="1.5"/><line x1="{lo}" y1="{y1}" x2="{lo}" y2="{y2}" stroke="#000"/><line x1="{hi}" y1="{y1}" x2="{hi}" y2="{y2}" stroke="#000"/><text x="{vx}" y="{ty}" font-size="11">{val:.3}</text>"##,
             tx = left - 8.0,
             ty = y + 12.0,
-            name = esc(&r.title),
+            name = esc(&short(&r.title, 40)),
             bw = x(m.value) - left,
             lo = x(m.low),
             hi = x(m.high),
@@ -251,27 +420,69 @@ fn cost_chart(report: &CompareReport) -> String {
     let points: Vec<(&StrategyRow, f64)> = report
         .rows
         .iter()
-        .map(|r| (r, r.seconds_per_1k + if r.uses_adapter { train } else { 0.0 }))
+        .map(|r| {
+            (
+                r,
+                r.seconds_per_1k + if r.uses_adapter { train } else { 0.0 },
+            )
+        })
         .collect();
     let (w, h, left, bottom) = (720.0, 300.0, 60.0, 40.0);
-    let max = points.iter().map(|p| p.1).fold(1.0f64, f64::max).log10().ceil().max(1.0);
+    let max = points
+        .iter()
+        .map(|p| p.1)
+        .fold(1.0f64, f64::max)
+        .log10()
+        .ceil()
+        .max(1.0);
     let x = |c: f64| left + c.max(1.0).log10() / max * (w - left - 30.0);
     let y = |v: f64| (h - bottom) - v.clamp(0.0, 1.0) * (h - bottom - 15.0);
-    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="metric vs cost">"#);
-    let _ = write!(s, r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#000"/><line x1="{left}" y1="10" x2="{left}" y2="{0}" stroke="#000"/>"##, h - bottom, w - 20.0);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="metric vs cost">"#
+    );
+    let _ = write!(
+        s,
+        r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#000"/><line x1="{left}" y1="10" x2="{left}" y2="{0}" stroke="#000"/>"##,
+        h - bottom,
+        w - 20.0
+    );
     for p in 0..=max as i32 {
         let c = 10f64.powi(p);
-        let _ = write!(s, r##"<text x="{}" y="{}" font-size="10" text-anchor="middle">{c}</text>"##, x(c), h - bottom + 14.0);
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" font-size="10" text-anchor="middle">{c}</text>"##,
+            x(c),
+            h - bottom + 14.0
+        );
     }
-    let _ = write!(s, r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">seconds per 1k test examples (+ training time for adapters), log scale</text>"##, (w + left) / 2.0, h - 5.0);
+    let _ = write!(
+        s,
+        r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">seconds per 1k test examples (+ training time for adapters), log scale</text>"##,
+        (w + left) / 2.0,
+        h - 5.0
+    );
     for t in 0..=5 {
         let v = t as f64 / 5.0;
-        let _ = write!(s, r##"<text x="{}" y="{}" font-size="10" text-anchor="end">{v:.1}</text>"##, left - 4.0, y(v) + 3.0);
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" font-size="10" text-anchor="end">{v:.1}</text>"##,
+            left - 4.0,
+            y(v) + 3.0
+        );
     }
-    for (r, c) in points {
+    for (i, (r, c)) in points.into_iter().enumerate() {
         let v = r.metrics[0].estimate.value;
         let color = if r.uses_adapter { "#2a7ab9" } else { "#e08a2c" };
-        let _ = write!(s, r##"<circle cx="{0}" cy="{1}" r="5" fill="{color}"/><text x="{2}" y="{3}" font-size="11">{name}</text>"##, x(c), y(v), x(c) + 7.0, y(v) - 6.0, name = esc(&r.key));
+        // Labels step down by row so that strategies at the same spot stay readable.
+        let _ = write!(
+            s,
+            r##"<circle cx="{0}" cy="{1}" r="5" fill="{color}"/><text x="{2}" y="{3}" font-size="11">{name}</text>"##,
+            x(c),
+            y(v),
+            x(c) + 7.0,
+            y(v) - 6.0 + (i % 3) as f64 * 11.0,
+            name = esc(&r.key)
+        );
     }
     s.push_str("</svg>");
     s
@@ -295,7 +506,10 @@ th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padd
         seed = report.seed,
         rec = esc(&report.recommendation),
     );
-    let metric_names: Vec<&str> = report.rows.first().map_or(vec![], |r| r.metrics.iter().map(|m| m.name).collect());
+    let metric_names: Vec<&str> = report
+        .rows
+        .first()
+        .map_or(vec![], |r| r.metrics.iter().map(|m| m.name).collect());
     s.push_str("<h2>The table</h2><table><tr><th>strategy</th><th>modification</th><th>data required</th><th>implementation time</th><th>cost per 1k test examples</th>");
     for m in &metric_names {
         let _ = write!(s, "<th>{} [95% CI]</th>", esc(m));
@@ -315,28 +529,66 @@ th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padd
             let _ = write!(s, "<td>{}</td>", esc(&metric_cell(r, i)));
         }
         let class = if r.collapsed { " class=\"warn\"" } else { "" };
-        let _ = write!(s, "<td{class}>{}</td></tr>", esc(&predictions_cell(r, report.examples)));
+        let _ = write!(s, "<td{class}>{}</td></tr>", esc(&predictions_cell(r)));
     }
     s.push_str("</table>");
     for c in &report.comparisons {
         let _ = write!(
             s,
             "<p>{} − {}: {} {:+.3} [95% CI {:+.3}, {:+.3}] (paired bootstrap)</p>",
-            esc(&c.a), esc(&c.b), esc(c.metric), c.difference.value, c.difference.low, c.difference.high
+            esc(&c.a),
+            esc(&c.b),
+            esc(c.metric),
+            c.difference.value,
+            c.difference.low,
+            c.difference.high
         );
     }
-    let _ = write!(s, "<h2>{} per strategy (95% CI)</h2>{}", esc(metric), bar_chart(report));
-    let _ = write!(s, "<h2>{} against cost</h2>{}", esc(metric), cost_chart(report));
+    let _ = write!(
+        s,
+        "<h2>{} per strategy (95% CI)</h2>{}",
+        esc(metric),
+        bar_chart(report)
+    );
+    let _ = write!(
+        s,
+        "<h2>{} against cost</h2>{}",
+        esc(metric),
+        cost_chart(report)
+    );
+    if !report.learning_curve.is_empty() {
+        let _ = write!(s, "<h2>Learning curve</h2><p>The adapter trained on nested subsets of the train split (<code>tuna train --train-sizes</code>), each scored on the same test rows; the dashed line is the best prompting strategy.</p>{}<table><tr><th>train examples</th><th>steps</th><th>training time</th><th>{} [95% CI]</th></tr>", curve_chart(report), esc(metric));
+        for p in &report.learning_curve {
+            let e = &p.metric.estimate;
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{:.0} s</td><td>{:.3} [{:.3}, {:.3}]</td></tr>",
+                p.train_examples, p.steps, p.train_seconds, e.value, e.low, e.high
+            );
+        }
+        s.push_str("</table>");
+    }
     if !report.samples.is_empty() {
         s.push_str("<h2>Side by side</h2><table><tr><th>line</th><th>input</th><th>reference</th>");
-        for r in &report.rows {
-            let _ = write!(s, "<th>{}</th>", esc(&r.key));
+        for k in sample_keys(report) {
+            let _ = write!(s, "<th>{}</th>", esc(k));
         }
         s.push_str("</tr>");
         for x in &report.samples {
-            let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td>", x.line, esc(&short(&x.input, 200)), esc(&x.reference));
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{}</td>",
+                x.line,
+                esc(&short(&x.input, 200)),
+                esc(&x.reference)
+            );
             for (_, p) in &x.predictions {
-                let mark = if crate::metrics::normalize(p) == crate::metrics::normalize(&x.reference) { "" } else { " class=\"warn\"" };
+                let mark =
+                    if crate::metrics::normalize(p) == crate::metrics::normalize(&x.reference) {
+                        ""
+                    } else {
+                        " class=\"warn\""
+                    };
                 let _ = write!(s, "<td{mark}>{}</td>", esc(&short(p, 80)));
             }
             s.push_str("</tr>");

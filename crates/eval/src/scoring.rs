@@ -55,7 +55,12 @@ impl<'a> PromptEncoder<'a> {
     }
 
     /// The prompt and each answer's trained tokens, as the training encoder lays them out.
-    pub fn with_answers(&self, line: usize, messages: &[Message], answers: &[String]) -> Result<PromptAndAnswers> {
+    pub fn with_answers(
+        &self,
+        line: usize,
+        messages: &[Message],
+        answers: &[String],
+    ) -> Result<PromptAndAnswers> {
         let mut prompt: Option<Vec<u32>> = None;
         let mut candidates = Vec::with_capacity(answers.len());
         for answer in answers {
@@ -70,14 +75,20 @@ impl<'a> PromptEncoder<'a> {
                     completion: answer.clone(),
                 }
             };
-            let encoded = self.encoder.encode(self.path, &LineRecord { line, record })?;
+            let encoded = self
+                .encoder
+                .encode(self.path, &LineRecord { line, record })?;
             let Encoded::Example(example) = encoded else {
                 return Err(EvalError::Prompt {
                     reason: format!("line {line}: the prompt does not fit the model's context"),
                 });
             };
             // The answer is the last run of trained tokens.
-            let end = example.trained.iter().rposition(|&t| t).map_or(0, |i| i + 1);
+            let end = example
+                .trained
+                .iter()
+                .rposition(|&t| t)
+                .map_or(0, |i| i + 1);
             let start = example.trained[..end]
                 .iter()
                 .rposition(|&t| !t)
@@ -167,9 +178,13 @@ impl<'a> Scorer<'a> {
             };
             let mut score = first[c0 as usize] as f64;
             if c.len() > 1 {
-                let ids = Tensor::new(&c[..c.len() - 1], self.model.model.device())?.unsqueeze(0)?;
+                let ids =
+                    Tensor::new(&c[..c.len() - 1], self.model.model.device())?.unsqueeze(0)?;
                 let logits = self.model.model.forward_cached_all(&ids, &mut self.cache)?;
-                let logp = candle_nn::ops::log_softmax(&logits.squeeze(0)?.to_dtype(DType::F32)?, D::Minus1)?;
+                let logp = candle_nn::ops::log_softmax(
+                    &logits.squeeze(0)?.to_dtype(DType::F32)?,
+                    D::Minus1,
+                )?;
                 let next = Tensor::new(&c[1..], logp.device())?.unsqueeze(1)?;
                 score += logp
                     .gather(&next, 1)?

@@ -297,7 +297,11 @@ mod tests {
         );
         // The earliest label named wins; "nonpositive" is not the word "positive".
         assert_eq!(
-            extract_answer("It is nonpositive, so negative, not positive", &labels, false),
+            extract_answer(
+                "It is nonpositive, so negative, not positive",
+                &labels,
+                false
+            ),
             "negative"
         );
         assert_eq!(extract_answer("**Positive**", &labels, false), "positive");

@@ -1,7 +1,7 @@
 //! A task to score: held-out examples with a reference answer each, and whether the answers
 //! come from a small label set (classification) or are free sequences.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Serialize;
@@ -34,7 +34,9 @@ pub const MAX_INFERRED_LABELS: usize = 32;
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum TaskKind {
     /// Answers from a fixed set, in the order first seen.
-    Labels { labels: Vec<String> },
+    Labels {
+        labels: Vec<String>,
+    },
     Sequence,
 }
 
@@ -133,12 +135,10 @@ pub fn load_examples(path: &Path, fields: &FieldNames) -> Result<Vec<TaskExample
 /// A label task when the train split's answers are few and repeat (at most
 /// `MAX_INFERRED_LABELS` distinct ones, each seen four times on average); else a sequence task.
 pub fn infer_kind(train: &[TaskExample]) -> TaskKind {
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut order = Vec::new();
     for x in train {
-        let key = normalize(&x.reference);
-        if !seen.contains_key(&key) {
-            seen.insert(key, x.reference.trim().to_string());
+        if seen.insert(normalize(&x.reference)) {
             order.push(x.reference.trim().to_string());
         }
     }
@@ -179,7 +179,10 @@ pub fn majority_label(train: &[TaskExample], labels: &[String]) -> Option<String
             counts[i] += 1;
         }
     }
-    let best = counts.iter().enumerate().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))?;
+    let best = counts
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))?;
     Some(labels[best.0].clone())
 }
 
@@ -221,7 +224,10 @@ mod tests {
                 labels: vec!["pos".into(), "neg".into()]
             }
         );
-        assert_eq!(majority_label(&train, train_labels(&train).as_slice()), Some("pos".into()));
+        assert_eq!(
+            majority_label(&train, train_labels(&train).as_slice()),
+            Some("pos".into())
+        );
         let prior = label_prior(&train, &train_labels(&train));
         assert!((prior[0] - 8.0 / 12.0).abs() < 1e-12);
         let words: Vec<TaskExample> = (0..12).map(|i| ex(i + 1, &format!("w{i}"))).collect();

@@ -37,6 +37,9 @@ pub struct DataSection {
     /// Held-out file; "" to split `valid_fraction` off the training file instead.
     pub valid: PathBuf,
     pub valid_fraction: f64,
+    /// Train on this many records of the train file (0: all), chosen by a seeded hash
+    /// order so that smaller subsets sit inside larger ones (learning curves).
+    pub train_subset: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +117,7 @@ impl Default for DataSection {
             train: PathBuf::new(),
             valid: PathBuf::new(),
             valid_fraction: 0.0,
+            train_subset: 0,
         }
     }
 }

@@ -87,15 +87,19 @@ fn load_data(
 ) -> Result<(Dataset, Option<Dataset>), TrainError> {
     let encoder = Encoder::new(model, &config.encoding)?;
     let train = Dataset::load(&config.data.train, &encoder, &config.fields)?;
+    let subset = |d: Dataset| match config.data.train_subset {
+        0 => d,
+        n => d.subset(n, config.train.seed),
+    };
     if !config.data.valid.as_os_str().is_empty() {
         let valid = Dataset::load(&config.data.valid, &encoder, &config.fields)?;
-        return Ok((train, Some(valid)));
+        return Ok((subset(train), Some(valid)));
     }
     if config.data.valid_fraction > 0.0 {
         let (train, valid) = train.split_fraction(config.data.valid_fraction);
-        return Ok((train, Some(valid)));
+        return Ok((subset(train), Some(valid)));
     }
-    Ok((train, None))
+    Ok((subset(train), None))
 }
 
 /// Adapters for this run: the checkpoint's when resuming, an existing adapter's with

@@ -232,7 +232,9 @@ fn run_events(m: &TinyModel, c: &TrainConfig) -> (Vec<TrainEvent>, Result<(), Tr
     let mut model = load(m);
     let interrupt = AtomicBool::new(false);
     let mut events = Vec::new();
-    let result = train(&mut model, c, false, &interrupt, &mut |e| events.push(e.clone()));
+    let result = train(&mut model, c, false, &interrupt, &mut |e| {
+        events.push(e.clone())
+    });
     (events, result.map(|_| ()))
 }
 
@@ -250,7 +252,10 @@ fn early_stopping_ends_the_run_after_patience_evaluations_without_progress() {
         .iter()
         .filter(|e| matches!(e, TrainEvent::Eval { .. }))
         .count();
-    assert_eq!(evals, 3, "best at step 1, then 2 evaluations without progress");
+    assert_eq!(
+        evals, 3,
+        "best at step 1, then 2 evaluations without progress"
+    );
     match events.last() {
         Some(TrainEvent::Finished {
             step,
@@ -260,8 +265,14 @@ fn early_stopping_ends_the_run_after_patience_evaluations_without_progress() {
         }) => assert_eq!((*step, *stopped_early, *best_step), (3, true, Some(1))),
         other => panic!("last event {other:?}"),
     }
-    assert!(m.path().join("early/best/adapter_model.safetensors").is_file());
-    assert!(m.path().join("early/adapter/adapter_model.safetensors").is_file());
+    assert!(m
+        .path()
+        .join("early/best/adapter_model.safetensors")
+        .is_file());
+    assert!(m
+        .path()
+        .join("early/adapter/adapter_model.safetensors")
+        .is_file());
     // Each evaluation came with greedy samples of held-out prompts and their references.
     let samples: Vec<&TrainEvent> = events
         .iter()

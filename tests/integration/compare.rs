@@ -1,0 +1,421 @@
+//! `tuna compare` through the binary: every strategy on a tiny model with an adapter trained
+//! by `tuna train`, the three report files, the real model on a few sentiment rows, and bad
+//! inputs that must name what is wrong.
+
+use std::path::Path;
+
+use tuna_testkit::{smollm2_gguf, tiny_model, TinySpec};
+
+use crate::util::{redact, tuna};
+
+const LABELS: [&str; 2] = ["yes", "no"];
+
+/// prompt/completion lines: "is 3 even" -> yes/no.
+fn write_task(dir: &Path, name: &str, range: std::ops::Range<usize>) -> String {
+    let text: String = range
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"is {i} even\", \"completion\": \"{}\"}}\n",
+                LABELS[i % 2]
+            )
+        })
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn every_strategy_lands_in_the_three_reports() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let train = write_task(dir, "train.jsonl", 0..40);
+    let valid = write_task(dir, "valid.jsonl", 40..48);
+    let test = write_task(dir, "test.jsonl", 100..130);
+    let run = dir.join("run");
+    let trained = tuna(
+        &[
+            "train",
+            "--model",
+            &m.path_str(),
+            "--data",
+            &train,
+            "--valid",
+            &valid,
+            "--output",
+            run.to_str().unwrap(),
+            "--max-steps",
+            "4",
+            "--lora-r",
+            "4",
+            "--prompt-template",
+            "Even? {prompt}",
+        ],
+        &[],
+    );
+    assert_eq!(trained.code, 0, "{}", trained.stderr);
+    let out = dir.join("report");
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &m.path_str(),
+            "--adapter",
+            run.to_str().unwrap(),
+            "--data",
+            &test,
+            "--output",
+            out.to_str().unwrap(),
+            "--shots",
+            "2",
+            "--cot-limit",
+            "4",
+            "--cot-max-new-tokens",
+            "6",
+            "--samples",
+            "3",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let keys: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["zero", "one", "few", "cot", "tuned", "hybrid"]);
+    assert_eq!(report["task"]["labels"], serde_json::json!(["yes", "no"]));
+    assert_eq!(report["examples"], 30);
+    // The train file came from the run's config, the wording from its prompt template.
+    assert_eq!(report["train_examples"], 40);
+    assert_eq!(report["tuned_shape"]["template"], "Even? {prompt}");
+    assert_eq!(report["adapter"]["steps"], 4);
+    assert!(report["adapter"]["parameters"].as_u64().unwrap() > 0);
+    assert_eq!(report["baseline"]["key"], "majority");
+    for row in report["rows"].as_array().unwrap() {
+        for m in row["metrics"].as_array().unwrap() {
+            let (v, lo, hi) = (
+                m["value"].as_f64().unwrap(),
+                m["low"].as_f64().unwrap(),
+                m["high"].as_f64().unwrap(),
+            );
+            assert!(lo <= v && v <= hi, "{row}");
+        }
+    }
+    let cot = &report["rows"][3];
+    assert_eq!(
+        cot["predictions"].as_array().unwrap().len(),
+        4,
+        "--cot-limit"
+    );
+    assert!(report["recommendation"].as_str().unwrap().len() > 20);
+    assert_eq!(report["samples"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        report["samples"][0]["predictions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| strategy | modification | data required | implementation time | cost per 1k test examples | accuracy [95% CI] | macro-F1 [95% CI] | predictions |"), "{md}");
+    assert!(md.contains("majority class"));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.starts_with("<!doctype html>") && html.trim_end().ends_with("</html>"));
+    assert_eq!(html.matches("<svg").count(), 2);
+    assert!(
+        !html.contains("http://")
+            || html.matches("http://").count()
+                == html.matches("xmlns=\"http://www.w3.org/2000/svg\"").count(),
+        "self-contained"
+    );
+}
+
+#[test]
+fn one_prompt_is_answered_by_base_and_tuned() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let train = write_task(dir, "train.jsonl", 0..16);
+    let run = dir.join("run");
+    let trained = tuna(
+        &[
+            "train",
+            "--model",
+            &m.path_str(),
+            "--data",
+            &train,
+            "--output",
+            run.to_str().unwrap(),
+            "--max-steps",
+            "2",
+            "--lora-r",
+            "2",
+            "--eval-every",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(trained.code, 0, "{}", trained.stderr);
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &m.path_str(),
+            "--adapter",
+            run.to_str().unwrap(),
+            "--prompt",
+            "is 4 even",
+            "--max-new-tokens",
+            "3",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"== base"));
+    assert!(lines.contains(&"== tuned"), "{}", r.stdout);
+}
+
+#[test]
+fn the_real_model_ranks_labels_on_sentiment_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("report");
+    let model = smollm2_gguf().display().to_string();
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &model,
+            "--data",
+            "data/example/sentiment/test.jsonl",
+            "--output",
+            out.to_str().unwrap(),
+            "--strategies",
+            "zero,few",
+            "--shots",
+            "3",
+            "--limit",
+            "12",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    // Labels inferred from the sibling train.jsonl; no adapter, so the recommendation says
+    // how to measure one.
+    let mut labels: Vec<&str> = report["task"]["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    labels.sort();
+    assert_eq!(labels, ["negative", "neutral", "positive"]);
+    assert!(report["recommendation"]
+        .as_str()
+        .unwrap()
+        .contains("tuna train"));
+    for row in report["rows"].as_array().unwrap() {
+        assert_eq!(row["predictions"].as_array().unwrap().len(), 12);
+        assert_eq!(row["method"], "rank labels by log-likelihood");
+        assert!(row["label_nll"].as_f64().unwrap() > 0.0);
+    }
+    // Few-shot prompts share their shots: most of their tokens came from the cache.
+    assert!(
+        report["rows"][1]["prompt_tokens_per_example"]
+            .as_f64()
+            .unwrap()
+            > report["rows"][0]["prompt_tokens_per_example"]
+                .as_f64()
+                .unwrap()
+    );
+}
+
+#[test]
+fn bad_inputs_name_the_file_line_or_flag() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let train = write_task(dir, "train.jsonl", 0..20);
+    let out = dir.join("out");
+    let cases: Vec<(&str, String, Vec<&str>, &str)> = vec![
+        (
+            "text records have no reference",
+            "{\"text\": \"just text\"}\n".into(),
+            vec![],
+            "error: <TMP>/test.jsonl:1: a text record has no reference answer to compare with",
+        ),
+        (
+            "a reference outside the label set",
+            "{\"prompt\": \"is 1 even\", \"completion\": \"maybe\"}\n".into(),
+            vec![],
+            "error: <TMP>/test.jsonl:1: the reference \"maybe\" is not in the label set (yes, no)",
+        ),
+        (
+            "an empty test set",
+            "\n".into(),
+            vec![],
+            "error: <TMP>/test.jsonl: no records (the file is empty)",
+        ),
+        (
+            "an unknown strategy",
+            "{\"prompt\": \"is 1 even\", \"completion\": \"no\"}\n".into(),
+            vec!["--shots", "1", "--strategies=zero,magic"],
+            "error: --strategies: unknown strategy \"magic\" (zero, one, few, cot, tuned, hybrid)",
+        ),
+    ];
+    let model = m.path_str();
+    for (what, content, extra, want) in cases {
+        let test = dir.join("test.jsonl");
+        std::fs::write(&test, content).unwrap();
+        let mut args = vec![
+            "compare",
+            "--model",
+            &model,
+            "--data",
+            test.to_str().unwrap(),
+            "--train",
+            &train,
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        if extra.is_empty() {
+            args.extend(["--strategies", "zero"]);
+        }
+        args.extend(extra);
+        let r = tuna(&args, &[]);
+        assert_eq!(r.code, 1, "{what}: {}", r.stderr);
+        let first = redact(&r.stderr, dir);
+        assert_eq!(first.lines().next().unwrap_or(""), want, "{what}");
+    }
+    // An adapter trained on another base: the mismatching tensor is named.
+    let other = tiny_model(TinySpec {
+        hidden_size: 48,
+        ..Default::default()
+    });
+    let run = other.path().join("run");
+    let trained = tuna(
+        &[
+            "train",
+            "--model",
+            &other.path_str(),
+            "--data",
+            &train,
+            "--output",
+            run.to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "--lora-r",
+            "2",
+            "--eval-every",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(trained.code, 0, "{}", trained.stderr);
+    let test = write_task(dir, "test.jsonl", 50..54);
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &m.path_str(),
+            "--adapter",
+            run.to_str().unwrap(),
+            "--data",
+            &test,
+            "--train",
+            &train,
+            "--output",
+            out.to_str().unwrap(),
+            "--strategies",
+            "zero,tuned",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("lora_A.weight") && r.stderr.contains("48"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_learning_curve_directory_is_charted() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let train = write_task(dir, "train.jsonl", 0..40);
+    let test = write_task(dir, "test.jsonl", 100..110);
+    let curve = dir.join("curve");
+    let trained = tuna(
+        &[
+            "train",
+            "--model",
+            &m.path_str(),
+            "--data",
+            &train,
+            "--output",
+            curve.to_str().unwrap(),
+            "--train-sizes",
+            "16,8",
+            "--max-steps",
+            "2",
+            "--lora-r",
+            "2",
+            "--eval-every",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(trained.code, 0, "{}", trained.stderr);
+    assert_eq!(
+        trained.stdout.lines().collect::<Vec<_>>(),
+        [
+            curve.join("size-8/adapter").to_str().unwrap(),
+            curve.join("size-16/adapter").to_str().unwrap()
+        ]
+    );
+    let out = dir.join("report");
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &m.path_str(),
+            "--adapter",
+            curve.to_str().unwrap(),
+            "--data",
+            &test,
+            "--train",
+            &train,
+            "--output",
+            out.to_str().unwrap(),
+            "--strategies",
+            "zero,tuned",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let sizes: Vec<u64> = report["learning_curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["train_examples"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [8, 16]);
+    // The largest run is the tuned row, and its point is that row's number.
+    assert!(report["adapter"]["path"]
+        .as_str()
+        .unwrap()
+        .contains("size-16"));
+    assert_eq!(
+        report["learning_curve"][1]["metric"]["value"],
+        report["rows"][1]["metrics"][0]["value"]
+    );
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("Learning curve") && html.matches("<svg").count() == 3);
+}
