@@ -172,6 +172,17 @@ pub struct CompareArgs {
     /// Default: the adapter run's prompt template, else one naming the labels.
     #[arg(long)]
     pub instruction: Option<String>,
+    /// A file of instruction variants separated by lines of `---`: each is tried zero-shot on
+    /// the valid split and the best words every prompting strategy (prompting's fair shot).
+    #[arg(long)]
+    pub instructions: Option<PathBuf>,
+    /// The split the instruction sweep scores (default: the adapter run's valid file, else
+    /// valid.jsonl beside the test file).
+    #[arg(long)]
+    pub valid: Option<PathBuf>,
+    /// Valid rows per instruction variant.
+    #[arg(long, default_value_t = 100)]
+    pub sweep_limit: usize,
     /// System message for the prompting strategies (default: the adapter run's).
     #[arg(long)]
     pub system_prompt: Option<String>,

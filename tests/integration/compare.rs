@@ -419,3 +419,79 @@ fn a_learning_curve_directory_is_charted() {
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("Learning curve") && html.matches("<svg").count() == 3);
 }
+
+#[test]
+fn instruction_variants_are_swept_on_the_valid_split() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let train = write_task(dir, "train.jsonl", 0..20);
+    let valid = write_task(dir, "valid.jsonl", 60..70);
+    let test = write_task(dir, "test.jsonl", 100..106);
+    let variants = dir.join("instructions.txt");
+    std::fs::write(
+        &variants,
+        "Even or not? {prompt}\n---\nAnswer yes or no.\n\n{prompt}\n",
+    )
+    .unwrap();
+    let out = dir.join("report");
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &m.path_str(),
+            "--data",
+            &test,
+            "--train",
+            &train,
+            "--valid",
+            &valid,
+            "--instructions",
+            variants.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--strategies",
+            "zero,few",
+            "--shots",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let sweep = report["instruction_sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 2);
+    assert_eq!(sweep[1]["template"], "Answer yes or no.\n\n{prompt}");
+    let chosen: Vec<&serde_json::Value> = sweep.iter().filter(|t| t["chosen"] == true).collect();
+    assert_eq!(chosen.len(), 1);
+    assert_eq!(report["prompt_shape"]["template"], chosen[0]["template"]);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Instruction sweep"), "{md}");
+    // No variants in the file: a clear error.
+    std::fs::write(&variants, "---\n").unwrap();
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &m.path_str(),
+            "--data",
+            &test,
+            "--train",
+            &train,
+            "--valid",
+            &valid,
+            "--instructions",
+            variants.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        redact(&r.stderr, dir)
+            .starts_with("error: <TMP>/instructions.txt: no instruction variants"),
+        "{}",
+        r.stderr
+    );
+}

@@ -93,7 +93,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             template: r.config.encoding.prompt_template.clone(),
             system: r.config.encoding.system.clone(),
         });
-    let prompt_shape = PromptShape {
+    let mut prompt_shape = PromptShape {
         template: args
             .instruction
             .clone()
@@ -105,6 +105,12 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             .or_else(|| tuned_shape.system.clone()),
     };
 
+    // Checked before the (slow) model load.
+    let variants = args
+        .instructions
+        .as_deref()
+        .map(read_instructions)
+        .transpose()?;
     eprintln!("loading {}", base_args.model);
     let base = base_args.load(InferenceWeights::Dense)?;
     let tuned = match &adapter {
@@ -118,6 +124,75 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|a| adapter_facts(a, run.as_ref(), tuned.as_ref()))
         .transpose()?;
+
+    let method = match args.method {
+        MethodArg::Rank => Method::Rank,
+        MethodArg::Generate => Method::Generate,
+    };
+    let mut sweep = Vec::new();
+    let mut sweep_path = None;
+    if let Some(variants) = &variants {
+        let valid_path = valid_path(&args, run.as_ref(), data).with_context(|| {
+            "--instructions: the sweep needs a valid split: pass --valid FILE".to_string()
+        })?;
+        let mut valid = task::load_examples(&valid_path, &fields)?;
+        valid.truncate(args.sweep_limit);
+        task::check_references(&valid_path, &valid, &kind)?;
+        let mut best: Option<(usize, f64)> = None;
+        for (i, template) in variants.iter().enumerate() {
+            let trial = CompareSetup {
+                base: &base,
+                tuned: None,
+                test_path: &valid_path,
+                test: &valid,
+                train: &train,
+                kind: kind.clone(),
+                strategies: vec![Strategy::Zero],
+                shots: 0,
+                seed: args.seed,
+                prompt_shape: PromptShape {
+                    template: Some(template.clone()),
+                    system: prompt_shape.system.clone(),
+                },
+                tuned_shape: tuned_shape.clone(),
+                method,
+                metrics: metrics.clone(),
+                max_new_tokens: args.max_new_tokens,
+                cot_max_new_tokens: args.cot_max_new_tokens,
+                adapter: None,
+                samples: 0,
+            };
+            eprintln!(
+                "instruction {}/{}: {:?}",
+                i + 1,
+                variants.len(),
+                short(template)
+            );
+            let row = compare::run(&trial, &mut |_| {})?.rows.remove(0);
+            let metric = row.metrics[0].clone();
+            let value = metric.estimate.value;
+            let better = |b: f64| {
+                if metrics[0].higher_is_better() {
+                    value > b
+                } else {
+                    value < b
+                }
+            };
+            if best.is_none_or(|(_, b)| better(b)) {
+                best = Some((i, value));
+            }
+            sweep.push(compare::InstructionTrial {
+                template: template.clone(),
+                metric,
+                chosen: false,
+            });
+        }
+        if let Some((i, _)) = best {
+            sweep[i].chosen = true;
+            prompt_shape.template = Some(variants[i].clone());
+        }
+        sweep_path = Some(valid_path.display().to_string());
+    }
 
     // Chain-of-thought generates long answers: it runs on its own (smaller) prefix.
     let mut report = None;
@@ -135,10 +210,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         seed: args.seed,
         prompt_shape: prompt_shape.clone(),
         tuned_shape: tuned_shape.clone(),
-        method: match args.method {
-            MethodArg::Rank => Method::Rank,
-            MethodArg::Generate => Method::Generate,
-        },
+        method,
         metrics: metrics.clone(),
         max_new_tokens: args.max_new_tokens,
         cot_max_new_tokens: args.cot_max_new_tokens,
@@ -191,6 +263,8 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         });
     }
     let mut report = report.expect("at least one strategy ran");
+    report.instruction_sweep = sweep;
+    report.sweep_path = sweep_path;
     for (n, dir) in &curve {
         let main = Some(dir) == adapter.as_ref();
         let row = match report.rows.iter().find(|r| r.key == Strategy::Tuned.key()) {
@@ -289,6 +363,54 @@ fn train_path(args: &CompareArgs, run: Option<&RunInfo>, data: &Path) -> Option<
     }
     let sibling = data.with_file_name("train.jsonl");
     (sibling.is_file() && sibling != data).then_some(sibling)
+}
+
+/// --valid, else the adapter run's valid file, else valid.jsonl beside the test file.
+fn valid_path(args: &CompareArgs, run: Option<&RunInfo>, data: &Path) -> Option<PathBuf> {
+    if let Some(p) = &args.valid {
+        return Some(p.clone());
+    }
+    if let Some(p) = run.map(|r| &r.config.data.valid) {
+        if !p.as_os_str().is_empty() && p.is_file() {
+            return Some(p.clone());
+        }
+    }
+    let sibling = data.with_file_name("valid.jsonl");
+    (sibling.is_file() && sibling != data).then_some(sibling)
+}
+
+/// Instruction variants: blocks of text separated by lines of `---`.
+fn read_instructions(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the instruction variants", path.display()))?;
+    let mut variants = Vec::new();
+    let mut current = Vec::new();
+    for line in text.lines().chain(std::iter::once("---")) {
+        if line.trim() == "---" {
+            let block = current.join("\n").trim().to_string();
+            if !block.is_empty() {
+                variants.push(block);
+            }
+            current.clear();
+        } else {
+            current.push(line);
+        }
+    }
+    if variants.is_empty() {
+        bail!(
+            "{}: no instruction variants (separate them with lines of ---)",
+            path.display()
+        );
+    }
+    Ok(variants)
+}
+
+fn short(s: &str) -> String {
+    let one_line = s.replace('\n', " ");
+    match one_line.char_indices().nth(70) {
+        Some((at, _)) => format!("{}…", &one_line[..at]),
+        None => one_line,
+    }
 }
 
 fn default_instruction(kind: &TaskKind) -> Option<String> {

@@ -114,6 +114,14 @@ pub struct Sample {
     pub predictions: Vec<(String, String)>,
 }
 
+/// One instruction wording tried zero-shot on the valid split.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstructionTrial {
+    pub template: String,
+    pub metric: MetricValue,
+    pub chosen: bool,
+}
+
 /// The adapter trained on one data size, scored like the tuned strategy.
 #[derive(Debug, Clone, Serialize)]
 pub struct CurvePoint {
@@ -148,6 +156,10 @@ pub struct CompareReport {
     /// Adapters trained on nested subsets of the train split (`tuna train --train-sizes`),
     /// smallest first.
     pub learning_curve: Vec<CurvePoint>,
+    /// The instruction variants swept on the valid split (`--instructions`); the chosen one
+    /// words every prompting strategy.
+    pub instruction_sweep: Vec<InstructionTrial>,
+    pub sweep_path: Option<String>,
 }
 
 /// Runs every strategy of `setup`; `progress` hears one line per strategy and example batch.
@@ -303,6 +315,8 @@ pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<Compa
         samples,
         notes,
         learning_curve: Vec::new(),
+        instruction_sweep: Vec::new(),
+        sweep_path: None,
     })
 }
 

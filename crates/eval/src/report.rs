@@ -199,6 +199,21 @@ pub fn markdown(report: &CompareReport) -> String {
             );
         }
     }
+    if !report.instruction_sweep.is_empty() {
+        let _ = writeln!(s, "\n## Instruction sweep (zero-shot on `{}`)\n\n| instruction | {} [95% CI] | chosen |\n|---|---|---|", report.sweep_path.as_deref().unwrap_or("valid"), report.instruction_sweep[0].metric.name);
+        for t in &report.instruction_sweep {
+            let e = &t.metric.estimate;
+            let _ = writeln!(
+                s,
+                "| {} | {:.3} [{:.3}, {:.3}] | {} |",
+                short(&t.template, 90),
+                e.value,
+                e.low,
+                e.high,
+                if t.chosen { "✓" } else { "" }
+            );
+        }
+    }
     let _ = writeln!(s, "\n## Wording\n");
     let _ = writeln!(
         s,
@@ -556,6 +571,22 @@ th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padd
         esc(metric),
         cost_chart(report)
     );
+    if !report.instruction_sweep.is_empty() {
+        let _ = write!(s, "<h2>Instruction sweep</h2><p>Each wording tried zero-shot on <code>{}</code>; the best words every prompting strategy.</p><table><tr><th>instruction</th><th>{} [95% CI]</th><th>chosen</th></tr>", esc(report.sweep_path.as_deref().unwrap_or("valid")), esc(metric));
+        for t in &report.instruction_sweep {
+            let e = &t.metric.estimate;
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{:.3} [{:.3}, {:.3}]</td><td>{}</td></tr>",
+                esc(&t.template),
+                e.value,
+                e.low,
+                e.high,
+                if t.chosen { "✓" } else { "" }
+            );
+        }
+        s.push_str("</table>");
+    }
     if !report.learning_curve.is_empty() {
         let _ = write!(s, "<h2>Learning curve</h2><p>The adapter trained on nested subsets of the train split (<code>tuna train --train-sizes</code>), each scored on the same test rows; the dashed line is the best prompting strategy.</p>{}<table><tr><th>train examples</th><th>steps</th><th>training time</th><th>{} [95% CI]</th></tr>", curve_chart(report), esc(metric));
         for p in &report.learning_curve {
