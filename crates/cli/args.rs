@@ -207,6 +207,9 @@ pub struct CompareArgs {
     /// Rows of the side-by-side table.
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
+    /// Prompts generated together (generation-scored strategies).
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
     /// One prompt, base and tuned answers streamed one after the other.
     #[arg(long)]
     pub prompt: Option<String>,

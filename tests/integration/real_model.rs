@@ -280,3 +280,30 @@ fn f16_generation_weights_stay_close_to_f32() {
         );
     }
 }
+
+#[test]
+fn batched_greedy_generation_equals_one_prompt_at_a_time() {
+    let m = smollm2();
+    let questions = [
+        "What is the capital of France?",
+        "Name three colors.",
+        "Write one sentence about the sea and the wind that blows over it at night.",
+    ];
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| {
+            let text = format!("<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
+            m.tokenizer.encode(&text, false).unwrap()
+        })
+        .collect();
+    let mut scorer = tuna_eval::scoring::Scorer::new(m);
+    let batched = scorer.greedy_batch(&prompts, 16).unwrap();
+    let options = SamplingOptions {
+        max_new_tokens: 16,
+        ..Default::default()
+    };
+    for (prompt, got) in prompts.iter().zip(&batched) {
+        let (want, _) = generate(m, prompt, &options, |_| {}).unwrap();
+        assert_eq!(got, &want, "{:?}", m.tokenizer.decode(&want, true));
+    }
+}

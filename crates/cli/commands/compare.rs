@@ -159,6 +159,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                 metrics: metrics.clone(),
                 max_new_tokens: args.max_new_tokens,
                 cot_max_new_tokens: args.cot_max_new_tokens,
+                batch_size: args.batch_size,
                 adapter: None,
                 samples: 0,
             };
@@ -214,6 +215,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         max_new_tokens: args.max_new_tokens,
         cot_max_new_tokens: args.cot_max_new_tokens,
+        batch_size: args.batch_size,
         adapter: facts.clone(),
         samples: args.samples,
     };

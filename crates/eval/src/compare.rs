@@ -53,6 +53,8 @@ pub struct CompareSetup<'a> {
     pub metrics: Vec<Metric>,
     pub max_new_tokens: usize,
     pub cot_max_new_tokens: usize,
+    /// Prompts generated together (left-padded into one batch).
+    pub batch_size: usize,
     pub adapter: Option<AdapterFacts>,
     /// Side-by-side rows in the report.
     pub samples: usize,
@@ -346,9 +348,17 @@ fn run_strategy(
     let mut predictions = Vec::with_capacity(setup.test.len());
     let mut nll = 0f64;
     let title = strategy.title(setup.shots);
-    for (i, x) in setup.test.iter().enumerate() {
-        let m = messages(shape, &shots, x, cot);
-        if rank {
+    let report_every = |done: usize, seconds: f64, progress: &mut dyn FnMut(&str)| {
+        if done % 50 == 0 || done == setup.test.len() {
+            progress(&format!(
+                "{title}: {done}/{} examples, {seconds:.1} s",
+                setup.test.len()
+            ));
+        }
+    };
+    if rank {
+        for (i, x) in setup.test.iter().enumerate() {
+            let m = messages(shape, &shots, x, false);
             let encoded = encoder.with_answers(x.line, &m, labels)?;
             let scores = scorer.rank(&encoded.prompt, &encoded.candidates)?;
             let best = (0..scores.len())
@@ -362,24 +372,24 @@ fn run_strategy(
                 .position(|l| normalize(l) == normalize(&x.reference))
                 .unwrap_or(0);
             nll += lse - scores[r];
-        } else {
-            let prompt = encoder.prompt(&m)?;
-            let max_new = if cot {
-                setup.cot_max_new_tokens
-            } else {
-                setup.max_new_tokens
-            };
-            let out = scorer.greedy(&prompt, max_new)?;
-            let text = model.tokenizer.decode(&out, true)?;
-            predictions.push(extract_answer(&text, labels, cot));
+            report_every(i + 1, scorer.usage.seconds, progress);
         }
-        if (i + 1) % 50 == 0 || i + 1 == setup.test.len() {
-            progress(&format!(
-                "{title}: {}/{} examples, {:.1} s",
-                i + 1,
-                setup.test.len(),
-                scorer.usage.seconds
-            ));
+    } else {
+        let max_new = if cot {
+            setup.cot_max_new_tokens
+        } else {
+            setup.max_new_tokens
+        };
+        for chunk in setup.test.chunks(setup.batch_size.max(1)) {
+            let prompts = chunk
+                .iter()
+                .map(|x| encoder.prompt(&messages(shape, &shots, x, cot)))
+                .collect::<Result<Vec<_>>>()?;
+            for out in scorer.greedy_batch(&prompts, max_new)? {
+                let text = model.tokenizer.decode(&out, true)?;
+                predictions.push(extract_answer(&text, labels, cot));
+                report_every(predictions.len(), scorer.usage.seconds, progress);
+            }
         }
     }
     let examples_used = if strategy.uses_adapter() {

@@ -199,27 +199,60 @@ impl<'a> Scorer<'a> {
         self.usage.seconds += started.elapsed().as_secs_f64();
         Ok(scores)
     }
+}
 
-    /// Greedy decoding after `prompt`, up to `max_new` tokens or a stop token (excluded).
-    pub fn greedy(&mut self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>> {
+impl Scorer<'_> {
+    /// Greedy decoding of several prompts at once: left-padded into one batch with one KV
+    /// cache, each row stopping at its own stop token (excluded) or `max_new` tokens.
+    pub fn greedy_batch(&mut self, prompts: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
         let started = Instant::now();
-        let mut logp = self.feed(prompt)?;
-        let mut out = Vec::new();
-        while out.len() < max_new {
-            let next = argmax(&logp);
-            if self.model.tokenizer.is_stop(next) {
-                break;
-            }
-            out.push(next);
-            if out.len() == max_new {
-                break;
-            }
-            let ids = Tensor::new(&[next], self.model.model.device())?.unsqueeze(0)?;
-            let logits = self.model.model.forward_cached_all(&ids, &mut self.cache)?;
-            self.cached.push(next);
-            logp = log_softmax(&logits.squeeze(0)?.get(0)?)?;
+        let b = prompts.len();
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if b == 0 {
+            return Ok(Vec::new());
         }
-        self.usage.generated_tokens += out.len();
+        if prompts.iter().any(Vec::is_empty) {
+            return Err(EvalError::EmptyPrompt);
+        }
+        let pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        let mut ids = Vec::with_capacity(b * longest);
+        for (p, &n) in prompts.iter().zip(&pad) {
+            // Padding positions are masked out; any id will do.
+            ids.extend(std::iter::repeat_n(p[0], n));
+            ids.extend_from_slice(p);
+        }
+        let llama = &self.model.model;
+        let device = llama.device();
+        let mut cache = KvCache::new(self.model.config.num_hidden_layers);
+        let ids = Tensor::from_vec(ids, (b, longest), device)?;
+        let mut logits = llama.forward_left_padded(&ids, &mut cache, &pad)?;
+        let mut out = vec![Vec::new(); b];
+        let mut done = vec![max_new == 0; b];
+        while !done.iter().all(|&d| d) {
+            let next = logits
+                .argmax(D::Minus1)?
+                .to_dtype(DType::U32)?
+                .to_vec1::<u32>()?;
+            for (r, &id) in next.iter().enumerate() {
+                if done[r] {
+                    continue;
+                }
+                if self.model.tokenizer.is_stop(id) {
+                    done[r] = true;
+                } else {
+                    out[r].push(id);
+                    done[r] = out[r].len() >= max_new;
+                }
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            let ids = Tensor::from_vec(next, (b, 1), device)?;
+            logits = llama.forward_left_padded(&ids, &mut cache, &pad)?;
+        }
+        self.usage.prompt_tokens += prompts.iter().map(Vec::len).sum::<usize>();
+        self.usage.computed_tokens += b * longest;
+        self.usage.generated_tokens += out.iter().map(Vec::len).sum::<usize>();
         self.usage.seconds += started.elapsed().as_secs_f64();
         Ok(out)
     }
@@ -227,14 +260,4 @@ impl<'a> Scorer<'a> {
 
 fn log_softmax(logits: &Tensor) -> Result<Vec<f32>> {
     Ok(candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_vec1::<f32>()?)
-}
-
-fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

@@ -227,11 +227,65 @@ impl Llama {
         self.lm_head.forward(&hidden)
     }
 
+    /// Runs a batch of left-padded rows, ids (b, t), after the positions in `cache` (which
+    /// holds the same rows): row r's first `left_pad[r]` positions are padding that no token
+    /// attends to, and its real tokens take positions from 0 as if run alone. Returns the
+    /// logits of the last position, (b, v). The same `left_pad` goes with every call on one
+    /// cache (batched generation).
+    pub fn forward_left_padded(
+        &self,
+        ids: &Tensor,
+        cache: &mut KvCache,
+        left_pad: &[usize],
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if left_pad.len() != b {
+            candle_core::bail!("left_pad must have one entry per row ({b})");
+        }
+        let start = cache.len();
+        let s = start + t;
+        let window = self.config.sliding_window.unwrap_or(usize::MAX);
+        let mut mask = vec![f32::NEG_INFINITY; b * t * s];
+        let mut positions = Vec::with_capacity(b * t);
+        for (row, &pad) in left_pad.iter().enumerate() {
+            for i in 0..t {
+                let q = start + i;
+                positions.push(q.saturating_sub(pad) as u32);
+                for j in 0..=q {
+                    // A padding query sees itself only, so its softmax stays finite.
+                    let visible = if q < pad {
+                        j == q
+                    } else {
+                        j >= pad && q - j < window
+                    };
+                    if visible {
+                        mask[(row * t + i) * s + j] = 0.0;
+                    }
+                }
+            }
+        }
+        let mask =
+            Tensor::from_vec(mask, (b, 1, 1, t, s), self.device())?.to_dtype(self.dtype())?;
+        let (cos, sin) = self.rope.tables_at(&positions, self.dtype())?;
+        let f = self.config.head_dim / 2;
+        let tables = (cos.reshape((b, 1, t, f))?, sin.reshape((b, 1, t, f))?);
+        let hidden = self.run_layers(
+            ids,
+            Some(cache),
+            Some(&mask),
+            Positions::PerToken(&tables),
+            Kernels::Fused,
+        )?;
+        self.lm_head
+            .forward(&hidden.narrow(1, t - 1, 1)?)?
+            .squeeze(1)
+    }
+
     /// The final-normed hidden states (b, t, d), before the head.
     pub fn hidden_states(
         &self,
         ids: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         packing: Option<Packing>,
         kernels: Kernels,
     ) -> Result<Tensor> {
@@ -251,6 +305,19 @@ impl Llama {
             Some(tables) => Positions::PerToken(tables),
             None => Positions::From(start),
         };
+        self.run_layers(ids, cache, mask.as_ref(), at, kernels)
+    }
+
+    /// Embeddings, every layer, the final norm.
+    fn run_layers(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        mask: Option<&Tensor>,
+        at: Positions,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
         // (b, t) -> (b, t, d)
         let d = self.config.hidden_size;
         let mut x = self
@@ -262,7 +329,7 @@ impl Llama {
                 &x,
                 i,
                 at,
-                mask.as_ref(),
+                mask,
                 cache.as_deref_mut(),
                 &self.rope,
                 &self.config,

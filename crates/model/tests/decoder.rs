@@ -456,3 +456,49 @@ fn packed_rows_give_each_example_its_own_logits() {
         );
     }
 }
+
+#[test]
+fn left_padded_batches_give_each_row_its_own_logits() {
+    for (name, spec) in specs() {
+        let m = tiny_model(spec);
+        let p = load(&m);
+        // Three prompts of different lengths, left-padded into one batch, then two steps of
+        // one token per row on the same cache.
+        let prompts: [&[u32]; 3] = [&IDS[..6], &IDS[2..5], &IDS[1..2]];
+        let steps: [[u32; 3]; 2] = [[7, 9, 11], [3, 5, 2]];
+        let longest = prompts.iter().map(|x| x.len()).max().unwrap();
+        let pad: Vec<usize> = prompts.iter().map(|x| longest - x.len()).collect();
+        let mut ids = Vec::new();
+        for (x, &n) in prompts.iter().zip(&pad) {
+            ids.extend(std::iter::repeat_n(0u32, n));
+            ids.extend_from_slice(x);
+        }
+        let mut cache = KvCache::new(p.config.num_hidden_layers);
+        let ids = Tensor::from_vec(ids, (3, longest), &Device::Cpu).unwrap();
+        let mut batched = vec![p.model.forward_left_padded(&ids, &mut cache, &pad).unwrap()];
+        for step in steps {
+            let x = Tensor::from_vec(step.to_vec(), (3, 1), &Device::Cpu).unwrap();
+            batched.push(p.model.forward_left_padded(&x, &mut cache, &pad).unwrap());
+        }
+        for (row, prompt) in prompts.iter().enumerate() {
+            let mut alone = KvCache::new(p.config.num_hidden_layers);
+            let x = Tensor::new(*prompt, &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let mut want = vec![p.model.forward_cached(&x, &mut alone).unwrap()];
+            for step in steps {
+                let x = Tensor::new(&[step[row]], &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                want.push(p.model.forward_cached(&x, &mut alone).unwrap());
+            }
+            for (k, (b, w)) in batched.iter().zip(&want).enumerate() {
+                let got = b.get(row).unwrap().unsqueeze(0).unwrap();
+                let d = max_abs_diff(&got, w);
+                assert!(d < 1e-4, "{name}: row {row}, step {k}: {d}");
+            }
+        }
+    }
+}
