@@ -349,7 +349,7 @@ fn run_strategy(
     let mut nll = 0f64;
     let title = strategy.title(setup.shots);
     let report_every = |done: usize, seconds: f64, progress: &mut dyn FnMut(&str)| {
-        if done % 50 == 0 || done == setup.test.len() {
+        if done.is_multiple_of(50) || done == setup.test.len() {
             progress(&format!(
                 "{title}: {done}/{} examples, {seconds:.1} s",
                 setup.test.len()
