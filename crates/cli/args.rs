@@ -27,6 +27,8 @@ pub enum Command {
     /// Prompting strategies vs the tuned adapter on a test set: report.md, report.html,
     /// report.json. With --prompt: one prompt, base and tuned side by side.
     Compare(Box<CompareArgs>),
+    /// Base + adapter merged into a Hugging Face model directory (and optionally a GGUF file).
+    Export(ExportArgs),
     /// LoRA fine-tuning: writes a run directory with checkpoints and a PEFT adapter.
     Train(Box<TrainArgs>),
     /// Check datasets and see what training will train on.
@@ -221,6 +223,25 @@ pub struct CompareArgs {
     /// Print the report as JSON on stdout too.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The model directory to write (config.json, model.safetensors, tokenizer files).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Also write OUTPUT/model-<quant>.gguf for llama.cpp and Ollama.
+    #[arg(long)]
+    pub gguf: bool,
+    /// GGUF tensor encoding: f16, q8_0 or q4_k (q4_k falls back to q8_0 for rows not a
+    /// multiple of 256 wide).
+    #[arg(long, default_value = "f16", requires = "gguf")]
+    pub quant: String,
+    /// Replace an existing non-empty OUTPUT (only once the new export is complete).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

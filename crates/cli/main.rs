@@ -38,6 +38,7 @@ fn main() {
         args::Command::Generate(a) => commands::generate::run(a),
         args::Command::Eval(a) => commands::eval::run(a),
         args::Command::Compare(a) => commands::compare::run(*a),
+        args::Command::Export(a) => commands::export::run(a),
         args::Command::Train(a) => commands::train::run(*a),
         args::Command::Data(a) => commands::data::run(a),
         args::Command::Bench(a) => commands::bench::run(a),

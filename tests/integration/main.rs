@@ -3,6 +3,7 @@
 mod cli;
 mod compare;
 mod data;
+mod export;
 mod hub;
 mod real_model;
 mod train;

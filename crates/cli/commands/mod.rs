@@ -2,5 +2,6 @@ pub mod bench;
 pub mod compare;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod train;

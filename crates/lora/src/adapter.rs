@@ -75,9 +75,4 @@ impl LoraAdapter {
         *out.last_mut().expect("x has a last dimension") = self.b.dims()[0];
         y.reshape(out)?.to_dtype(x.dtype())
     }
-
-    /// scale · B A, (o, i): what merging adds to the base weight.
-    pub fn delta_weight(&self) -> Result<Tensor> {
-        self.b.matmul(self.a.as_tensor())? * self.scale
-    }
 }

@@ -41,6 +41,8 @@ pub enum ModelError {
     },
     #[error("{path}: tokenizer: {reason}")]
     BadTokenizer { path: PathBuf, reason: String },
+    #[error("{path}: exists and is not empty; pass --force to replace it")]
+    ExportTargetExists { path: PathBuf },
     #[error("chat template: {reason}")]
     ChatTemplate { reason: String },
     #[error(

@@ -8,6 +8,7 @@ pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod error;
+pub mod export;
 pub mod frozen;
 pub mod gguf;
 pub mod kv_cache;

@@ -115,11 +115,17 @@ impl Linear {
         }
     }
 
-    /// Folds the adapter into a dense weight: W + scale · B A.
+    /// Folds the adapter into a dense weight: W + scale · B A, summed in f64 so that the
+    /// merged model stays as close to base + adapter as its dtype allows.
     pub fn merge_adapter(&mut self) -> Result<()> {
         if let Some(a) = self.adapter.take() {
             let w = self.dense_weight()?;
-            let merged = (w.to_dtype(DType::F32)? + a.delta_weight()?)?.to_dtype(w.dtype())?;
+            let delta =
+                (a.b.as_tensor()
+                    .to_dtype(DType::F64)?
+                    .matmul(&a.a.as_tensor().to_dtype(DType::F64)?)?
+                    * a.scale)?;
+            let merged = (w.to_dtype(DType::F64)? + delta)?.to_dtype(w.dtype())?;
             self.weight = LinearWeight::Dense(merged);
         }
         Ok(())

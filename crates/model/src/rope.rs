@@ -63,6 +63,11 @@ impl Rope {
         }
     }
 
+    /// The inverse frequencies after any scaling, (f).
+    pub fn inverse_frequencies(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// cos and sin tables, each (t, f), for positions `start..start + t`.
     pub fn tables(
         &self,

@@ -98,6 +98,16 @@ impl Tokenizer {
             })
     }
 
+    /// The tokenizer as tokenizer.json text (what an exported model directory holds).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| ModelError::BadTokenizer {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })
+    }
+
     pub fn is_stop(&self, id: u32) -> bool {
         self.special.stop_ids.contains(&id)
     }

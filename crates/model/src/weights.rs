@@ -147,3 +147,17 @@ pub fn unpermute_rows(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
         .contiguous()?
         .reshape(dims)
 }
+
+/// llama.cpp's `permute` of q/k rows, the inverse of `unpermute_rows`: Hugging Face's row
+/// order within a head, (2, hd/2), to GGUF's (hd/2, 2).
+pub fn permute_rows(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let out = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let hd = out / heads;
+    // (out, rest) -> (heads, 2, hd/2, rest) -> (heads, hd/2, 2, rest) -> (out, rest)
+    t.reshape((heads, 2, hd / 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)
+}

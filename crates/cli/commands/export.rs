@@ -1,0 +1,39 @@
+//! `tuna export`: the base model with its adapter folded in, as a Hugging Face directory and
+//! optionally a GGUF file.
+
+use anyhow::Context;
+use tuna_model::export::{self, GgufQuant};
+
+use crate::args::ExportArgs;
+use crate::model_args::InferenceWeights;
+
+pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let quant = match args.gguf {
+        true => Some(GgufQuant::parse(&args.quant).with_context(|| {
+            format!(
+                "--quant: unknown encoding {:?} (f16, q8_0, q4_k)",
+                args.quant
+            )
+        })?),
+        false => None,
+    };
+    // Refuse an occupied target before the slow part.
+    if !args.force && std::fs::read_dir(&args.output).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(tuna_model::ModelError::ExportTargetExists {
+            path: args.output.clone(),
+        }
+        .into());
+    }
+    let mut model = args.model.load(InferenceWeights::Dense)?;
+    if args.model.adapter.is_some() {
+        model.model.merge_lora()?;
+    } else {
+        eprintln!("no --adapter: exporting the base model as it is");
+    }
+    export::export(&model, &args.output, quant, args.force)?;
+    println!("{}", args.output.display());
+    if let Some(q) = quant {
+        println!("{}", args.output.join(export::gguf_file_name(q)).display());
+    }
+    Ok(())
+}

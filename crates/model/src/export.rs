@@ -1,0 +1,416 @@
+//! Writing a model out: a Hugging Face directory (config.json, model.safetensors,
+//! tokenizer.json, tokenizer_config.json with the chat template, generation_config.json) that
+//! transformers and tuna load, or a GGUF file (llama.cpp's tensor names and q/k row order,
+//! the tokenizer and chat template in its metadata) that llama.cpp, candle-transformers'
+//! quantized llama and tuna load.
+//!
+//! Both are written to a temporary sibling and renamed into place, so an interrupted export
+//! (a full disk, Ctrl-C) never leaves a half-written model under the final name.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+
+use crate::config::RopeScaling;
+use crate::error::{ModelError, Result};
+use crate::gguf::{gguf_name, GgufFile};
+use crate::pretrained::Pretrained;
+use crate::rope::Rope;
+use crate::source::ModelSource;
+use crate::weights::permute_rows;
+
+/// GGUF tensor encodings `--quant` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufQuant {
+    F16,
+    Q8_0,
+    /// Q4_K where a row is a multiple of 256 wide, else Q8_0 (as llama.cpp falls back).
+    Q4K,
+}
+
+impl GgufQuant {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "f16" => Self::F16,
+            "q8_0" | "q8-0" => Self::Q8_0,
+            "q4_k" | "q4-k" | "q4_k_m" => Self::Q4K,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F16 => "f16",
+            Self::Q8_0 => "q8_0",
+            Self::Q4K => "q4_k",
+        }
+    }
+
+    /// llama.cpp's `general.file_type` (LLAMA_FTYPE_MOSTLY_*).
+    fn file_type(self) -> u32 {
+        match self {
+            Self::F16 => 1,
+            Self::Q8_0 => 7,
+            Self::Q4K => 15,
+        }
+    }
+
+    fn dtype_for(self, row_width: usize) -> GgmlDType {
+        match self {
+            Self::F16 => GgmlDType::F16,
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q4K if row_width.is_multiple_of(GgmlDType::Q4K.block_size()) => GgmlDType::Q4K,
+            Self::Q4K => GgmlDType::Q8_0,
+        }
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelError + '_ {
+    move |e| ModelError::io(path, e)
+}
+
+fn candle(path: &Path) -> impl Fn(candle_core::Error) -> ModelError + '_ {
+    move |e| ModelError::BadTensor {
+        path: path.into(),
+        name: "(export)".into(),
+        reason: e.to_string(),
+    }
+}
+
+/// A temporary name beside `path`, unique to this process.
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// Writes the model as a Hugging Face directory at `dir` (the model's tensors as they are:
+/// merge an adapter first), plus `model-<quant>.gguf` inside it when `gguf` is set. `dir`
+/// must be absent or empty unless `force`; the old contents are replaced only once the new
+/// directory is complete.
+pub fn export(model: &Pretrained, dir: &Path, gguf: Option<GgufQuant>, force: bool) -> Result<()> {
+    let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if occupied && !force {
+        return Err(ModelError::ExportTargetExists { path: dir.into() });
+    }
+    if dir.is_file() {
+        return Err(ModelError::ExportTargetExists { path: dir.into() });
+    }
+    let tmp = temp_beside(dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let filled = fill_hf_dir(model, &tmp).and_then(|()| match gguf {
+        Some(q) => fill_gguf(model, &tmp.join(gguf_file_name(q)), q),
+        None => Ok(()),
+    });
+    if let Err(e) = filled {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let old = dir.with_file_name(format!(
+        ".{}.old-{}",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The GGUF file's name inside an export directory.
+pub fn gguf_file_name(quant: GgufQuant) -> String {
+    format!("model-{}.gguf", quant.name())
+}
+
+fn fill_hf_dir(model: &Pretrained, dir: &Path) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = model
+        .model
+        .named_tensors()
+        .map_err(candle(dir))?
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?.contiguous()?)))
+        .collect::<candle_core::Result<_>>()
+        .map_err(candle(dir))?;
+    let weights = dir.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &weights).map_err(candle(&weights))?;
+    // The safetensors writer creates its file owner-only; give it the directory's usual mode.
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mut mode = meta.permissions();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            mode.set_mode(mode.mode() & 0o666);
+        }
+        let _ = std::fs::set_permissions(&weights, mode);
+    }
+    let mut config = model.config.to_hf_json();
+    if let Some(RopeScaling::Factors { .. }) = &model.config.rope_scaling {
+        // transformers has no per-frequency factors; say so rather than drop them silently.
+        return Err(ModelError::bad_config(
+            model.source.path(),
+            "rope_freqs",
+            "per-frequency rope factors (a GGUF rope_freqs tensor) have no config.json form; export --gguf instead",
+        ));
+    }
+    config["torch_dtype"] = "float32".into();
+    write_json(&dir.join("config.json"), &config)?;
+    let special = &model.tokenizer.special;
+    let text = |t: &Option<(u32, String)>| t.as_ref().map(|(_, s)| s.clone());
+    let mut tokenizer_config = json!({
+        "add_bos_token": special.add_bos,
+        "add_eos_token": false,
+        "bos_token": text(&special.bos),
+        "eos_token": text(&special.eos),
+        "pad_token": text(&special.pad),
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": false,
+    });
+    if let Some(t) = &model.chat_template {
+        tokenizer_config["chat_template"] = t.source.clone().into();
+    }
+    write_json(&dir.join("tokenizer_config.json"), &tokenizer_config)?;
+    let tokenizer = dir.join("tokenizer.json");
+    std::fs::write(&tokenizer, model.tokenizer.to_json()?).map_err(io(&tokenizer))?;
+    let mut generation = json!({"do_sample": false});
+    if let Some((id, _)) = &special.bos {
+        generation["bos_token_id"] = (*id).into();
+    }
+    generation["eos_token_id"] = special.stop_ids.clone().into();
+    if let Some((id, _)) = &special.pad {
+        generation["pad_token_id"] = (*id).into();
+    }
+    write_json(&dir.join("generation_config.json"), &generation)
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
+    std::fs::write(path, text + "\n").map_err(io(path))
+}
+
+fn fill_gguf(model: &Pretrained, path: &Path, quant: GgufQuant) -> Result<()> {
+    let c = &model.config;
+    let arch = match c.model_type.as_str() {
+        "qwen2" => "qwen2",
+        // Llama, SmolLM2, TinyLlama and Mistral are all `llama` to llama.cpp.
+        _ => "llama",
+    };
+    let permute = arch == "llama";
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (
+            "general.name".into(),
+            Value::String(
+                model
+                    .source
+                    .path()
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "tuna export".into()),
+            ),
+        ),
+        ("general.file_type".into(), Value::U32(quant.file_type())),
+    ];
+    let key = |k: &str| format!("{arch}.{k}");
+    let u32v = |x: usize| Value::U32(x as u32);
+    metadata.extend([
+        (key("context_length"), u32v(c.max_position_embeddings)),
+        (key("embedding_length"), u32v(c.hidden_size)),
+        (key("block_count"), u32v(c.num_hidden_layers)),
+        (key("feed_forward_length"), u32v(c.intermediate_size)),
+        (key("attention.head_count"), u32v(c.num_attention_heads)),
+        (key("attention.head_count_kv"), u32v(c.num_key_value_heads)),
+        (key("attention.key_length"), u32v(c.head_dim)),
+        (key("attention.value_length"), u32v(c.head_dim)),
+        (key("rope.dimension_count"), u32v(c.head_dim)),
+        (key("vocab_size"), u32v(c.vocab_size)),
+        (
+            key("attention.layer_norm_rms_epsilon"),
+            Value::F32(c.rms_norm_eps as f32),
+        ),
+        (key("rope.freq_base"), Value::F32(c.rope_theta as f32)),
+    ]);
+    if let Some(RopeScaling::Linear { factor }) = &c.rope_scaling {
+        metadata.push((key("rope.scaling.type"), Value::String("linear".into())));
+        metadata.push((key("rope.scaling.factor"), Value::F32(*factor as f32)));
+    }
+    metadata.extend(tokenizer_metadata(model)?);
+
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+    for (hf, t) in model.model.named_tensors().map_err(candle(path))? {
+        let name = gguf_name(&hf).ok_or_else(|| ModelError::BadTensor {
+            path: path.into(),
+            name: hf.clone(),
+            reason: "has no GGUF name".into(),
+        })?;
+        let mut t = t.to_dtype(DType::F32).map_err(candle(path))?;
+        if permute {
+            if hf.ends_with("self_attn.q_proj.weight") || hf.ends_with("self_attn.q_proj.bias") {
+                t = permute_rows(&t, heads).map_err(candle(path))?;
+            } else if hf.ends_with("self_attn.k_proj.weight")
+                || hf.ends_with("self_attn.k_proj.bias")
+            {
+                t = permute_rows(&t, kv_heads).map_err(candle(path))?;
+            }
+        }
+        // Norms and biases stay f32, as llama.cpp keeps them.
+        let dtype = if t.rank() == 1 {
+            GgmlDType::F32
+        } else {
+            quant.dtype_for(t.dim(1).map_err(candle(path))?)
+        };
+        let q = QTensor::quantize(&t, dtype).map_err(candle(path))?;
+        tensors.push((name, q));
+    }
+    if let Some(factors) = rope_factors(model) {
+        let t = Tensor::new(factors.as_slice(), &Device::Cpu).map_err(candle(path))?;
+        let q = QTensor::quantize(&t, GgmlDType::F32).map_err(candle(path))?;
+        tensors.push(("rope_freqs.weight".into(), q));
+    }
+
+    let mut file = std::fs::File::create(path).map_err(io(path))?;
+    let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tens: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    candle_core::quantized::gguf_file::write(&mut file, &meta, &tens).map_err(candle(path))?;
+    file.flush().map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+/// llama.cpp's rope_freqs: per-frequency divisors of the base inverse frequencies, for
+/// scalings GGUF has no key for (llama3, or factors read from a GGUF).
+fn rope_factors(model: &Pretrained) -> Option<Vec<f32>> {
+    match &model.config.rope_scaling {
+        Some(RopeScaling::Llama3 { .. }) | Some(RopeScaling::Factors { .. }) => {
+            let scaled = Rope::new(&model.config, &Device::Cpu);
+            let unscaled = crate::config::LlamaConfig {
+                rope_scaling: None,
+                ..model.config.clone()
+            };
+            let base = Rope::new(&unscaled, &Device::Cpu);
+            Some(
+                base.inverse_frequencies()
+                    .iter()
+                    .zip(scaled.inverse_frequencies())
+                    .map(|(b, s)| b / s)
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// The tokenizer.* keys: copied from the source GGUF when there is one (exact), else built
+/// from tokenizer.json (byte-level BPE only).
+fn tokenizer_metadata(model: &Pretrained) -> Result<Vec<(String, Value)>> {
+    let mut out: Vec<(String, Value)> = Vec::new();
+    if let ModelSource::Gguf(src) = &model.source {
+        let gguf = GgufFile::open(src)?;
+        for (k, v) in &gguf.content.metadata {
+            if k.starts_with("tokenizer.") {
+                out.push((k.clone(), v.clone()));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        return Ok(out);
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&model.tokenizer.to_json()?).expect("tokenizers writes JSON");
+    let bad = |reason: &str| ModelError::BadTokenizer {
+        path: model.tokenizer.path.clone(),
+        reason: format!("cannot be written to GGUF: {reason}"),
+    };
+    if json["model"]["type"] != "BPE" {
+        return Err(bad("only byte-level BPE tokenizers are supported"));
+    }
+    let vocab = json["model"]["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("model.vocab is missing"))?;
+    let mut tokens = vec![String::new(); model.config.vocab_size.max(vocab.len())];
+    let mut types = vec![1i32; tokens.len()];
+    for (token, id) in vocab {
+        if let Some(slot) = id.as_u64().and_then(|i| tokens.get_mut(i as usize)) {
+            *slot = token.clone();
+        }
+    }
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        if let (Some(id), Some(content)) = (added["id"].as_u64(), added["content"].as_str()) {
+            if let Some(slot) = tokens.get_mut(id as usize) {
+                *slot = content.to_string();
+                types[id as usize] = if added["special"] == true { 3 } else { 4 };
+            }
+        }
+    }
+    for (i, t) in tokens.iter_mut().enumerate() {
+        if t.is_empty() {
+            *t = format!("[PAD{i}]");
+            types[i] = 5;
+        }
+    }
+    let merges: Vec<Value> = json["model"]["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            serde_json::Value::String(s) => Some(Value::String(s.clone())),
+            serde_json::Value::Array(pair) => Some(Value::String(format!(
+                "{} {}",
+                pair.first()?.as_str()?,
+                pair.get(1)?.as_str()?
+            ))),
+            _ => None,
+        })
+        .collect();
+    // The pre-tokenizer llama.cpp should use, by the families tuna knows.
+    let pre = match (model.config.model_type.as_str(), model.config.vocab_size) {
+        ("qwen2", _) => "qwen2",
+        (_, 128_256) => "llama-bpe",
+        (_, 49_152) => "smollm",
+        _ => "gpt2",
+    };
+    let special = &model.tokenizer.special;
+    out.extend([
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        (
+            "tokenizer.ggml.add_bos_token".into(),
+            Value::Bool(special.add_bos),
+        ),
+    ]);
+    for (k, t) in [
+        ("bos", &special.bos),
+        ("eos", &special.eos),
+        ("padding", &special.pad),
+    ] {
+        if let Some((id, _)) = t {
+            out.push((format!("tokenizer.ggml.{k}_token_id"), Value::U32(*id)));
+        }
+    }
+    if let Some(t) = &model.chat_template {
+        out.push((
+            "tokenizer.chat_template".into(),
+            Value::String(t.source.clone()),
+        ));
+    }
+    Ok(out)
+}
