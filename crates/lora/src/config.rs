@@ -1,5 +1,7 @@
 //! `LoraConfig` with PEFT's field names, as adapter_config.json stores them.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoraError;
@@ -109,6 +111,12 @@ pub struct LoraConfig {
     pub use_dora: bool,
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
+    /// Per-module ranks and alphas, keyed by a module-name pattern as PEFT matches them
+    /// (the key, a regex, must match the whole name or its tail after a dot).
+    #[serde(default)]
+    pub rank_pattern: BTreeMap<String, usize>,
+    #[serde(default)]
+    pub alpha_pattern: BTreeMap<String, f64>,
 }
 
 impl Default for LoraConfig {
@@ -128,18 +136,47 @@ impl Default for LoraConfig {
             inference_mode: false,
             use_dora: false,
             modules_to_save: None,
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
         }
     }
+}
+
+/// PEFT's `get_pattern_key`: the first key (in key order) whose regex matches the module name
+/// whole or after a dot.
+fn pattern_value<T: Copy>(patterns: &BTreeMap<String, T>, module: &str) -> Option<T> {
+    patterns
+        .iter()
+        .find(|(key, _)| {
+            regex::Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).is_ok_and(|re| re.is_match(module))
+        })
+        .map(|(_, v)| *v)
 }
 
 impl LoraConfig {
     /// Multiplies the adapter branch: alpha / r, or alpha / sqrt(r) with rsLoRA.
     pub fn scale(&self) -> f64 {
+        self.scale_of(self.r, self.lora_alpha)
+    }
+
+    fn scale_of(&self, r: usize, alpha: f64) -> f64 {
         if self.use_rslora {
-            self.lora_alpha / (self.r as f64).sqrt()
+            alpha / (r as f64).sqrt()
         } else {
-            self.lora_alpha / self.r as f64
+            alpha / r as f64
         }
+    }
+
+    /// The rank of `module` (a full name such as `model.layers.0.self_attn.q_proj`):
+    /// rank_pattern's first matching key, else `r`.
+    pub fn rank_for(&self, module: &str) -> usize {
+        pattern_value(&self.rank_pattern, module).unwrap_or(self.r)
+    }
+
+    /// The branch scale of `module`, with rank_pattern and alpha_pattern applied.
+    pub fn scale_for(&self, module: &str) -> f64 {
+        let alpha = pattern_value(&self.alpha_pattern, module).unwrap_or(self.lora_alpha);
+        self.scale_of(self.rank_for(module), alpha)
     }
 
     /// Whether `module` (e.g. `q_proj`) of layer `layer` gets an adapter.
@@ -191,6 +228,22 @@ impl LoraConfig {
             ));
         }
         self.target_modules.validate()?;
+        for (field, key) in self
+            .rank_pattern
+            .keys()
+            .map(|k| ("rank_pattern", k))
+            .chain(self.alpha_pattern.keys().map(|k| ("alpha_pattern", k)))
+        {
+            if let Err(e) = regex::Regex::new(key) {
+                return Err(bad(
+                    field,
+                    format!("key `{key}` is not a valid pattern: {e}"),
+                ));
+            }
+        }
+        if let Some((k, _)) = self.rank_pattern.iter().find(|(_, &r)| r == 0) {
+            return Err(bad("rank_pattern", format!("rank for `{k}` must be > 0")));
+        }
         if let Some(layers) = &self.layers_to_transform {
             if let Some(l) = layers.iter().find(|&&l| l >= num_layers) {
                 return Err(bad(

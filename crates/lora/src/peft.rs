@@ -92,19 +92,6 @@ pub fn load(dir: &Path) -> Result<LoadedAdapter, LoraError> {
             reason: format!("`{peft_type}` is not supported (only LORA)"),
         });
     }
-    for unsupported in ["rank_pattern", "alpha_pattern"] {
-        if raw
-            .get(unsupported)
-            .and_then(|v| v.as_object())
-            .is_some_and(|m| !m.is_empty())
-        {
-            return Err(LoraError::BadAdapterFile {
-                path: config_path,
-                field: unsupported.into(),
-                reason: "per-module ranks or alphas are not supported yet".into(),
-            });
-        }
-    }
     let config: LoraConfig =
         serde_json::from_value(raw).map_err(|e| LoraError::BadAdapterFile {
             path: config_path.clone(),

@@ -47,13 +47,13 @@ impl Llama {
         config.validate(self.config.num_hidden_layers)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let device = self.device().clone();
-        for (_, layer, short, linear) in self.projections_mut() {
+        for (module, layer, short, linear) in self.projections_mut() {
             if config.targets(short, layer) {
                 let adapter = LoraAdapter::init(
                     linear.in_features,
                     linear.out_features,
-                    config.r,
-                    config.scale(),
+                    config.rank_for(&module),
+                    config.scale_for(&module),
                     config.lora_dropout,
                     &mut rng,
                     &device,
@@ -88,12 +88,13 @@ impl Llama {
                     Ok(())
                 }
             };
-            check("lora_A", a, [config.r, linear.in_features])?;
-            check("lora_B", b, [linear.out_features, config.r])?;
+            let r = config.rank_for(&module);
+            check("lora_A", a, [r, linear.in_features])?;
+            check("lora_B", b, [linear.out_features, r])?;
             linear.adapter = Some(LoraAdapter::from_tensors(
                 &a.to_device(&device)?,
                 &b.to_device(&device)?,
-                config.scale(),
+                config.scale_for(&module),
                 config.lora_dropout,
             )?);
             used += 1;

@@ -22,10 +22,15 @@ fn load(spec: TinySpec) -> (tuna_testkit::TinyModel, Pretrained) {
     (m, p)
 }
 
-/// Gives every B random values, so the adapters do something.
+/// Gives every B seeded random values, so the adapters do something.
 fn randomize_b(p: &mut Pretrained) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
     for (_, _, b) in p.model.lora_vars() {
-        b.set(&(Tensor::randn(0f32, 0.2, b.shape(), &Device::Cpu).unwrap()))
+        let values: Vec<f32> = (0..b.elem_count())
+            .map(|_| rng.random_range(-0.35..0.35))
+            .collect();
+        b.set(&Tensor::from_vec(values, b.shape(), &Device::Cpu).unwrap())
             .unwrap();
     }
 }
@@ -78,6 +83,7 @@ fn merged_equals_unmerged() {
         p.model.merge_lora().unwrap();
         assert!(!p.model.has_lora());
         let d = max_abs_diff(&unmerged, &logits(&p));
+        eprintln!("merged vs unmerged: {d:e}");
         assert!(d <= 1e-5, "{d}");
     }
 }
@@ -305,4 +311,61 @@ fn outside_training_adapters_build_no_graph() {
     p.model.set_training(true);
     let grads = loss(&p).backward().unwrap();
     assert!(grads.get(vars[0].1.as_tensor()).is_some());
+}
+
+#[test]
+fn rank_and_alpha_patterns_follow_peft() {
+    let (m, mut p) = load(TinySpec::default());
+    let cfg = LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        use_rslora: true,
+        target_modules: TargetModules::parse("q_proj,v_proj").unwrap(),
+        // PEFT's keys: a name's tail after a dot, or a regex over the whole name.
+        rank_pattern: [("q_proj".to_string(), 2)].into(),
+        alpha_pattern: [(r"model\.layers\.1\.self_attn\.v_proj".to_string(), 3.0)].into(),
+        ..Default::default()
+    };
+    assert_eq!(cfg.rank_for("model.layers.0.self_attn.q_proj"), 2);
+    assert_eq!(cfg.rank_for("model.layers.0.self_attn.v_proj"), 4);
+    assert_eq!(cfg.scale_for("model.layers.1.self_attn.v_proj"), 3.0 / 2.0);
+    assert_eq!(cfg.scale_for("model.layers.0.self_attn.v_proj"), 8.0 / 2.0);
+    assert_eq!(
+        cfg.scale_for("model.layers.0.self_attn.q_proj"),
+        8.0 / 2f64.sqrt()
+    );
+    p.model.attach_lora(&cfg, 2).unwrap();
+    randomize_b(&mut p);
+    let want = logits(&p);
+    let dir = m.path().join("patterned");
+    p.model.save_lora(&dir, &cfg).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["rank_pattern"], serde_json::json!({"q_proj": 2}));
+    let tensors =
+        candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(
+        tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"].dims(),
+        [2, 32]
+    );
+    let mut fresh = Pretrained::load(&m.path_str(), &LoadOptions::default()).unwrap();
+    fresh.model.load_lora(&peft::load(&dir).unwrap()).unwrap();
+    assert_eq!(max_abs_diff(&want, &logits(&fresh)), 0.0);
+    // The scale is applied: the same tensors under a config without the patterns differ.
+    let mut plain: serde_json::Value = saved.clone();
+    plain["alpha_pattern"] = serde_json::json!({});
+    std::fs::write(dir.join("adapter_config.json"), plain.to_string()).unwrap();
+    let mut other = Pretrained::load(&m.path_str(), &LoadOptions::default()).unwrap();
+    other.model.load_lora(&peft::load(&dir).unwrap()).unwrap();
+    assert!(max_abs_diff(&want, &logits(&other)) > 1e-4);
+    // A key that is not a pattern is refused, naming the field.
+    plain["rank_pattern"] = serde_json::json!({"q_proj(": 2});
+    std::fs::write(dir.join("adapter_config.json"), plain.to_string()).unwrap();
+    let err = other
+        .model
+        .load_lora(&peft::load(&dir).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("rank_pattern"), "{err}");
 }
