@@ -30,8 +30,17 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     } else {
         eprintln!("no --adapter: exporting the base model as it is");
     }
+    if matches!(
+        model.config.rope_scaling,
+        Some(tuna_model::config::RopeScaling::Factors { .. })
+    ) && quant.is_some()
+    {
+        eprintln!("the model's per-frequency rope factors have no config.json form: writing the GGUF only");
+    }
     export::export(&model, &args.output, quant, args.force)?;
-    println!("{}", args.output.display());
+    if args.output.join("config.json").is_file() {
+        println!("{}", args.output.display());
+    }
     if let Some(q) = quant {
         println!("{}", args.output.join(export::gguf_file_name(q)).display());
     }

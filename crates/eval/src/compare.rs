@@ -472,6 +472,14 @@ fn row_from_predictions(
     }
 }
 
+fn capitalized(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 /// Points, for metrics in [0, 1]: "0.312" -> "31.2 points".
 fn points(x: f64) -> String {
     format!("{:.1}", x * 100.0)
@@ -500,11 +508,13 @@ fn recommend(
                     a.train_seconds, a.train_examples, a.steps
                 )
             });
+            // The winner's margin: the interval flips with the sign.
+            let (low, high) = if d.value < 0.0 { (-d.high, -d.low) } else { (d.low, d.high) };
             let diff = format!(
                 "{} points of {name} (95% CI {} to {})",
                 points(d.value.abs()),
-                points(d.low),
-                points(d.high)
+                points(low),
+                points(high)
             );
             if significant && tuned_better {
                 out.push(format!(
@@ -561,7 +571,7 @@ fn recommend(
         if r.collapsed {
             out.push(format!(
                 "{} puts one answer on {:.0}% of the rows; its accuracy says little.",
-                r.title,
+                capitalized(&r.title),
                 r.dominant_share * 100.0
             ));
         }

@@ -215,15 +215,21 @@ pub fn markdown(report: &CompareReport) -> String {
         }
     }
     let _ = writeln!(s, "\n## Wording\n");
+    let shown = |t: &Option<String>| match t {
+        Some(t) => format!("`{}`", t.replace('\n', "⏎")),
+        None => "(none)".to_string(),
+    };
     let _ = writeln!(
         s,
-        "- prompting: template {:?}, system {:?}",
-        report.prompt_shape.template, report.prompt_shape.system
+        "- prompting: template {}, system {}",
+        shown(&report.prompt_shape.template),
+        shown(&report.prompt_shape.system)
     );
     let _ = writeln!(
         s,
-        "- adapter (as trained): template {:?}, system {:?}",
-        report.tuned_shape.template, report.tuned_shape.system
+        "- adapter (as trained): template {}, system {}",
+        shown(&report.tuned_shape.template),
+        shown(&report.tuned_shape.system)
     );
     if !report.samples.is_empty() {
         let keys = sample_keys(report);

@@ -25,6 +25,7 @@ pub struct PromptAndAnswers {
 pub struct PromptEncoder<'a> {
     encoder: Encoder<'a>,
     path: &'a Path,
+    context: usize,
 }
 
 impl<'a> PromptEncoder<'a> {
@@ -32,6 +33,7 @@ impl<'a> PromptEncoder<'a> {
         Ok(Self {
             encoder: Encoder::new(model, options)?,
             path,
+            context: model.config.max_position_embeddings,
         })
     }
 
@@ -78,10 +80,16 @@ impl<'a> PromptEncoder<'a> {
             let encoded = self
                 .encoder
                 .encode(self.path, &LineRecord { line, record })?;
-            let Encoded::Example(example) = encoded else {
-                return Err(EvalError::Prompt {
-                    reason: format!("line {line}: the prompt does not fit the model's context"),
-                });
+            let example = match encoded {
+                Encoded::Example(x) if !x.truncated => x,
+                _ => {
+                    return Err(EvalError::Prompt {
+                        reason: format!(
+                            "line {line}: the prompt with its answer does not fit the model's context ({} tokens); use fewer --shots",
+                            self.context
+                        ),
+                    })
+                }
             };
             // The answer is the last run of trained tokens.
             let end = example
@@ -173,7 +181,8 @@ impl<'a> Scorer<'a> {
         let mut scores = Vec::with_capacity(candidates.len());
         for c in candidates {
             let Some(&c0) = c.first() else {
-                scores.push(0.0);
+                // An answer with no tokens cannot be scored; it never wins.
+                scores.push(f64::NEG_INFINITY);
                 continue;
             };
             let mut score = first[c0 as usize] as f64;
@@ -213,6 +222,12 @@ impl Scorer<'_> {
         }
         if prompts.iter().any(Vec::is_empty) {
             return Err(EvalError::EmptyPrompt);
+        }
+        let context = self.model.config.max_position_embeddings;
+        if longest + max_new > context {
+            return Err(EvalError::Prompt {
+                reason: format!("a prompt of {longest} tokens plus {max_new} new ones does not fit the model's context ({context} tokens); use fewer --shots or a lower --max-new-tokens"),
+            });
         }
         let pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
         let mut ids = Vec::with_capacity(b * longest);

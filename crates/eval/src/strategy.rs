@@ -189,7 +189,8 @@ pub fn draw_shots<'a>(
 pub fn extract_answer(output: &str, labels: &[String], chain_of_thought: bool) -> String {
     let mut text = output.trim().to_string();
     if chain_of_thought {
-        let lower = text.to_lowercase();
+        // ASCII lowercasing keeps byte offsets, so `at` indexes `text` too.
+        let lower = text.to_ascii_lowercase();
         if let Some(at) = lower.rfind("answer:") {
             text = text[at + "answer:".len()..].trim().to_string();
         } else if let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) {
@@ -202,11 +203,11 @@ pub fn extract_answer(output: &str, labels: &[String], chain_of_thought: bool) -
     if labels.is_empty() {
         return text;
     }
-    let lower = text.to_lowercase();
+    let lower = text.to_ascii_lowercase();
     let is_word_char = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
     let mut best: Option<(usize, &String)> = None;
     for label in labels {
-        let l = label.trim().to_lowercase();
+        let l = label.trim().to_ascii_lowercase();
         if l.is_empty() {
             continue;
         }
@@ -216,7 +217,9 @@ pub fn extract_answer(output: &str, labels: &[String], chain_of_thought: bool) -
             let before = lower[..at].chars().next_back();
             let after = lower[at + l.len()..].chars().next();
             if !is_word_char(before) && !is_word_char(after) {
-                if best.is_none_or(|(b, _)| at < b) {
+                // The earliest mention; at the same spot the longer label ("very good"
+                // over "very").
+                if best.is_none_or(|(b, bl)| at < b || (at == b && label.len() > bl.len())) {
                     best = Some((at, label));
                 }
                 break;

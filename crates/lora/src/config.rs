@@ -1,7 +1,6 @@
 //! `LoraConfig` with PEFT's field names, as adapter_config.json stores them.
 
-use std::collections::BTreeMap;
-
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoraError;
@@ -112,11 +111,12 @@ pub struct LoraConfig {
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
     /// Per-module ranks and alphas, keyed by a module-name pattern as PEFT matches them
-    /// (the key, a regex, must match the whole name or its tail after a dot).
+    /// (the key, a regex, must match the whole name or its tail after a dot; the first
+    /// matching key in the file's order wins, so the order is kept).
     #[serde(default)]
-    pub rank_pattern: BTreeMap<String, usize>,
+    pub rank_pattern: IndexMap<String, usize>,
     #[serde(default)]
-    pub alpha_pattern: BTreeMap<String, f64>,
+    pub alpha_pattern: IndexMap<String, f64>,
 }
 
 impl Default for LoraConfig {
@@ -136,15 +136,15 @@ impl Default for LoraConfig {
             inference_mode: false,
             use_dora: false,
             modules_to_save: None,
-            rank_pattern: BTreeMap::new(),
-            alpha_pattern: BTreeMap::new(),
+            rank_pattern: IndexMap::new(),
+            alpha_pattern: IndexMap::new(),
         }
     }
 }
 
-/// PEFT's `get_pattern_key`: the first key (in key order) whose regex matches the module name
-/// whole or after a dot.
-fn pattern_value<T: Copy>(patterns: &BTreeMap<String, T>, module: &str) -> Option<T> {
+/// PEFT's `get_pattern_key`: the first key (in the file's order) whose regex matches the
+/// module name whole or after a dot.
+fn pattern_value<T: Copy>(patterns: &IndexMap<String, T>, module: &str) -> Option<T> {
     patterns
         .iter()
         .find(|(key, _)| {

@@ -43,6 +43,8 @@ pub enum ModelError {
     BadTokenizer { path: PathBuf, reason: String },
     #[error("{path}: exists and is not empty; pass --force to replace it")]
     ExportTargetExists { path: PathBuf },
+    #[error("{path}: {reason}")]
+    BadExportTarget { path: PathBuf, reason: String },
     #[error("chat template: {reason}")]
     ChatTemplate { reason: String },
     #[error(

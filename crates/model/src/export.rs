@@ -96,20 +96,35 @@ fn temp_beside(path: &Path) -> PathBuf {
 /// must be absent or empty unless `force`; the old contents are replaced only once the new
 /// directory is complete.
 pub fn export(model: &Pretrained, dir: &Path, gguf: Option<GgufQuant>, force: bool) -> Result<()> {
+    if dir.file_name().is_none() {
+        return Err(ModelError::BadExportTarget {
+            path: dir.into(),
+            reason: "name the directory to write (not . or ..)".into(),
+        });
+    }
     let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
-    if occupied && !force {
+    if (occupied && !force) || dir.is_file() {
         return Err(ModelError::ExportTargetExists { path: dir.into() });
     }
-    if dir.is_file() {
-        return Err(ModelError::ExportTargetExists { path: dir.into() });
+    // transformers' config.json has no per-frequency rope factors (a GGUF's rope_freqs):
+    // such a model goes out as GGUF only.
+    let hf = !matches!(model.config.rope_scaling, Some(RopeScaling::Factors { .. }));
+    if !hf && gguf.is_none() {
+        return Err(ModelError::bad_config(
+            model.source.path(),
+            "rope_freqs",
+            "per-frequency rope factors have no config.json form; export with --gguf (the GGUF keeps them)",
+        ));
     }
     let tmp = temp_beside(dir);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let filled = fill_hf_dir(model, &tmp).and_then(|()| match gguf {
-        Some(q) => fill_gguf(model, &tmp.join(gguf_file_name(q)), q),
-        None => Ok(()),
-    });
+    let filled = (if hf { fill_hf_dir(model, &tmp) } else { Ok(()) })
+        .and_then(|()| match gguf {
+            Some(q) => fill_gguf(model, &tmp.join(gguf_file_name(q)), q),
+            None => Ok(()),
+        })
+        .and_then(|()| sync_files(&tmp));
     if let Err(e) = filled {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -121,11 +136,43 @@ pub fn export(model: &Pretrained, dir: &Path, gguf: Option<GgufQuant>, force: bo
             .unwrap_or_default(),
         std::process::id()
     ));
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(io(dir))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(io(dir))?;
     let _ = std::fs::remove_dir_all(&old);
+    let had_old = dir.exists();
+    if had_old {
+        if let Err(e) = std::fs::rename(dir, &old) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(ModelError::io(dir, e));
+        }
+    }
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        // Put the previous export back where it was.
+        if had_old {
+            let _ = std::fs::rename(&old, dir);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(ModelError::io(dir, e));
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Flushes every file of `dir` and the directory itself to disk before the rename publishes
+/// them.
+fn sync_files(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let path = entry.path();
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&path))?;
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 
@@ -156,14 +203,6 @@ fn fill_hf_dir(model: &Pretrained, dir: &Path) -> Result<()> {
         let _ = std::fs::set_permissions(&weights, mode);
     }
     let mut config = model.config.to_hf_json();
-    if let Some(RopeScaling::Factors { .. }) = &model.config.rope_scaling {
-        // transformers has no per-frequency factors; say so rather than drop them silently.
-        return Err(ModelError::bad_config(
-            model.source.path(),
-            "rope_freqs",
-            "per-frequency rope factors (a GGUF rope_freqs tensor) have no config.json form; export --gguf instead",
-        ));
-    }
     config["torch_dtype"] = "float32".into();
     write_json(&dir.join("config.json"), &config)?;
     let special = &model.tokenizer.special;

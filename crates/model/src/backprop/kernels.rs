@@ -242,14 +242,16 @@ pub fn cross_entropy_rows(logits: &mut [f32], targets: &[u32], scales: &[f32]) -
         .zip(targets.par_iter().zip(scales.par_iter()))
         .for_each(|((row, nll), (&target, &scale))| {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let target = target as usize;
+            // Before exponentiating: exp of a logit far below the max underflows to 0.
+            let target_shifted = (row[target] - max) as f64;
             let mut sum = 0f64;
             for x in row.iter_mut() {
                 *x = (*x - max).exp();
                 sum += *x as f64;
             }
-            let target = target as usize;
             // −log p(target) = log Σ exp − (logit − max)
-            *nll = sum.ln() - (row[target] as f64).ln();
+            *nll = sum.ln() - target_shifted;
             let inv = (1.0 / sum) as f32 * scale;
             for x in row.iter_mut() {
                 *x *= inv;

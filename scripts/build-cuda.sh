@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds tuna with --features cuda on a machine without a GPU, following
+# ../shared/cuda-build.md: the CUDA 13.0 toolchain from NVIDIA's PyPI wheels into
+# ~/.cache/tuna/cuda13 (once, ~674 MB of downloads), a link-time libcuda stub, kernels for
+# sm_90 (H100/H200; CUDA_COMPUTE_CAP overrides). Not part of the default build or CI.
+#   scripts/build-cuda.sh            -> target/cuda/release/tuna (its own target dir, so the
+#                                       CPU build in target/release stays as it is)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PREFIX="${TUNA_CUDA_PREFIX:-$HOME/.cache/tuna/cuda13}"
+C="$PREFIX/nvidia/cu13"
+if [ ! -x "$C/bin/nvcc" ]; then
+  W="$(mktemp -d)"
+  trap 'rm -rf "$W"' EXIT
+  echo "build-cuda: fetching the CUDA 13.0 toolchain wheels into $PREFIX" >&2
+  python3 -m pip download --quiet --no-deps -d "$W" \
+    nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
+    nvidia-cuda-runtime==13.0.88 nvidia-cuda-cccl==13.0.85 \
+    nvidia-cuda-nvrtc==13.0.88 nvidia-curand==10.4.0.35 nvidia-cublas==13.0.0.19
+  python3 -m pip install --quiet --no-deps --no-index --target "$PREFIX" "$W"/*.whl
+fi
+# Unversioned names for -lcudart -lcublas -lcublasLt -lcurand -lnvrtc.
+( cd "$C/lib" && for l in cudart.so.13 cublas.so.13 cublasLt.so.13 curand.so.10 nvrtc.so.13; do
+    ln -sf "lib$l" "lib${l%%.so*}.so"; done )
+# The wheels ship no libcuda (the driver's is used at run time): link against a stub made
+# from cuda.h.
+if [ ! -f "$C/lib/stubs/libcuda.so" ]; then
+  mkdir -p "$C/lib/stubs"
+  echo '#include <cuda.h>' | gcc -E -P -I"$C/include" -x c - \
+    | grep -oE '\bcu[A-Z][A-Za-z0-9_]*\s*\(' | sed 's/\s*($//' | sort -u \
+    | awk '{print "int "$1"(void){return 999;}"}' > "$C/lib/stubs/cuda_stub.c"
+  gcc -shared -fPIC -w -Wl,-soname,libcuda.so.1 -o "$C/lib/stubs/libcuda.so" "$C/lib/stubs/cuda_stub.c"
+fi
+export PATH="$C/bin:$PATH" CUDA_ROOT="$C" CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+export LIBRARY_PATH="$C/lib:$C/lib/stubs:${LIBRARY_PATH:-}"
+cargo build --release --locked --features cuda --target-dir target/cuda "$@"
+echo "build-cuda: target/cuda/release/tuna (CUDA, sm_${CUDA_COMPUTE_CAP}); on the GPU machine put site-packages/nvidia/cu13/lib on LD_LIBRARY_PATH" >&2
