@@ -54,6 +54,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     if let Some(limit) = args.limit {
         test.truncate(limit);
     }
+    if test.is_empty() {
+        bail!("--limit: no test examples left to score");
+    }
     let train_path = train_path(&args, run.as_ref(), data);
     let train = match &train_path {
         Some(p) => task::load_examples(p, &fields)?,
@@ -197,8 +200,12 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
 
     // Chain-of-thought generates long answers: it runs on its own (smaller) prefix.
     let mut report = None;
-    let (cot, rest): (Vec<Strategy>, Vec<Strategy>) =
+    let (mut cot, rest): (Vec<Strategy>, Vec<Strategy>) =
         strategies.iter().partition(|s| **s == Strategy::Cot);
+    if args.cot_limit == 0 && !cot.is_empty() {
+        eprintln!("--cot-limit 0: chain-of-thought left out");
+        cot.clear();
+    }
     let setup = CompareSetup {
         base: &base,
         tuned: tuned.as_ref(),

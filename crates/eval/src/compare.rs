@@ -347,7 +347,8 @@ fn run_strategy(
     let mut scorer = Scorer::new(model);
     let mut predictions = Vec::with_capacity(setup.test.len());
     let mut nll = 0f64;
-    let title = strategy.title(setup.shots);
+    // Few-shot rows name the shots they really got (a small train split may have fewer).
+    let title = strategy.title(shots.len().max(strategy.shot_count(setup.shots).min(1)));
     let report_every = |done: usize, seconds: f64, progress: &mut dyn FnMut(&str)| {
         if done.is_multiple_of(50) || done == setup.test.len() {
             progress(&format!(

@@ -268,10 +268,12 @@ fn best_prompting(report: &CompareReport) -> Option<&StrategyRow> {
         .rows
         .first()
         .is_none_or(|r| r.metrics[0].metric.higher_is_better());
+    // Rows scored on a prefix of the test set (chain-of-thought's --cot-limit) are left
+    // out, as in the recommendation.
     report
         .rows
         .iter()
-        .filter(|r| !r.uses_adapter)
+        .filter(|r| !r.uses_adapter && r.predictions.len() == report.examples)
         .max_by(|a, b| {
             let (x, y) = (a.headline().estimate.value, b.headline().estimate.value);
             if higher {

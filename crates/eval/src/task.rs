@@ -1,7 +1,7 @@
 //! A task to score: held-out examples with a reference answer each, and whether the answers
 //! come from a small label set (classification) or are free sequences.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
@@ -135,18 +135,34 @@ pub fn load_examples(path: &Path, fields: &FieldNames) -> Result<Vec<TaskExample
 /// A label task when the train split's answers are few and repeat (at most
 /// `MAX_INFERRED_LABELS` distinct ones, each seen four times on average); else a sequence task.
 pub fn infer_kind(train: &[TaskExample]) -> TaskKind {
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut order = Vec::new();
+    // Labels in the order first seen, each spelled as most of the split spells it (ranking
+    // scores that exact text).
+    let mut order: Vec<String> = Vec::new();
+    let mut spellings: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for x in train {
-        if seen.insert(normalize(&x.reference)) {
-            order.push(x.reference.trim().to_string());
+        let key = normalize(&x.reference);
+        let counts = spellings.entry(key.clone()).or_default();
+        if counts.is_empty() {
+            order.push(key);
         }
+        *counts.entry(x.reference.trim().to_string()).or_default() += 1;
     }
-    if !order.is_empty() && order.len() <= MAX_INFERRED_LABELS && order.len() * 4 <= train.len() {
-        TaskKind::Labels { labels: order }
-    } else {
-        TaskKind::Sequence
+    if order.is_empty() || order.len() > MAX_INFERRED_LABELS || order.len() * 4 > train.len() {
+        return TaskKind::Sequence;
     }
+    let labels = order
+        .iter()
+        .map(|key| {
+            let counts = &spellings[key];
+            let best = counts.values().max().copied().unwrap_or(0);
+            counts
+                .iter()
+                .find(|(_, &n)| n == best)
+                .map(|(s, _)| s.clone())
+                .unwrap_or_else(|| key.clone())
+        })
+        .collect();
+    TaskKind::Labels { labels }
 }
 
 /// Every reference of a label task must be one of its labels.
@@ -215,8 +231,11 @@ mod tests {
 
     #[test]
     fn labels_are_inferred_from_repeated_answers() {
+        // Each label keeps its most frequent spelling: "pos" 8 times over "Pos " once, "neg"
+        // 4 times over "NEG" once.
         let train: Vec<TaskExample> = (0..12)
-            .map(|i| ex(i + 1, ["pos", "neg", "Pos "][i % 3]))
+            .map(|i| ex(i + 1, ["pos", "neg", "pos"][i % 3]))
+            .chain([ex(13, "NEG"), ex(14, "Pos ")])
             .collect();
         assert_eq!(
             infer_kind(&train),
@@ -229,7 +248,7 @@ mod tests {
             Some("pos".into())
         );
         let prior = label_prior(&train, &train_labels(&train));
-        assert!((prior[0] - 8.0 / 12.0).abs() < 1e-12);
+        assert!((prior[0] - 9.0 / 14.0).abs() < 1e-12);
         let words: Vec<TaskExample> = (0..12).map(|i| ex(i + 1, &format!("w{i}"))).collect();
         assert_eq!(infer_kind(&words), TaskKind::Sequence);
     }
