@@ -157,9 +157,13 @@ pub struct CompareArgs {
     /// Report directory (report.md, report.html, report.json).
     #[arg(long, required_unless_present = "prompt")]
     pub output: Option<PathBuf>,
-    /// Comma-separated: zero, one, few, cot, tuned, hybrid.
+    /// Comma-separated: zero, one, few, cot, cot-few, tuned, hybrid (cot-few, chain-of-thought
+    /// with worked shots, joins cot when train records have rationales).
     #[arg(long, default_value = "zero,one,few,cot,tuned,hybrid")]
     pub strategies: String,
+    /// The record field holding a worked explanation of the answer (for cot-few shots).
+    #[arg(long, default_value = tuna_eval::task::RATIONALE_FIELD)]
+    pub rationale_field: String,
     /// Shots for few-shot and hybrid (drawn from the train split, balanced per label).
     #[arg(long, default_value_t = 5)]
     pub shots: usize,
@@ -195,6 +199,10 @@ pub struct CompareArgs {
     /// token-f1, token-error-rate (phones), char-error-rate (default: by task).
     #[arg(long)]
     pub metric: Option<String>,
+    /// How answers meet references: case (case-folded, spaces collapsed), exact (only
+    /// surrounding whitespace ignored) or alnum (case, and punctuation dropped).
+    #[arg(long, default_value = "case")]
+    pub normalize: String,
     /// Label tasks: rank the labels by log-likelihood, or generate and parse.
     #[arg(long, value_enum, default_value = "rank")]
     pub method: MethodArg,

@@ -264,7 +264,7 @@ fn bad_inputs_name_the_file_line_or_flag() {
             "an unknown strategy",
             "{\"prompt\": \"is 1 even\", \"completion\": \"no\"}\n".into(),
             vec!["--shots", "1", "--strategies=zero,magic"],
-            "error: --strategies: unknown strategy \"magic\" (zero, one, few, cot, tuned, hybrid)",
+            "error: --strategies: unknown strategy \"magic\" (zero, one, few, cot, cot-few, tuned, hybrid)",
         ),
     ];
     let model = m.path_str();
@@ -494,4 +494,75 @@ fn instruction_variants_are_swept_on_the_valid_split() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn rationales_in_the_train_split_add_few_shot_chain_of_thought() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let train: String = (0..12)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"is {i} even\", \"completion\": \"{}\", \"why\": \"{i} mod 2 is {}.\"}}\n",
+                LABELS[i % 2],
+                i % 2
+            )
+        })
+        .collect();
+    let train_path = dir.join("train.jsonl");
+    std::fs::write(&train_path, train).unwrap();
+    let test = write_task(dir, "test.jsonl", 100..104);
+    let out = dir.join("report");
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &m.path_str(),
+            "--data",
+            &test,
+            "--train",
+            train_path.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--strategies",
+            "zero,cot",
+            "--shots",
+            "2",
+            "--rationale-field",
+            "why",
+            "--cot-max-new-tokens",
+            "4",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let keys: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["zero", "cot", "cot-few"]);
+    assert_eq!(report["rows"][2]["examples_used"], 2);
+    // Asking for it without rationales is an error naming the field.
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &m.path_str(),
+            "--data",
+            &test,
+            "--train",
+            train_path.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--strategies",
+            "cot-few",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("`rationale` field"), "{}", r.stderr);
 }

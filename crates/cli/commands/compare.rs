@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use tuna_eval::compare::{self, AdapterFacts, CompareSetup, Method};
-use tuna_eval::metrics::Metric;
+use tuna_eval::metrics::{Metric, Normalization};
 use tuna_eval::strategy::{PromptShape, Strategy};
 use tuna_eval::task::{self, TaskKind};
 use tuna_eval::{generate, PromptSpec, SamplingOptions};
@@ -47,10 +47,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let (Some(data), Some(output)) = (&args.data, &args.output) else {
         bail!("--data and --output are required (or --prompt for one prompt)");
     };
-    let strategies = parse_strategies(&args.strategies)?;
+    let mut strategies = parse_strategies(&args.strategies)?;
     let fields = parse_field_names(&args.fields)?;
 
-    let mut test = task::load_examples(data, &fields)?;
+    let mut test = task::load_examples(data, &fields, &args.rationale_field)?;
     if let Some(limit) = args.limit {
         test.truncate(limit);
     }
@@ -59,7 +59,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
     let train_path = train_path(&args, run.as_ref(), data);
     let train = match &train_path {
-        Some(p) => task::load_examples(p, &fields)?,
+        Some(p) => task::load_examples(p, &fields, &args.rationale_field)?,
         None => Vec::new(),
     };
     let kind = match &args.labels {
@@ -74,10 +74,33 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         None => task::infer_kind(&train),
     };
     task::check_references(data, &test, &kind)?;
+    // Few-shot chain-of-thought joins plain chain-of-thought when the train split has
+    // rationales to show.
+    let rationales = train.iter().filter(|x| x.rationale.is_some()).count();
+    if rationales > 0
+        && strategies.contains(&Strategy::Cot)
+        && !strategies.contains(&Strategy::CotFew)
+    {
+        let at = strategies
+            .iter()
+            .position(|s| *s == Strategy::Cot)
+            .unwrap_or(0)
+            + 1;
+        strategies.insert(at, Strategy::CotFew);
+    }
+    if strategies.contains(&Strategy::CotFew) && rationales == 0 {
+        bail!("--strategies cot-few: no train record has a `{}` field to show as a worked answer (--rationale-field names it)", args.rationale_field);
+    }
     let needs_train = strategies.iter().any(|s| s.shot_count(args.shots) > 0);
     if needs_train && train.is_empty() {
         bail!("few-shot strategies draw shots from a train split: pass --train FILE (or leave one-shot, few-shot and hybrid out of --strategies)");
     }
+    let normalization = Normalization::parse(&args.normalize).with_context(|| {
+        format!(
+            "--normalize: unknown mode {:?} (case, exact, alnum)",
+            args.normalize
+        )
+    })?;
     let metrics = match &args.metric {
         Some(m) => m
             .split(',')
@@ -138,7 +161,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         let valid_path = valid_path(&args, run.as_ref(), data).with_context(|| {
             "--instructions: the sweep needs a valid split: pass --valid FILE".to_string()
         })?;
-        let mut valid = task::load_examples(&valid_path, &fields)?;
+        let mut valid = task::load_examples(&valid_path, &fields, &args.rationale_field)?;
         valid.truncate(args.sweep_limit);
         task::check_references(&valid_path, &valid, &kind)?;
         let mut best: Option<(usize, f64)> = None;
@@ -160,6 +183,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                 tuned_shape: tuned_shape.clone(),
                 method,
                 metrics: metrics.clone(),
+                normalization,
                 max_new_tokens: args.max_new_tokens,
                 cot_max_new_tokens: args.cot_max_new_tokens,
                 batch_size: args.batch_size,
@@ -201,7 +225,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     // Chain-of-thought generates long answers: it runs on its own (smaller) prefix.
     let mut report = None;
     let (mut cot, rest): (Vec<Strategy>, Vec<Strategy>) =
-        strategies.iter().partition(|s| **s == Strategy::Cot);
+        strategies.iter().partition(|s| s.chain_of_thought());
     if args.cot_limit == 0 && !cot.is_empty() {
         eprintln!("--cot-limit 0: chain-of-thought left out");
         cot.clear();
@@ -220,6 +244,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         tuned_shape: tuned_shape.clone(),
         method,
         metrics: metrics.clone(),
+        normalization,
         max_new_tokens: args.max_new_tokens,
         cot_max_new_tokens: args.cot_max_new_tokens,
         batch_size: args.batch_size,
@@ -245,14 +270,15 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                     if n < test.len() {
                         row.title = format!("{} (first {n} examples)", row.title);
                         r.notes.push(format!(
-                            "chain-of-thought was scored on the first {n} of {} examples (--cot-limit), so its interval is wider",
+                            "{} was scored on the first {n} of {} examples (--cot-limit), so its interval is wider",
+                            row.key,
                             test.len()
                         ));
                     }
                     // Keep the strategies' order as asked.
                     let at = strategies
                         .iter()
-                        .position(|s| *s == Strategy::Cot)
+                        .position(|s| s.key() == row.key)
                         .unwrap_or(r.rows.len())
                         .min(r.rows.len());
                     for sample in r.samples.iter_mut() {
@@ -347,7 +373,7 @@ fn parse_strategies(list: &str) -> anyhow::Result<Vec<Strategy>> {
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let s = Strategy::parse(name).with_context(|| {
-            format!("--strategies: unknown strategy {name:?} (zero, one, few, cot, tuned, hybrid)")
+            format!("--strategies: unknown strategy {name:?} (zero, one, few, cot, cot-few, tuned, hybrid)")
         })?;
         if !out.contains(&s) {
             out.push(s);

@@ -8,7 +8,9 @@ use serde::Serialize;
 use tuna_model::Pretrained;
 
 use crate::error::Result;
-use crate::metrics::{bootstrap, distribution, normalize, paired_difference, Estimate, Metric};
+use crate::metrics::{
+    bootstrap, distribution, normalize, paired_difference, Estimate, Metric, Normalization,
+};
 use crate::scoring::{PromptEncoder, Scorer};
 use crate::strategy::{draw_shots, extract_answer, messages, PromptShape, Strategy};
 use crate::task::{label_prior, majority_label, TaskExample, TaskKind};
@@ -51,6 +53,8 @@ pub struct CompareSetup<'a> {
     pub tuned_shape: PromptShape,
     pub method: Method,
     pub metrics: Vec<Metric>,
+    /// How answers are compared with references.
+    pub normalization: Normalization,
     pub max_new_tokens: usize,
     pub cot_max_new_tokens: usize,
     /// Prompts generated together (left-padded into one batch).
@@ -143,6 +147,7 @@ pub struct CompareReport {
     pub task: TaskKind,
     pub seed: u64,
     pub shots: usize,
+    pub normalization: Normalization,
     pub prompt_shape: PromptShape,
     pub tuned_shape: PromptShape,
     pub adapter: Option<AdapterFacts>,
@@ -255,6 +260,7 @@ pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<Compa
             &pairs_of(&a.predictions),
             &pairs_of(&b.predictions),
             &labels,
+            setup.normalization,
             setup.seed ^ 0x5eed,
         );
         comparisons.push(Comparison {
@@ -306,6 +312,7 @@ pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<Compa
         task: setup.kind.clone(),
         seed: setup.seed,
         shots: setup.shots,
+        normalization: setup.normalization,
         prompt_shape: setup.prompt_shape.clone(),
         tuned_shape: setup.tuned_shape.clone(),
         adapter: setup.adapter.clone(),
@@ -336,13 +343,21 @@ fn run_strategy(
     } else {
         &setup.prompt_shape
     };
-    let shots = draw_shots(
-        setup.train,
-        strategy.shot_count(setup.shots),
-        labels,
-        setup.seed,
-    );
-    let cot = strategy == Strategy::Cot;
+    // Chain-of-thought shots come from the examples that have a rationale.
+    let with_rationale: Vec<TaskExample>;
+    let pool = if strategy == Strategy::CotFew {
+        with_rationale = setup
+            .train
+            .iter()
+            .filter(|x| x.rationale.is_some())
+            .cloned()
+            .collect();
+        &with_rationale[..]
+    } else {
+        setup.train
+    };
+    let shots = draw_shots(pool, strategy.shot_count(setup.shots), labels, setup.seed);
+    let cot = strategy.chain_of_thought();
     let rank = !labels.is_empty() && setup.method == Method::Rank && !cot;
     let mut scorer = Scorer::new(model);
     let mut predictions = Vec::with_capacity(setup.test.len());
@@ -442,7 +457,7 @@ fn row_from_predictions(
         .map(|&metric| MetricValue {
             metric,
             name: metric.name(),
-            estimate: bootstrap(metric, &pairs, labels, setup.seed),
+            estimate: bootstrap(metric, &pairs, labels, setup.normalization, setup.seed),
         })
         .collect();
     let n = setup.test.len().max(1) as f64;

@@ -9,6 +9,48 @@ use std::collections::BTreeMap;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+/// How predictions and references are made comparable before scoring (`--normalize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalization {
+    /// Only surrounding whitespace is ignored.
+    Exact,
+    /// Case-folded, inner whitespace collapsed (the default).
+    #[default]
+    Case,
+    /// As `Case`, and punctuation dropped.
+    Alnum,
+}
+
+impl Normalization {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "exact" | "none" => Self::Exact,
+            "case" => Self::Case,
+            "alnum" => Self::Alnum,
+            _ => return None,
+        })
+    }
+
+    pub fn apply(self, s: &str) -> String {
+        match self {
+            Self::Exact => s.trim().to_string(),
+            Self::Case => normalize(s),
+            Self::Alnum => normalize(
+                &s.chars()
+                    .map(|c| {
+                        if c.is_alphanumeric() || c.is_whitespace() {
+                            c
+                        } else {
+                            ' '
+                        }
+                    })
+                    .collect::<String>(),
+            ),
+        }
+    }
+}
+
 /// What `--metric` picks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -52,34 +94,42 @@ impl Metric {
     }
 
     /// The metric's value over the examples at `idx` (all of them, or a bootstrap resample).
-    pub fn value(self, pairs: &[(String, String)], idx: &[usize], labels: &[String]) -> f64 {
-        let picked = || idx.iter().map(|&i| (&pairs[i].0, &pairs[i].1));
+    /// The metric's value over the examples at `idx` (all of them, or a bootstrap resample),
+    /// predictions and references compared after `norm`.
+    pub fn value(
+        self,
+        pairs: &[(String, String)],
+        idx: &[usize],
+        labels: &[String],
+        norm: Normalization,
+    ) -> f64 {
+        let picked = || {
+            idx.iter()
+                .map(move |&i| (norm.apply(&pairs[i].0), norm.apply(&pairs[i].1)))
+        };
         match self {
             Self::Accuracy | Self::ExactMatch => {
-                let hits = picked()
-                    .filter(|(p, r)| normalize(p) == normalize(r))
-                    .count();
+                let hits = picked().filter(|(p, r)| p == r).count();
                 hits as f64 / idx.len().max(1) as f64
             }
-            Self::MacroF1 => macro_f1(picked(), labels),
+            Self::MacroF1 => {
+                let pairs: Vec<(String, String)> = picked().collect();
+                macro_f1(pairs.iter().map(|(p, r)| (p, r)), labels)
+            }
             Self::TokenF1 => {
-                picked().map(|(p, r)| token_f1(p, r)).sum::<f64>() / idx.len().max(1) as f64
+                picked().map(|(p, r)| token_f1(&p, &r)).sum::<f64>() / idx.len().max(1) as f64
             }
             Self::TokenErrorRate | Self::CharErrorRate => {
                 let units = |s: &str| -> Vec<String> {
                     if self == Self::TokenErrorRate {
-                        normalize(s)
-                            .split(' ')
-                            .filter(|t| !t.is_empty())
-                            .map(String::from)
-                            .collect()
+                        s.split_whitespace().map(String::from).collect()
                     } else {
-                        normalize(s).chars().map(String::from).collect()
+                        s.chars().map(String::from).collect()
                     }
                 };
                 let (mut edits, mut total) = (0usize, 0usize);
                 for (p, r) in picked() {
-                    let (p, r) = (units(p), units(r));
+                    let (p, r) = (units(&p), units(&r));
                     edits += edit_distance(&p, &r);
                     total += r.len();
                 }
@@ -201,17 +251,18 @@ pub fn bootstrap(
     metric: Metric,
     pairs: &[(String, String)],
     labels: &[String],
+    norm: Normalization,
     seed: u64,
 ) -> Estimate {
     let all: Vec<usize> = (0..pairs.len()).collect();
-    let value = metric.value(pairs, &all, labels);
+    let value = metric.value(pairs, &all, labels, norm);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut samples: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
         .map(|_| {
             let idx: Vec<usize> = (0..pairs.len())
                 .map(|_| rng.random_range(0..pairs.len().max(1)))
                 .collect();
-            metric.value(pairs, &idx, labels)
+            metric.value(pairs, &idx, labels, norm)
         })
         .collect();
     let (low, high) = percentiles(&mut samples);
@@ -225,6 +276,7 @@ pub fn paired_difference(
     a: &[(String, String)],
     b: &[(String, String)],
     labels: &[String],
+    norm: Normalization,
     seed: u64,
 ) -> Estimate {
     assert_eq!(
@@ -233,14 +285,14 @@ pub fn paired_difference(
         "paired strategies score the same examples"
     );
     let all: Vec<usize> = (0..a.len()).collect();
-    let value = metric.value(a, &all, labels) - metric.value(b, &all, labels);
+    let value = metric.value(a, &all, labels, norm) - metric.value(b, &all, labels, norm);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut samples: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
         .map(|_| {
             let idx: Vec<usize> = (0..a.len())
                 .map(|_| rng.random_range(0..a.len().max(1)))
                 .collect();
-            metric.value(a, &idx, labels) - metric.value(b, &idx, labels)
+            metric.value(a, &idx, labels, norm) - metric.value(b, &idx, labels, norm)
         })
         .collect();
     let (low, high) = percentiles(&mut samples);
@@ -271,6 +323,8 @@ pub fn distribution(predictions: impl Iterator<Item = String>) -> Vec<(String, u
 mod tests {
     use super::*;
 
+    const N: Normalization = Normalization::Case;
+
     fn pairs(p: &[&str], r: &[&str]) -> Vec<(String, String)> {
         p.iter()
             .zip(r)
@@ -287,14 +341,14 @@ mod tests {
         );
         let all: Vec<usize> = (0..6).collect();
         let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        assert!((Metric::Accuracy.value(&x, &all, &labels) - 4.0 / 6.0).abs() < 1e-12);
+        assert!((Metric::Accuracy.value(&x, &all, &labels, N) - 4.0 / 6.0).abs() < 1e-12);
         // a: tp 2 fp 0 fn 1 -> 4/5; b: tp 1 fp 1 fn 1 -> 2/4; c: tp 1 fp 1 fn 0 -> 2/3
         let want = (0.8 + 0.5 + 2.0 / 3.0) / 3.0;
-        assert!((Metric::MacroF1.value(&x, &all, &labels) - want).abs() < 1e-12);
+        assert!((Metric::MacroF1.value(&x, &all, &labels, N) - want).abs() < 1e-12);
         // A label in the set that nobody predicts or needs does not count; an answer outside
         // the set is a class of its own with F1 0.
         let y = pairs(&["a", "zzz"], &["a", "b"]);
-        let f1 = Metric::MacroF1.value(&y, &[0, 1], &labels);
+        let f1 = Metric::MacroF1.value(&y, &[0, 1], &labels, N);
         // a: 1; b: tp 0 fn 1 -> 0; zzz: fp 1 -> 0
         assert!((f1 - 1.0 / 3.0).abs() < 1e-12, "{f1}");
     }
@@ -302,14 +356,25 @@ mod tests {
     #[test]
     fn exact_match_normalizes_case_and_spaces() {
         let x = pairs(&["  Positive ", "K AE1  T"], &["positive", "k ae1 t"]);
-        assert_eq!(Metric::ExactMatch.value(&x, &[0, 1], &[]), 1.0);
+        assert_eq!(Metric::ExactMatch.value(&x, &[0, 1], &[], N), 1.0);
+        // --normalize exact keeps case and inner spaces; alnum also drops punctuation.
+        assert_eq!(
+            Metric::ExactMatch.value(&x, &[0, 1], &[], Normalization::Exact),
+            0.0
+        );
+        let y = pairs(&["Positive."], &["positive"]);
+        assert_eq!(Metric::ExactMatch.value(&y, &[0], &[], N), 0.0);
+        assert_eq!(
+            Metric::ExactMatch.value(&y, &[0], &[], Normalization::Alnum),
+            1.0
+        );
     }
 
     #[test]
     fn error_rates_and_token_f1_by_hand() {
         // K AE1 T vs K AH0 T S: one substitution, one deletion -> 2 edits over 4 phones
         let x = pairs(&["K AE1 T"], &["K AH0 T S"]);
-        assert!((Metric::TokenErrorRate.value(&x, &[0], &[]) - 0.5).abs() < 1e-12);
+        assert!((Metric::TokenErrorRate.value(&x, &[0], &[], N) - 0.5).abs() < 1e-12);
         assert_eq!(
             edit_distance(
                 &['k', 'i', 't', 't', 'e', 'n'],
@@ -321,7 +386,7 @@ mod tests {
         assert!((token_f1("K AE1 T", "K AH0 T S") - 4.0 / 7.0).abs() < 1e-12);
         // Pooled over examples: (2 + 0) edits / (4 + 2) reference phones.
         let y = pairs(&["K AE1 T", "AH0 B"], &["K AH0 T S", "AH0 B"]);
-        assert!((Metric::TokenErrorRate.value(&y, &[0, 1], &[]) - 2.0 / 6.0).abs() < 1e-12);
+        assert!((Metric::TokenErrorRate.value(&y, &[0, 1], &[], N) - 2.0 / 6.0).abs() < 1e-12);
     }
 
     #[test]
@@ -333,18 +398,18 @@ mod tests {
             .map(|i| if i % 5 == 0 { "b" } else { "a" })
             .collect();
         let x = pairs(&preds, &refs);
-        let a = bootstrap(Metric::Accuracy, &x, &[], 7);
+        let a = bootstrap(Metric::Accuracy, &x, &[], N, 7);
         assert_eq!(
             a,
-            bootstrap(Metric::Accuracy, &x, &[], 7),
+            bootstrap(Metric::Accuracy, &x, &[], N, 7),
             "same seed, same interval"
         );
-        assert_ne!(a, bootstrap(Metric::Accuracy, &x, &[], 8));
+        assert_ne!(a, bootstrap(Metric::Accuracy, &x, &[], N, 8));
         assert!(a.low < a.value && a.value < a.high, "{a:?}");
         // About ±1.96·sqrt(p(1−p)/n) = ±0.05 for p = 0.7, n = 200.
         assert!((a.high - a.low) > 0.07 && (a.high - a.low) < 0.16, "{a:?}");
         // A strategy against itself differs by exactly 0.
-        let d = paired_difference(Metric::Accuracy, &x, &x, &[], 1);
+        let d = paired_difference(Metric::Accuracy, &x, &x, &[], N, 1);
         assert_eq!((d.value, d.low, d.high), (0.0, 0.0, 0.0));
     }
 

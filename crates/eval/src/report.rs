@@ -160,7 +160,12 @@ pub fn markdown(report: &CompareReport) -> String {
         .iter()
         .map(|r| format!("{}: {}", r.title, r.method))
         .collect();
-    let _ = writeln!(s, "Scoring: {}.\n", methods.join("; "));
+    let _ = writeln!(
+        s,
+        "Scoring: {}. Answers compared with references after `{:?}` normalization.\n",
+        methods.join("; "),
+        report.normalization
+    );
     if let Some(floor) = report.prior_floor_nll {
         let _ = writeln!(
             s,

@@ -16,26 +16,20 @@ pub enum Strategy {
     One,
     Few,
     Cot,
+    /// Chain-of-thought with k shots that show their rationale (when the data has them).
+    CotFew,
     Tuned,
     Hybrid,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 6] = [
-        Self::Zero,
-        Self::One,
-        Self::Few,
-        Self::Cot,
-        Self::Tuned,
-        Self::Hybrid,
-    ];
-
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "zero" | "zero-shot" => Self::Zero,
             "one" | "one-shot" => Self::One,
             "few" | "few-shot" => Self::Few,
             "cot" | "chain-of-thought" => Self::Cot,
+            "cot-few" => Self::CotFew,
             "tuned" => Self::Tuned,
             "hybrid" => Self::Hybrid,
             _ => return None,
@@ -48,6 +42,7 @@ impl Strategy {
             Self::One => "one",
             Self::Few => "few",
             Self::Cot => "cot",
+            Self::CotFew => "cot-few",
             Self::Tuned => "tuned",
             Self::Hybrid => "hybrid",
         }
@@ -60,6 +55,7 @@ impl Strategy {
             Self::One => "one-shot".into(),
             Self::Few => format!("few-shot (k={shots})"),
             Self::Cot => "chain-of-thought (zero-shot)".into(),
+            Self::CotFew => format!("chain-of-thought (k={shots}, with rationales)"),
             Self::Tuned => "fine-tuned (LoRA)".into(),
             Self::Hybrid => format!("hybrid (LoRA + k={shots})"),
         }
@@ -74,8 +70,13 @@ impl Strategy {
         match self {
             Self::Zero | Self::Cot | Self::Tuned => 0,
             Self::One => 1,
-            Self::Few | Self::Hybrid => k,
+            Self::Few | Self::Hybrid | Self::CotFew => k,
         }
+    }
+
+    /// Prompts that ask for reasoning, answered by generation and answer extraction.
+    pub fn chain_of_thought(self) -> bool {
+        matches!(self, Self::Cot | Self::CotFew)
     }
 }
 
@@ -119,8 +120,22 @@ pub fn messages(
         out.push(Message::new("system", &system));
     }
     for shot in shots {
-        out.push(Message::new("user", &shape.fill(shot.input())));
-        out.push(Message::new("assistant", shot.reference.trim()));
+        match (&shot.rationale, chain_of_thought) {
+            (Some(rationale), true) => {
+                out.push(Message::new(
+                    "user",
+                    &format!("{}{COT_SUFFIX}", shape.fill(shot.input())),
+                ));
+                out.push(Message::new(
+                    "assistant",
+                    &format!("{rationale}\nAnswer: {}", shot.reference.trim()),
+                ));
+            }
+            _ => {
+                out.push(Message::new("user", &shape.fill(shot.input())));
+                out.push(Message::new("assistant", shot.reference.trim()));
+            }
+        }
     }
     let turns: Vec<&Message> = example
         .context
@@ -242,6 +257,7 @@ mod tests {
             line,
             context: vec![Message::new("user", input)],
             reference: reference.into(),
+            rationale: None,
         }
     }
 
@@ -268,6 +284,13 @@ mod tests {
         );
         let cot = messages(&shape, &[], &ex(2, "awful", "negative"), true);
         assert!(cot[1].content.ends_with(COT_SUFFIX));
+        // Chain-of-thought shots show their reasoning and the answer line.
+        let mut reasoned = ex(3, "meh", "neutral");
+        reasoned.rationale = Some("Neither praise nor blame.".into());
+        let m = messages(&shape, &[&reasoned], &ex(2, "awful", "negative"), true);
+        assert_eq!(m[1].content, format!("Sentiment of: meh{COT_SUFFIX}"));
+        assert_eq!(m[2].content, "Neither praise nor blame.\nAnswer: neutral");
+        assert!(m[3].content.ends_with(COT_SUFFIX));
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct TaskExample {
     pub line: usize,
     pub context: Vec<Message>,
     pub reference: String,
+    /// A worked explanation leading to the answer, when the record has one (chain-of-thought
+    /// shots use it).
+    pub rationale: Option<String>,
 }
 
 impl TaskExample {
@@ -61,11 +64,26 @@ impl TaskKind {
     }
 }
 
+/// The record field holding a rationale, unless `--field rationale=NAME` renames it.
+pub const RATIONALE_FIELD: &str = "rationale";
+
 /// Reads a JSONL file of prompt/completion, instruction/output or messages records (the last
-/// message the assistant's reference). Text records have no reference and are refused.
-pub fn load_examples(path: &Path, fields: &FieldNames) -> Result<Vec<TaskExample>> {
+/// message the assistant's reference), with an optional string field `rationale_field`.
+/// Text records have no reference and are refused.
+pub fn load_examples(
+    path: &Path,
+    fields: &FieldNames,
+    rationale_field: &str,
+) -> Result<Vec<TaskExample>> {
     let shown = path.display().to_string();
     let lines = read_jsonl(path)?;
+    let rationales: BTreeMap<usize, String> = lines
+        .iter()
+        .filter_map(|l| {
+            let text = l.object.get(rationale_field)?.as_str()?.trim();
+            (!text.is_empty()).then(|| (l.line, text.to_string()))
+        })
+        .collect();
     let parsed = parse_records(path, &lines, fields)?;
     let bad = |line: usize, reason: &str| EvalError::BadTaskRecord {
         path: shown.clone(),
@@ -124,6 +142,7 @@ pub fn load_examples(path: &Path, fields: &FieldNames) -> Result<Vec<TaskExample
             line: r.line,
             context,
             reference,
+            rationale: rationales.get(&r.line).cloned(),
         });
     }
     if out.is_empty() {
@@ -226,6 +245,7 @@ mod tests {
             line,
             context: vec![Message::new("user", "x")],
             reference: reference.into(),
+            rationale: None,
         }
     }
 
