@@ -18,7 +18,8 @@ pub struct ModelArgs {
     /// Weight dtype: f32, bf16 or f16 (default: f32 on the CPU, bf16 on a GPU).
     #[arg(long)]
     pub dtype: Option<String>,
-    /// A LoRA adapter in PEFT layout, or a run directory of tuna train (its adapter/).
+    /// A LoRA adapter in PEFT layout (a directory or a hub id, owner/name[@revision]), or a
+    /// run directory of tuna train (its adapter/).
     #[arg(long)]
     pub adapter: Option<std::path::PathBuf>,
 }
@@ -70,7 +71,8 @@ impl ModelArgs {
         };
         let mut model = Pretrained::load(&self.model, &options)?;
         if let Some(path) = &self.adapter {
-            let loaded = tuna_lora::peft::load(&adapter_dir(path))?;
+            let path = tuna_model::source::resolve_adapter(path)?;
+            let loaded = tuna_lora::peft::load(&adapter_dir(&path))?;
             model.model.load_lora(&loaded)?;
         }
         Ok(model)

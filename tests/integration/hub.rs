@@ -94,3 +94,99 @@ fn a_hub_id_missing_from_the_cache_offline_is_a_clear_error() {
          hint: unset HF_HUB_OFFLINE to download it, or pass a local path to --model\n"
     );
 }
+
+#[test]
+fn an_adapter_hub_id_loads_from_the_cache_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    write_tiny_model(&model, &TinySpec::default(), tiny_vocab_size());
+    // An adapter made with tuna, laid out in the cache as the hub would store it.
+    let run = tmp.path().join("run");
+    let train = tmp.path().join("train.jsonl");
+    std::fs::write(
+        &train,
+        "{\"prompt\": \"the cat\", \"completion\": \"is in the hat\"}\n".repeat(8),
+    )
+    .unwrap();
+    let trained = tuna(
+        &[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            train.to_str().unwrap(),
+            "--output",
+            run.to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "--lora-r",
+            "2",
+            "--eval-every",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(trained.code, 0, "{}", trained.stderr);
+    let hub = tmp.path().join("hub-cache");
+    let folder = hub.join("models--tuna-test--tiny-adapter");
+    std::fs::create_dir_all(folder.join("refs")).unwrap();
+    std::fs::write(folder.join("refs/main"), COMMIT).unwrap();
+    let snapshot = folder.join("snapshots").join(COMMIT);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(run.join("adapter").join(f), snapshot.join(f)).unwrap();
+    }
+    let data = eval_file(tmp.path());
+    let env = [
+        ("HF_HUB_CACHE", hub.to_str().unwrap()),
+        ("HF_HUB_OFFLINE", "1"),
+    ];
+    let from_hub = tuna(
+        &[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--adapter",
+            "tuna-test/tiny-adapter",
+            "--data",
+            &data,
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(from_hub.code, 0, "{}", from_hub.stderr);
+    let local = tuna(
+        &[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--adapter",
+            run.to_str().unwrap(),
+            "--data",
+            &data,
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(from_hub.stdout, local.stdout);
+    // Not in the cache and offline: a clear error.
+    let missing = tuna(
+        &[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--adapter",
+            "tuna-test/other-adapter",
+            "--data",
+            &data,
+        ],
+        &env,
+    );
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("tuna-test/other-adapter"),
+        "{}",
+        missing.stderr
+    );
+}

@@ -30,7 +30,12 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         .unwrap_or_default();
     let adapter = match curve.last() {
         Some((_, dir)) => Some(dir.clone()),
-        None => args.model.adapter.clone(),
+        None => args
+            .model
+            .adapter
+            .as_deref()
+            .map(tuna_model::source::resolve_adapter)
+            .transpose()?,
     };
     let mut tuned_args = args.model.clone();
     tuned_args.adapter = adapter.clone();

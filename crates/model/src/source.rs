@@ -65,6 +65,17 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
     Err(ModelError::NotFound { spec: spec.into() })
 }
 
+/// The directory of a LoRA adapter named by `spec`: a local path as it is, or a hub id
+/// (`owner/name[@revision]`) fetched into the Hugging Face cache (adapter_config.json and
+/// adapter_model.safetensors; HF_HUB_OFFLINE=1 reads the cache only).
+pub fn resolve_adapter(spec: &Path) -> Result<PathBuf> {
+    let text = spec.to_string_lossy();
+    if spec.exists() || !is_hub_id(&text) {
+        return Ok(spec.to_path_buf());
+    }
+    hub::fetch_files(&text, &["adapter_config.json", "adapter_model.safetensors"])
+}
+
 /// `owner/name`, optionally `@revision`: what the hub accepts, and not a path.
 fn is_hub_id(spec: &str) -> bool {
     let id = spec.split('@').next().unwrap_or(spec);
@@ -167,6 +178,45 @@ mod hub {
         let dir = config.parent().map(PathBuf::from).unwrap_or_default();
         if !offline() && safetensors_files(&dir).is_err() {
             return download(spec, &cache, &repo);
+        }
+        Ok(dir)
+    }
+
+    /// The snapshot directory holding `files` of `spec` (all required), from the cache or,
+    /// unless offline, downloaded.
+    pub fn fetch_files(spec: &str, files: &[&str]) -> Result<PathBuf> {
+        let (id, revision) = match spec.split_once('@') {
+            Some((id, rev)) => (id, rev.to_string()),
+            None => (spec, "main".to_string()),
+        };
+        let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision);
+        let cache = Cache::new(cache_dir());
+        let cached = cache.repo(repo.clone());
+        let found: Option<Vec<PathBuf>> = files.iter().map(|f| cached.get(f)).collect();
+        if let Some(first) = found.as_ref().and_then(|f| f.first()) {
+            return Ok(first.parent().map(PathBuf::from).unwrap_or_default());
+        }
+        if offline() {
+            return Err(ModelError::HubOffline {
+                spec: spec.into(),
+                cache: cache.path().clone(),
+            });
+        }
+        let api = ApiBuilder::from_cache(cache.clone())
+            .with_progress(true)
+            .build()
+            .map_err(|e| ModelError::Hub {
+                spec: spec.into(),
+                reason: e.to_string(),
+            })?;
+        let api = api.repo(repo);
+        let mut dir = PathBuf::new();
+        for f in files {
+            let path = api.get(f).map_err(|e| ModelError::Hub {
+                spec: spec.into(),
+                reason: format!("{f}: {e}"),
+            })?;
+            dir = path.parent().map(PathBuf::from).unwrap_or_default();
         }
         Ok(dir)
     }
