@@ -217,6 +217,10 @@ pub struct CompareArgs {
     /// Rows of the side-by-side table.
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
+    /// More adapters for the same base (a directory, run directory or hub id; repeatable):
+    /// each is scored like the tuned strategy, as a row of its own.
+    #[arg(long = "also-adapter", value_name = "ADAPTER")]
+    pub also_adapters: Vec<PathBuf>,
     /// Prompts generated together (generation-scored strategies).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,

@@ -418,6 +418,46 @@ fn a_learning_curve_directory_is_charted() {
     );
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("Learning curve") && html.matches("<svg").count() == 3);
+
+    // Several adapters in one report: each extra one is a row with its own cost columns, and
+    // scores as it did on the learning curve.
+    let size8 = report["learning_curve"][0]["metric"]["value"].clone();
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &m.path_str(),
+            "--adapter",
+            curve.join("size-16").to_str().unwrap(),
+            "--also-adapter",
+            curve.join("size-8").to_str().unwrap(),
+            "--data",
+            &test,
+            "--train",
+            &train,
+            "--output",
+            out.to_str().unwrap(),
+            "--strategies",
+            "zero,tuned",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let keys: Vec<&str> = rows.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["zero", "tuned", "tuned-2"]);
+    assert_eq!(rows[1]["adapter"]["train_examples"], 16);
+    assert_eq!(rows[2]["adapter"]["train_examples"], 8);
+    assert_eq!(rows[2]["metrics"][0]["value"], size8);
+    assert_eq!(
+        report["samples"][0]["predictions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[test]

@@ -303,6 +303,41 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         });
     }
     let mut report = report.expect("at least one strategy ran");
+    for (i, extra) in args.also_adapters.iter().enumerate() {
+        let dir = tuna_model::source::resolve_adapter(extra)?;
+        eprintln!("also: {}", extra.display());
+        let mut a = args.model.clone();
+        a.adapter = Some(dir.clone());
+        let model = a.load(InferenceWeights::Dense)?;
+        let info = run_dir::run_dir_of(&dir)
+            .map(|d| run_dir::read(&d))
+            .transpose()?;
+        let extra_setup = CompareSetup {
+            tuned: Some(&model),
+            strategies: vec![Strategy::Tuned],
+            tuned_shape: info
+                .as_ref()
+                .map_or_else(PromptShape::default, |r| PromptShape {
+                    template: r.config.encoding.prompt_template.clone(),
+                    system: r.config.encoding.system.clone(),
+                }),
+            adapter: Some(adapter_facts(&dir, info.as_ref(), Some(&model))?),
+            samples: 0,
+            ..setup.clone()
+        };
+        let mut row = compare::run(&extra_setup, &mut progress)?.rows.remove(0);
+        row.key = format!("tuned-{}", i + 2);
+        row.title = format!("fine-tuned ({})", extra.display());
+        for sample in report.samples.iter_mut() {
+            let at = test.iter().position(|x| x.line == sample.line);
+            let pred = at
+                .and_then(|i| row.predictions.get(i))
+                .cloned()
+                .unwrap_or_default();
+            sample.predictions.push((row.key.clone(), pred));
+        }
+        report.rows.push(row);
+    }
     report.instruction_sweep = sweep;
     report.sweep_path = sweep_path;
     for (n, dir) in &curve {

@@ -77,6 +77,8 @@ pub struct StrategyRow {
     pub key: String,
     pub title: String,
     pub uses_adapter: bool,
+    /// The adapter this row ran with (its cost columns).
+    pub adapter: Option<AdapterFacts>,
     /// Examples the strategy needs: shots in the prompt, or the adapter's training set.
     pub examples_used: usize,
     pub method: String,
@@ -470,6 +472,7 @@ fn row_from_predictions(
         key: key.to_string(),
         title,
         uses_adapter,
+        adapter: setup.adapter.clone().filter(|_| uses_adapter),
         examples_used,
         method: method.to_string(),
         metrics,

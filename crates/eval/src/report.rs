@@ -5,8 +5,8 @@ use std::fmt::Write;
 
 use crate::compare::{CompareReport, StrategyRow};
 
-fn modification(r: &StrategyRow, report: &CompareReport) -> String {
-    match (&report.adapter, r.uses_adapter) {
+fn modification(r: &StrategyRow) -> String {
+    match (&r.adapter, r.uses_adapter) {
         (Some(a), true) => format!(
             "LoRA adapter: {:.2} M params, {:.1} MB",
             a.parameters as f64 / 1e6,
@@ -17,8 +17,8 @@ fn modification(r: &StrategyRow, report: &CompareReport) -> String {
     }
 }
 
-fn data_required(r: &StrategyRow, report: &CompareReport) -> String {
-    match (&report.adapter, r.uses_adapter) {
+fn data_required(r: &StrategyRow) -> String {
+    match (&r.adapter, r.uses_adapter) {
         (Some(a), true) => {
             let shots = r.examples_used.saturating_sub(a.train_examples);
             if shots > 0 {
@@ -35,8 +35,8 @@ fn data_required(r: &StrategyRow, report: &CompareReport) -> String {
     }
 }
 
-fn implementation_time(r: &StrategyRow, report: &CompareReport) -> String {
-    match (&report.adapter, r.uses_adapter) {
+fn implementation_time(r: &StrategyRow) -> String {
+    match (&r.adapter, r.uses_adapter) {
         (Some(a), true) => {
             let cpu = a
                 .cpu_seconds
@@ -144,9 +144,9 @@ pub fn markdown(report: &CompareReport) -> String {
             s,
             "| {} | {} | {} | {} | {} |",
             r.title,
-            modification(r, report),
-            data_required(r, report),
-            implementation_time(r, report),
+            modification(r),
+            data_required(r),
+            implementation_time(r),
             cost(r)
         );
         for i in 0..r.metrics.len() {
@@ -444,15 +444,12 @@ fn bar_chart(report: &CompareReport) -> String {
 
 /// Metric against cost (seconds per 1k test examples plus training time, log scale).
 fn cost_chart(report: &CompareReport) -> String {
-    let train = report.adapter.as_ref().map_or(0.0, |a| a.train_seconds);
     let points: Vec<(&StrategyRow, f64)> = report
         .rows
         .iter()
         .map(|r| {
-            (
-                r,
-                r.seconds_per_1k + if r.uses_adapter { train } else { 0.0 },
-            )
+            let train = r.adapter.as_ref().map_or(0.0, |a| a.train_seconds);
+            (r, r.seconds_per_1k + train)
         })
         .collect();
     let (w, h, left, bottom) = (720.0, 300.0, 60.0, 40.0);
@@ -548,9 +545,9 @@ th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padd
             s,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
             esc(&r.title),
-            esc(&modification(r, report)),
-            esc(&data_required(r, report)),
-            esc(&implementation_time(r, report)),
+            esc(&modification(r)),
+            esc(&data_required(r)),
+            esc(&implementation_time(r)),
             esc(&cost(r))
         );
         for i in 0..r.metrics.len() {
