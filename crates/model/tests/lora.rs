@@ -369,3 +369,45 @@ fn rank_and_alpha_patterns_follow_peft() {
         .unwrap_err();
     assert!(err.to_string().contains("rank_pattern"), "{err}");
 }
+
+#[test]
+fn adapters_stored_in_f16_or_bf16_load() {
+    let (m, mut p) = load(TinySpec::default());
+    let cfg = LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        ..Default::default()
+    };
+    p.model.attach_lora(&cfg, 4).unwrap();
+    randomize_b(&mut p);
+    let want = logits(&p);
+    let dir = m.path().join("f32");
+    p.model.save_lora(&dir, &cfg).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    for dtype in [candle_core::DType::F16, candle_core::DType::BF16] {
+        let half = m.path().join(format!("{dtype:?}"));
+        std::fs::create_dir_all(&half).unwrap();
+        std::fs::copy(
+            dir.join("adapter_config.json"),
+            half.join("adapter_config.json"),
+        )
+        .unwrap();
+        let converted: std::collections::HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.to_dtype(dtype).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&converted, half.join("adapter_model.safetensors")).unwrap();
+        let mut fresh = Pretrained::load(&m.path_str(), &LoadOptions::default()).unwrap();
+        fresh.model.load_lora(&peft::load(&half).unwrap()).unwrap();
+        // Rounding only: f16 keeps 11 bits of mantissa, bf16 8.
+        let tolerance = if dtype == candle_core::DType::F16 {
+            5e-3
+        } else {
+            5e-2
+        };
+        let d = max_abs_diff(&want, &logits(&fresh));
+        assert!(d > 0.0 && d < tolerance, "{dtype:?}: {d}");
+    }
+}
