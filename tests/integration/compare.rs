@@ -25,6 +25,10 @@ fn write_task(dir: &Path, name: &str, range: std::ops::Range<usize>) -> String {
     path.display().to_string()
 }
 
+fn read_report(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+}
+
 #[test]
 fn every_strategy_lands_in_the_three_reports() {
     let m = tiny_model(TinySpec::default());
@@ -78,8 +82,7 @@ fn every_strategy_lands_in_the_three_reports() {
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report = read_report(&out);
     let keys: Vec<&str> = report["rows"]
         .as_array()
         .unwrap()
@@ -203,8 +206,7 @@ fn the_real_model_ranks_labels_on_sentiment_rows() {
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report = read_report(&out);
     // Labels inferred from the sibling train.jsonl; no adapter, so the recommendation says
     // how to measure one.
     let mut labels: Vec<&str> = report["task"]["labels"]
@@ -398,8 +400,7 @@ fn a_learning_curve_directory_is_charted() {
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report = read_report(&out);
     let sizes: Vec<u64> = report["learning_curve"]
         .as_array()
         .unwrap()
@@ -443,8 +444,7 @@ fn a_learning_curve_directory_is_charted() {
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report = read_report(&out);
     let rows = report["rows"].as_array().unwrap();
     let keys: Vec<&str> = rows.iter().map(|r| r["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["zero", "tuned", "tuned-2"]);
@@ -497,8 +497,7 @@ fn instruction_variants_are_swept_on_the_valid_split() {
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report = read_report(&out);
     let sweep = report["instruction_sweep"].as_array().unwrap();
     assert_eq!(sweep.len(), 2);
     assert_eq!(sweep[1]["template"], "Answer yes or no.\n\n{prompt}");
@@ -576,8 +575,7 @@ fn rationales_in_the_train_split_add_few_shot_chain_of_thought() {
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report = read_report(&out);
     let keys: Vec<&str> = report["rows"]
         .as_array()
         .unwrap()

@@ -118,13 +118,8 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         None => kind.default_metrics(),
     };
 
-    let tuned_shape = run
-        .as_ref()
-        .map_or_else(PromptShape::default, |r| PromptShape {
-            template: r.config.encoding.prompt_template.clone(),
-            system: r.config.encoding.system.clone(),
-        });
-    let mut prompt_shape = PromptShape {
+    let tuned_shape = trained_shape(run.as_ref());
+    let prompt_shape = PromptShape {
         template: args
             .instruction
             .clone()
@@ -160,6 +155,27 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         MethodArg::Rank => Method::Rank,
         MethodArg::Generate => Method::Generate,
     };
+    let mut setup = CompareSetup {
+        base: &base,
+        tuned: tuned.as_ref(),
+        test_path: data,
+        test: &test,
+        train: &train,
+        kind: kind.clone(),
+        strategies: Vec::new(),
+        shots: args.shots,
+        seed: args.seed,
+        prompt_shape,
+        tuned_shape,
+        method,
+        metrics: metrics.clone(),
+        normalization,
+        max_new_tokens: args.max_new_tokens,
+        cot_max_new_tokens: args.cot_max_new_tokens,
+        batch_size: args.batch_size,
+        adapter: facts.clone(),
+        samples: args.samples,
+    };
     let mut sweep = Vec::new();
     let mut sweep_path = None;
     if let Some(variants) = &variants {
@@ -172,28 +188,18 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         let mut best: Option<(usize, f64)> = None;
         for (i, template) in variants.iter().enumerate() {
             let trial = CompareSetup {
-                base: &base,
                 tuned: None,
                 test_path: &valid_path,
                 test: &valid,
-                train: &train,
-                kind: kind.clone(),
                 strategies: vec![Strategy::Zero],
                 shots: 0,
-                seed: args.seed,
                 prompt_shape: PromptShape {
                     template: Some(template.clone()),
-                    system: prompt_shape.system.clone(),
+                    system: setup.prompt_shape.system.clone(),
                 },
-                tuned_shape: tuned_shape.clone(),
-                method,
-                metrics: metrics.clone(),
-                normalization,
-                max_new_tokens: args.max_new_tokens,
-                cot_max_new_tokens: args.cot_max_new_tokens,
-                batch_size: args.batch_size,
                 adapter: None,
                 samples: 0,
+                ..setup.clone()
             };
             eprintln!(
                 "instruction {}/{}: {:?}",
@@ -222,7 +228,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         }
         if let Some((i, _)) = best {
             sweep[i].chosen = true;
-            prompt_shape.template = Some(variants[i].clone());
+            setup.prompt_shape.template = Some(variants[i].clone());
         }
         sweep_path = Some(valid_path.display().to_string());
     }
@@ -235,27 +241,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         eprintln!("--cot-limit 0: chain-of-thought left out");
         cot.clear();
     }
-    let setup = CompareSetup {
-        base: &base,
-        tuned: tuned.as_ref(),
-        test_path: data,
-        test: &test,
-        train: &train,
-        kind: kind.clone(),
-        strategies: rest.clone(),
-        shots: args.shots,
-        seed: args.seed,
-        prompt_shape: prompt_shape.clone(),
-        tuned_shape: tuned_shape.clone(),
-        method,
-        metrics: metrics.clone(),
-        normalization,
-        max_new_tokens: args.max_new_tokens,
-        cot_max_new_tokens: args.cot_max_new_tokens,
-        batch_size: args.batch_size,
-        adapter: facts.clone(),
-        samples: args.samples,
-    };
+    setup.strategies = rest.clone();
     let mut progress = |line: &str| eprintln!("{line}");
     if !rest.is_empty() || cot.is_empty() {
         report = Some(compare::run(&setup, &mut progress)?);
@@ -286,16 +272,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                         .position(|s| s.key() == row.key)
                         .unwrap_or(r.rows.len())
                         .min(r.rows.len());
-                    for sample in r.samples.iter_mut() {
-                        let pred = test
-                            .iter()
-                            .position(|x| x.line == sample.line)
-                            .and_then(|i| row.predictions.get(i))
-                            .cloned()
-                            .unwrap_or_else(|| "—".into());
-                        let col = at.min(sample.predictions.len());
-                        sample.predictions.insert(col, (row.key.clone(), pred));
-                    }
+                    add_sample_column(&mut r.samples, &test, &row, at);
                     r.rows.insert(at, row);
                 }
                 r
@@ -304,63 +281,29 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
     let mut report = report.expect("at least one strategy ran");
     for (i, extra) in args.also_adapters.iter().enumerate() {
-        let dir = tuna_model::source::resolve_adapter(extra)?;
         eprintln!("also: {}", extra.display());
-        let mut a = args.model.clone();
-        a.adapter = Some(dir.clone());
-        let model = a.load(InferenceWeights::Dense)?;
-        let info = run_dir::run_dir_of(&dir)
-            .map(|d| run_dir::read(&d))
-            .transpose()?;
-        let extra_setup = CompareSetup {
-            tuned: Some(&model),
-            strategies: vec![Strategy::Tuned],
-            tuned_shape: info
-                .as_ref()
-                .map_or_else(PromptShape::default, |r| PromptShape {
-                    template: r.config.encoding.prompt_template.clone(),
-                    system: r.config.encoding.system.clone(),
-                }),
-            adapter: Some(adapter_facts(&dir, info.as_ref(), Some(&model))?),
-            samples: 0,
-            ..setup.clone()
-        };
-        let mut row = compare::run(&extra_setup, &mut progress)?.rows.remove(0);
+        let dir = tuna_model::source::resolve_adapter(extra)?;
+        let (mut row, _) = score_adapter(&args, &setup, &dir, &mut progress)?;
         row.key = format!("tuned-{}", i + 2);
         row.title = format!("fine-tuned ({})", extra.display());
-        for sample in report.samples.iter_mut() {
-            let at = test.iter().position(|x| x.line == sample.line);
-            let pred = at
-                .and_then(|i| row.predictions.get(i))
-                .cloned()
-                .unwrap_or_default();
-            sample.predictions.push((row.key.clone(), pred));
-        }
+        add_sample_column(&mut report.samples, &test, &row, usize::MAX);
         report.rows.push(row);
     }
     report.instruction_sweep = sweep;
     report.sweep_path = sweep_path;
     for (n, dir) in &curve {
         let main = Some(dir) == adapter.as_ref();
-        let row = match report.rows.iter().find(|r| r.key == Strategy::Tuned.key()) {
-            Some(r) if main => r.clone(),
+        let tuned_row = report.rows.iter().find(|r| r.key == Strategy::Tuned.key());
+        let (row, info) = match (tuned_row, run.as_ref()) {
+            (Some(r), Some(info)) if main => (r.clone(), info.clone()),
             _ => {
                 eprintln!("learning curve: {n} training records ({})", dir.display());
-                let mut a = args.model.clone();
-                a.adapter = Some(dir.clone());
-                let model = a.load(InferenceWeights::Dense)?;
-                let info = run_dir::read(dir)?;
-                let point_setup = CompareSetup {
-                    tuned: Some(&model),
-                    strategies: vec![Strategy::Tuned],
-                    adapter: Some(adapter_facts(dir, Some(&info), Some(&model))?),
-                    samples: 0,
-                    ..setup.clone()
-                };
-                compare::run(&point_setup, &mut progress)?.rows.remove(0)
+                let (row, info) = score_adapter(&args, &setup, dir, &mut progress)?;
+                let info =
+                    info.with_context(|| format!("{}: not a run directory", dir.display()))?;
+                (row, info)
             }
         };
-        let info = run_dir::read(dir)?;
         let state = info.state.as_ref();
         report.learning_curve.push(compare::CurvePoint {
             adapter: dir.display().to_string(),
@@ -383,6 +326,59 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         output.join("report.json").display()
     );
     Ok(())
+}
+
+/// The wording a run was trained with (its config's template and system turn).
+fn trained_shape(run: Option<&RunInfo>) -> PromptShape {
+    run.map_or_else(PromptShape::default, |r| PromptShape {
+        template: r.config.encoding.prompt_template.clone(),
+        system: r.config.encoding.system.clone(),
+    })
+}
+
+/// The tuned strategy with the adapter at `dir` on `setup`'s test rows, prompted as its run
+/// was trained; also returns that run's directory facts.
+fn score_adapter(
+    args: &CompareArgs,
+    setup: &CompareSetup,
+    dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<(compare::StrategyRow, Option<RunInfo>)> {
+    let mut model_args = args.model.clone();
+    model_args.adapter = Some(dir.to_path_buf());
+    let model = model_args.load(InferenceWeights::Dense)?;
+    let info = run_dir::run_dir_of(dir)
+        .map(|d| run_dir::read(&d))
+        .transpose()?;
+    let one = CompareSetup {
+        tuned: Some(&model),
+        strategies: vec![Strategy::Tuned],
+        tuned_shape: trained_shape(info.as_ref()),
+        adapter: Some(adapter_facts(dir, info.as_ref(), Some(&model))?),
+        samples: 0,
+        ..setup.clone()
+    };
+    let row = compare::run(&one, progress)?.rows.remove(0);
+    Ok((row, info))
+}
+
+/// Puts `row`'s predictions into the side-by-side samples as a column at `at` (clamped).
+fn add_sample_column(
+    samples: &mut [compare::Sample],
+    test: &[task::TaskExample],
+    row: &compare::StrategyRow,
+    at: usize,
+) {
+    for sample in samples {
+        let pred = test
+            .iter()
+            .position(|x| x.line == sample.line)
+            .and_then(|i| row.predictions.get(i))
+            .cloned()
+            .unwrap_or_else(|| "—".into());
+        let col = at.min(sample.predictions.len());
+        sample.predictions.insert(col, (row.key.clone(), pred));
+    }
 }
 
 /// The size-N/ runs of a learning-curve directory, smallest first (empty for a plain run).

@@ -13,7 +13,7 @@ use crate::metrics::{
 };
 use crate::scoring::{PromptEncoder, Scorer};
 use crate::strategy::{draw_shots, extract_answer, messages, PromptShape, Strategy};
-use crate::task::{label_prior, majority_label, TaskExample, TaskKind};
+use crate::task::{label_index, label_prior, majority_label, TaskExample, TaskKind};
 
 /// How label tasks are scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -226,10 +226,7 @@ pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<Compa
             .test
             .iter()
             .map(|x| {
-                let i = labels
-                    .iter()
-                    .position(|l| normalize(l) == normalize(&x.reference))
-                    .unwrap_or(0);
+                let i = label_index(&labels, &x.reference).unwrap_or(0);
                 -(prior[i].max(1e-9)).ln()
             })
             .sum();
@@ -385,10 +382,7 @@ fn run_strategy(
             predictions.push(labels[best].clone());
             let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let lse = max + scores.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
-            let r = labels
-                .iter()
-                .position(|l| normalize(l) == normalize(&x.reference))
-                .unwrap_or(0);
+            let r = label_index(labels, &x.reference).unwrap_or(0);
             nll += lse - scores[r];
             report_every(i + 1, scorer.usage.seconds, progress);
         }

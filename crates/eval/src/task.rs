@@ -203,17 +203,27 @@ pub fn check_references(path: &Path, examples: &[TaskExample], kind: &TaskKind) 
     Ok(())
 }
 
+/// Which of `labels` `answer` is (compared after case and space normalization).
+pub fn label_index(labels: &[String], answer: &str) -> Option<usize> {
+    let answer = normalize(answer);
+    labels.iter().position(|l| normalize(l) == answer)
+}
+
+/// How many train answers are each label, in `labels` order.
+fn label_counts(train: &[TaskExample], labels: &[String]) -> Vec<usize> {
+    let mut counts = vec![0usize; labels.len()];
+    for i in train
+        .iter()
+        .filter_map(|x| label_index(labels, &x.reference))
+    {
+        counts[i] += 1;
+    }
+    counts
+}
+
 /// The most frequent answer of the train split (ties: first seen).
 pub fn majority_label(train: &[TaskExample], labels: &[String]) -> Option<String> {
-    let mut counts = vec![0usize; labels.len()];
-    for x in train {
-        if let Some(i) = labels
-            .iter()
-            .position(|l| normalize(l) == normalize(&x.reference))
-        {
-            counts[i] += 1;
-        }
-    }
+    let counts = label_counts(train, labels);
     let best = counts
         .iter()
         .enumerate()
@@ -223,17 +233,9 @@ pub fn majority_label(train: &[TaskExample], labels: &[String]) -> Option<String
 
 /// Label frequencies of the train split, in `labels` order (a prior-only model's beliefs).
 pub fn label_prior(train: &[TaskExample], labels: &[String]) -> Vec<f64> {
-    let mut counts = vec![0f64; labels.len()];
-    for x in train {
-        if let Some(i) = labels
-            .iter()
-            .position(|l| normalize(l) == normalize(&x.reference))
-        {
-            counts[i] += 1.0;
-        }
-    }
-    let total: f64 = counts.iter().sum::<f64>().max(1.0);
-    counts.iter().map(|c| c / total).collect()
+    let counts = label_counts(train, labels);
+    let total = counts.iter().sum::<usize>().max(1) as f64;
+    counts.iter().map(|&c| c as f64 / total).collect()
 }
 
 #[cfg(test)]

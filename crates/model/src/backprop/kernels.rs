@@ -116,6 +116,28 @@ pub fn rms_norm_backward_add(x: &[f32], rstd: &[f32], w: &[f32], dy: &[f32], dx:
         });
 }
 
+/// One head's vector rotated by `token`'s rope angles (times `direction`, ±1), half-split
+/// pairing: (x1, x2) -> (x1 cos − x2 sin, x2 cos + x1 sin). No tables: copied.
+fn rotate(
+    src: &[f32],
+    dst: &mut [f32],
+    tables: Option<(&[f32], &[f32])>,
+    token: usize,
+    direction: f32,
+) {
+    let Some((cos, sin)) = tables else {
+        dst.copy_from_slice(src);
+        return;
+    };
+    let f = src.len() / 2;
+    let (c, s) = (&cos[token * f..][..f], &sin[token * f..][..f]);
+    for i in 0..f {
+        let (x1, x2, sin) = (src[i], src[i + f], s[i] * direction);
+        dst[i] = x1 * c[i] - x2 * sin;
+        dst[i + f] = x2 * c[i] + x1 * sin;
+    }
+}
+
 /// Token-major (b, t, h, hd) to head-major (b, h, t, hd), rotating each head by its token's
 /// rope angles (Hugging Face's half-split pairing: i with i + f). `cos`/`sin` are (b·t, f);
 /// None copies without rotating (values).
@@ -127,7 +149,6 @@ pub fn to_heads(
     h: usize,
     hd: usize,
 ) -> Vec<f32> {
-    let f = hd / 2;
     debug_assert_eq!(x.len(), b * t * h * hd);
     let mut out = vec![0f32; x.len()];
     // One (t, hd) block per (batch, head).
@@ -139,17 +160,7 @@ pub fn to_heads(
                 let token = bi * t + ti;
                 let src = &x[(token * h + head) * hd..][..hd];
                 let dst = &mut block[ti * hd..][..hd];
-                match tables {
-                    None => dst.copy_from_slice(src),
-                    Some((cos, sin)) => {
-                        let (c, s) = (&cos[token * f..][..f], &sin[token * f..][..f]);
-                        for i in 0..f {
-                            let (x1, x2) = (src[i], src[i + f]);
-                            dst[i] = x1 * c[i] - x2 * s[i];
-                            dst[i + f] = x2 * c[i] + x1 * s[i];
-                        }
-                    }
-                }
+                rotate(src, dst, tables, token, 1.0);
             }
         });
     out
@@ -165,7 +176,6 @@ pub fn from_heads(
     h: usize,
     hd: usize,
 ) -> Vec<f32> {
-    let f = hd / 2;
     let mut out = vec![0f32; dy.len()];
     // One (h, hd) row per token.
     out.par_chunks_mut(h * hd)
@@ -177,17 +187,8 @@ pub fn from_heads(
             for head in 0..h {
                 let src = &dy[((bi * h + head) * t + ti) * hd..][..hd];
                 let dst = &mut row[head * hd..][..hd];
-                match tables {
-                    None => dst.copy_from_slice(src),
-                    Some((cos, sin)) => {
-                        let (c, s) = (&cos[token * f..][..f], &sin[token * f..][..f]);
-                        for i in 0..f {
-                            let (g1, g2) = (src[i], src[i + f]);
-                            dst[i] = g1 * c[i] + g2 * s[i];
-                            dst[i + f] = g2 * c[i] - g1 * s[i];
-                        }
-                    }
-                }
+                // The inverse rotation: the angle negated.
+                rotate(src, dst, tables, token, -1.0);
             }
         });
     out
