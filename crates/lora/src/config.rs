@@ -16,18 +16,20 @@ pub const PROJECTIONS: [&str; 7] = [
     "down_proj",
 ];
 
-/// `"all-linear"` or a list of module names.
+/// PEFT's `target_modules`: a list of module names (each matching a module's full name or
+/// its tail after a dot, e.g. `q_proj` or `self_attn.q_proj`), `"all-linear"`, or any other
+/// string, which PEFT reads as a regex that must match a module's full name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TargetModules {
     Named(Vec<String>),
-    /// PEFT's "all-linear": every projection (not lm_head).
-    AllLinear(String),
+    /// `"all-linear"` (every projection, not lm_head) or a regex on full module names.
+    Pattern(String),
 }
 
 impl TargetModules {
     pub fn all_linear() -> Self {
-        Self::AllLinear("all-linear".into())
+        Self::Pattern("all-linear".into())
     }
 
     /// Parses a flag: `all-linear` or `q_proj,v_proj`.
@@ -46,28 +48,95 @@ impl TargetModules {
         Ok(t)
     }
 
-    pub fn modules(&self) -> Vec<&str> {
+    /// Whether the projection named `module` in full (`model.layers.3.self_attn.q_proj`) is
+    /// targeted, by PEFT's rules.
+    pub fn matches(&self, module: &str) -> bool {
         match self {
-            Self::AllLinear(_) => PROJECTIONS.to_vec(),
-            Self::Named(names) => names.iter().map(String::as_str).collect(),
+            Self::Pattern(p) if p == "all-linear" => true,
+            Self::Pattern(p) => full_match(p, module),
+            Self::Named(names) => names
+                .iter()
+                .any(|n| module == n || module.ends_with(&format!(".{n}"))),
         }
     }
 
     fn validate(&self) -> Result<(), LoraError> {
         match self {
-            Self::AllLinear(s) if s != "all-linear" => {
-                Err(LoraError::bad_config("target_modules", format!("`{s}`: expected \"all-linear\" or a list of module names")))
-            }
-            Self::AllLinear(_) => Ok(()),
-            Self::Named(names) if names.is_empty() => Err(LoraError::bad_config("target_modules", "is empty")),
-            Self::Named(names) => match names.iter().find(|n| !PROJECTIONS.contains(&n.as_str())) {
-                Some(bad) => Err(LoraError::bad_config(
+            Self::Pattern(p) if p == "all-linear" => Ok(()),
+            Self::Pattern(p) => regex::Regex::new(p).map(|_| ()).map_err(|e| {
+                LoraError::bad_config(
                     "target_modules",
-                    format!("`{bad}` is not a projection of this model (expected all-linear or some of {})", PROJECTIONS.join(", ")),
-                )),
-                None => Ok(()),
-            },
+                    format!("`{p}` is neither \"all-linear\" nor a valid regex: {e}"),
+                )
+            }),
+            Self::Named(names) if names.is_empty() => {
+                Err(LoraError::bad_config("target_modules", "is empty"))
+            }
+            Self::Named(names) => {
+                let projection = |n: &str| PROJECTIONS.contains(&n.rsplit('.').next().unwrap_or(n));
+                match names.iter().find(|n| !projection(n)) {
+                    Some(bad) => Err(LoraError::bad_config(
+                        "target_modules",
+                        format!(
+                            "`{bad}` is not a projection of this model (expected all-linear or some of {}; embeddings and lm_head are not supported)",
+                            PROJECTIONS.join(", ")
+                        ),
+                    )),
+                    None => Ok(()),
+                }
+            }
         }
+    }
+}
+
+/// Python's `re.fullmatch(pattern, text)`.
+fn full_match(pattern: &str, text: &str) -> bool {
+    regex::Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(text))
+}
+
+/// `layers_to_transform`: PEFT accepts one layer index or a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<usize>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(usize),
+        Many(Vec<usize>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => None,
+        Some(OneOrMany::One(l)) => Some(vec![l]),
+        Some(OneOrMany::Many(l)) => Some(l),
+    })
+}
+
+/// PEFT fields that change the adapter's forward pass or add weights tuna does not apply:
+/// an adapter that sets any of them is refused rather than run wrong.
+const UNSUPPORTED_FIELDS: [(&str, &str); 10] = [
+    ("alora_invocation_tokens", "activated LoRA (aLoRA)"),
+    ("use_qalora", "QALoRA"),
+    ("layer_replication", "layer replication"),
+    ("lora_bias", "a bias on lora_B"),
+    ("trainable_token_indices", "trainable token embeddings"),
+    (
+        "target_parameters",
+        "adapters on parameters rather than modules",
+    ),
+    ("use_bdlora", "BD-LoRA"),
+    ("arrow_config", "Arrow routing"),
+    ("kasa_config", "KaSA"),
+    ("monteclora_config", "MonteCLoRA"),
+];
+
+/// A PEFT field is set when it is not null, false, 0, "" or empty.
+fn is_set(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
     }
 }
 
@@ -82,7 +151,7 @@ fn default_bias() -> String {
 }
 
 /// adapter_config.json. Fields tuna does not use are kept when reading PEFT files
-/// (`#[serde(flatten)] other`), and refused where they change the math (see `validate`).
+/// (`other`, written back on save), and refused where they change the math (see `validate`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
     #[serde(default = "default_peft_type")]
@@ -94,7 +163,7 @@ pub struct LoraConfig {
     #[serde(default)]
     pub lora_dropout: f64,
     pub target_modules: TargetModules,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub layers_to_transform: Option<Vec<usize>>,
     #[serde(default)]
     pub use_rslora: bool,
@@ -117,6 +186,9 @@ pub struct LoraConfig {
     pub rank_pattern: IndexMap<String, usize>,
     #[serde(default)]
     pub alpha_pattern: IndexMap<String, f64>,
+    /// Every other field of the file (PEFT has many; see `UNSUPPORTED_FIELDS`).
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for LoraConfig {
@@ -138,6 +210,7 @@ impl Default for LoraConfig {
             modules_to_save: None,
             rank_pattern: IndexMap::new(),
             alpha_pattern: IndexMap::new(),
+            other: serde_json::Map::new(),
         }
     }
 }
@@ -179,17 +252,19 @@ impl LoraConfig {
         self.scale_of(self.rank_for(module), alpha)
     }
 
-    /// Whether `module` (e.g. `q_proj`) of layer `layer` gets an adapter.
+    /// Whether `module` (a full name such as `model.layers.0.self_attn.q_proj`) of layer
+    /// `layer` gets an adapter.
     pub fn targets(&self, module: &str, layer: usize) -> bool {
-        self.target_modules.modules().contains(&module)
+        self.target_modules.matches(module)
             && self
                 .layers_to_transform
                 .as_ref()
                 .is_none_or(|l| l.contains(&layer))
     }
 
-    /// Refuses what tuna does not implement, naming the field, rather than ignoring it.
-    pub fn validate(&self, num_layers: usize) -> Result<(), LoraError> {
+    /// Refuses what tuna does not implement, naming the field, rather than ignoring it;
+    /// `validate` adds the checks that need the model.
+    pub fn check_supported(&self) -> Result<(), LoraError> {
         let bad = |field: &str, reason: String| LoraError::bad_config(field, reason);
         if self.peft_type != "LORA" {
             return Err(bad(
@@ -244,6 +319,18 @@ impl LoraConfig {
         if let Some((k, _)) = self.rank_pattern.iter().find(|(_, &r)| r == 0) {
             return Err(bad("rank_pattern", format!("rank for `{k}` must be > 0")));
         }
+        for (field, what) in UNSUPPORTED_FIELDS {
+            if let Some(v) = self.other.get(field).filter(|v| is_set(v)) {
+                return Err(bad(field, format!("{what} is not supported (set to {v})")));
+            }
+        }
+        Ok(())
+    }
+
+    /// `check_supported`, and every layer index within the model's `num_layers`.
+    pub fn validate(&self, num_layers: usize) -> Result<(), LoraError> {
+        self.check_supported()?;
+        let bad = |field: &str, reason: String| LoraError::bad_config(field, reason);
         if let Some(layers) = &self.layers_to_transform {
             if let Some(l) = layers.iter().find(|&&l| l >= num_layers) {
                 return Err(bad(

@@ -59,6 +59,19 @@ pub fn save(
     write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
 }
 
+/// The field that keeps `raw` from reading as a LoraConfig: each field is tried alone on an
+/// otherwise minimal config (serde's own message does not name it).
+fn culprit_field(raw: &serde_json::Value) -> Option<String> {
+    let object = raw.as_object()?;
+    object.iter().find_map(|(key, value)| {
+        let mut one = serde_json::json!({"r": 1, "lora_alpha": 1, "target_modules": "all-linear"});
+        one[key] = value.clone();
+        serde_json::from_value::<LoraConfig>(one)
+            .is_err()
+            .then(|| key.clone())
+    })
+}
+
 /// An adapter directory read back: its config and, per HF module name, (A, B).
 pub struct LoadedAdapter {
     pub dir: PathBuf,
@@ -93,11 +106,21 @@ pub fn load(dir: &Path) -> Result<LoadedAdapter, LoraError> {
         });
     }
     let config: LoraConfig =
-        serde_json::from_value(raw).map_err(|e| LoraError::BadAdapterFile {
+        serde_json::from_value(raw.clone()).map_err(|e| LoraError::BadAdapterFile {
             path: config_path.clone(),
-            field: "(config)".into(),
+            field: culprit_field(&raw).unwrap_or_else(|| "(config)".into()),
             reason: e.to_string(),
         })?;
+    // Before the tensors: an unsupported feature is named by its config field, not by the
+    // extra tensor it brings (a DoRA magnitude, an embedding adapter, a bias).
+    config.check_supported().map_err(|e| match e {
+        LoraError::BadConfig { field, reason } => LoraError::BadAdapterFile {
+            path: config_path.clone(),
+            field,
+            reason,
+        },
+        other => other,
+    })?;
     let weights = dir.join(WEIGHTS_FILE);
     if !weights.is_file() {
         return Err(LoraError::Missing {

@@ -47,8 +47,8 @@ impl Llama {
         config.validate(self.config.num_hidden_layers)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let device = self.device().clone();
-        for (module, layer, short, linear) in self.projections_mut() {
-            if config.targets(short, layer) {
+        for (module, layer, _, linear) in self.projections_mut() {
+            if config.targets(&module, layer) {
                 let adapter = LoraAdapter::init(
                     linear.in_features,
                     linear.out_features,

@@ -106,7 +106,7 @@ fn target_selection_follows_peft_names() {
         ]
     );
     let err = TargetModules::parse("q_proj,qkv").unwrap_err().to_string();
-    assert_eq!(err, "lora: target_modules: `qkv` is not a projection of this model (expected all-linear or some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
+    assert_eq!(err, "lora: target_modules: `qkv` is not a projection of this model (expected all-linear or some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; embeddings and lm_head are not supported)");
 }
 
 #[test]
@@ -363,11 +363,8 @@ fn rank_and_alpha_patterns_follow_peft() {
     // A key that is not a pattern is refused, naming the field.
     plain["rank_pattern"] = serde_json::json!({"q_proj(": 2});
     std::fs::write(dir.join("adapter_config.json"), plain.to_string()).unwrap();
-    let err = other
-        .model
-        .load_lora(&peft::load(&dir).unwrap())
-        .unwrap_err();
-    assert!(err.to_string().contains("rank_pattern"), "{err}");
+    let err = peft::load(&dir).err().unwrap().to_string();
+    assert!(err.contains("adapter_config.json: rank_pattern: "), "{err}");
 }
 
 #[test]
@@ -410,4 +407,208 @@ fn adapters_stored_in_f16_or_bf16_load() {
         let d = max_abs_diff(&want, &logits(&fresh));
         assert!(d > 0.0 && d < tolerance, "{dtype:?}: {d}");
     }
+}
+
+/// A saved r=2 adapter on every projection of a tiny model, and its directory.
+fn saved_adapter() -> (tuna_testkit::TinyModel, std::path::PathBuf) {
+    let (m, mut p) = load(TinySpec::default());
+    let cfg = LoraConfig {
+        r: 2,
+        ..Default::default()
+    };
+    p.model.attach_lora(&cfg, 0).unwrap();
+    let dir = m.path().join("adapter");
+    p.model.save_lora(&dir, &cfg).unwrap();
+    (m, dir)
+}
+
+fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join(peft::CONFIG_FILE);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+}
+
+fn add_tensor(dir: &std::path::Path, key: &str, shape: &[usize]) {
+    let path = dir.join(peft::WEIGHTS_FILE);
+    let mut all = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    all.insert(
+        key.to_string(),
+        Tensor::ones(shape, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&all, &path).unwrap();
+}
+
+#[test]
+fn unsupported_peft_features_are_refused_naming_the_field() {
+    let layer0 = "base_model.model.model.layers.0";
+    let cases: Vec<(&str, serde_json::Value, Option<(String, Vec<usize>)>)> = vec![
+        (
+            "use_dora",
+            serde_json::json!(true),
+            Some((
+                format!("{layer0}.self_attn.q_proj.lora_magnitude_vector"),
+                vec![64],
+            )),
+        ),
+        ("bias", serde_json::json!("lora_only"), None),
+        ("modules_to_save", serde_json::json!(["lm_head"]), None),
+        (
+            "target_modules",
+            serde_json::json!(["q_proj", "embed_tokens"]),
+            Some((
+                "base_model.model.model.embed_tokens.lora_embedding_A".into(),
+                vec![2, 300],
+            )),
+        ),
+        ("fan_in_fan_out", serde_json::json!(true), None),
+        ("alora_invocation_tokens", serde_json::json!([5, 6]), None),
+        (
+            "lora_bias",
+            serde_json::json!(true),
+            Some((format!("{layer0}.self_attn.q_proj.lora_B.bias"), vec![64])),
+        ),
+        (
+            "layer_replication",
+            serde_json::json!([[0, 2], [1, 2]]),
+            None,
+        ),
+        ("trainable_token_indices", serde_json::json!([3, 4]), None),
+        ("target_parameters", serde_json::json!(["experts.w1"]), None),
+        ("use_qalora", serde_json::json!(true), None),
+        ("layers_to_transform", serde_json::json!("first"), None),
+        ("r", serde_json::json!(0), None),
+    ];
+    for (field, value, tensor) in cases {
+        let (_m, dir) = saved_adapter();
+        edit_config(&dir, |c| c[field] = value.clone());
+        if let Some((key, shape)) = &tensor {
+            add_tensor(&dir, key, shape);
+        }
+        let err = peft::load(&dir).err().map(|e| e.to_string());
+        let want = format!("{}: {field}: ", dir.join(peft::CONFIG_FILE).display());
+        assert!(
+            err.as_deref().is_some_and(|e| e.starts_with(&want)),
+            "{field} = {value}: got {err:?}, want an error starting {want:?}"
+        );
+    }
+
+    let (_m, dir) = saved_adapter();
+    std::fs::remove_file(dir.join(peft::CONFIG_FILE)).unwrap();
+    let err = peft::load(&dir).err().unwrap().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}: missing adapter_config.json",
+            dir.join(peft::CONFIG_FILE).display()
+        )
+    );
+}
+
+#[test]
+fn every_peft_form_of_target_modules_and_layers_loads() {
+    let (_m, dir) = saved_adapter();
+    let (_m2, mut base) = load(TinySpec::default());
+    let full = peft::load(&dir).unwrap();
+    base.model.load_lora(&full).unwrap();
+    let want = logits(&base);
+    for (field, value) in [
+        (
+            "target_modules",
+            serde_json::json!(r".*\.(q|k|v|o|gate|up|down)_proj"),
+        ),
+        (
+            "target_modules",
+            serde_json::json!([
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "v_proj",
+                "o_proj",
+                "mlp.gate_proj",
+                "up_proj",
+                "down_proj"
+            ]),
+        ),
+        ("layers_to_transform", serde_json::json!([0, 1])),
+        // Fields that shape training, not the forward pass, load unchanged.
+        ("init_lora_weights", serde_json::json!("gaussian")),
+        ("exclude_modules", serde_json::json!(["lm_head"])),
+        ("loftq_config", serde_json::json!({})),
+        (
+            "runtime_config",
+            serde_json::json!({"ephemeral_gpu_offload": false}),
+        ),
+        ("use_qalora", serde_json::json!(false)),
+    ] {
+        edit_config(&dir, |c| c[field] = value.clone());
+        let (_m3, mut p) = load(TinySpec::default());
+        p.model.load_lora(&peft::load(&dir).unwrap()).unwrap();
+        assert_eq!(max_abs_diff(&want, &logits(&p)), 0.0, "{field} = {value}");
+    }
+
+    // One layer as a bare number, and a regex, select what PEFT selects.
+    let cfg: LoraConfig = serde_json::from_value(serde_json::json!({
+        "r": 2, "lora_alpha": 4, "layers_to_transform": 1,
+        "target_modules": r"model\.layers\.\d+\.self_attn\.(q|v)_proj"
+    }))
+    .unwrap();
+    assert_eq!(cfg.layers_to_transform, Some(vec![1]));
+    let (_m4, mut p) = load(TinySpec::default());
+    p.model.attach_lora(&cfg, 0).unwrap();
+    let names: Vec<String> = p.model.lora_vars().into_iter().map(|(m, ..)| m).collect();
+    assert_eq!(
+        names,
+        [
+            "model.layers.1.self_attn.q_proj",
+            "model.layers.1.self_attn.v_proj"
+        ]
+    );
+}
+
+/// tests/data/peft-fixture: an adapter PEFT saved (scripts/make-peft-fixture.py), with
+/// PEFT's own delta weights beside it.
+fn peft_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/peft-fixture")
+}
+
+#[test]
+fn an_adapter_saved_by_peft_applies_the_deltas_peft_computes() {
+    let loaded = peft::load(&peft_fixture()).unwrap();
+    let config = &loaded.config;
+    assert!(config.use_rslora);
+    assert_eq!((config.r, config.lora_alpha), (4, 8.0));
+    let expected = candle_core::safetensors::load(
+        peft_fixture().join("expected_delta.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut modules: Vec<&String> = loaded.tensors.keys().collect();
+    modules.sort();
+    assert_eq!(
+        modules,
+        [
+            "model.layers.1.mlp.down_proj",
+            "model.layers.1.self_attn.q_proj",
+            "model.layers.1.self_attn.v_proj"
+        ]
+    );
+
+    // Folded into the tiny base, each weight moves by exactly PEFT's delta.
+    let (_m, mut p) = load(TinySpec::default());
+    p.model.load_lora(&loaded).unwrap();
+    let mut checked = 0;
+    for (module, _, _, linear) in p.model.projections_mut() {
+        let Some(want) = expected.get(&module) else {
+            assert!(linear.adapter.is_none(), "{module} has no adapter in PEFT");
+            continue;
+        };
+        let before = linear.dense_weight().unwrap();
+        linear.merge_adapter().unwrap();
+        let delta = (linear.dense_weight().unwrap() - before).unwrap();
+        let d = max_abs_diff(&delta, want);
+        assert!(d < 1e-5, "{module}: merged delta vs PEFT's: {d}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
 }
