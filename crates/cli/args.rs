@@ -244,6 +244,10 @@ pub struct ExportArgs {
     /// The model directory to write (config.json, model.safetensors, tokenizer files).
     #[arg(long)]
     pub output: PathBuf,
+    /// Fold the adapter into the weights. This is what export does (also without the flag):
+    /// the outputs are plain models that need no adapter.
+    #[arg(long)]
+    pub merge: bool,
     /// Also write OUTPUT/model-<quant>.gguf for llama.cpp and Ollama.
     #[arg(long)]
     pub gguf: bool,

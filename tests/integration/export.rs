@@ -1,7 +1,10 @@
 //! `tuna export` on the real SmolLM2 with an adapter: the merged Hugging Face directory gives
-//! base + adapter logits within 1e-4 (f32); the GGUF exports reload in tuna with the same
-//! greedy tokens as the merged model, and candle-transformers' quantized llama runs them;
-//! an occupied target is refused.
+//! base + adapter logits within 1e-4 (f32); the F16 and Q8_0 GGUFs reload in tuna with the
+//! same greedy tokens as the merged model held in the same precision, the Q4_K one stays
+//! near it, and candle-transformers' quantized llama runs them all; an occupied target is
+//! refused; a full disk or a kill mid-export leaves the previous export whole.
+
+use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
@@ -37,6 +40,23 @@ fn greedy(p: &Pretrained) -> Vec<u32> {
         ..Default::default()
     };
     generate(p, &prompt, &options, |_| {}).unwrap().0
+}
+
+/// candle-transformers' quantized llama on a GGUF: the last position's logits for IDS.
+fn candle_transformers_logits(path: &Path) -> Tensor {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut model = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+        content,
+        &mut file,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids = Tensor::new(&IDS, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model.forward(&ids, 0).unwrap().squeeze(0).unwrap()
 }
 
 #[test]
@@ -148,30 +168,59 @@ fn merged_exports_match_base_plus_adapter() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(max_abs_diff(&a, &b) < 0.03 * range);
-    let mut file = std::fs::File::open(&q8_path).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let mut reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
-        content,
-        &mut file,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let ids = Tensor::new(&IDS, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let theirs = reference.forward(&ids, 0).unwrap().squeeze(0).unwrap();
-    let ours = logits(&merged)
-        .squeeze(0)
-        .unwrap()
-        .get(IDS.len() - 1)
-        .unwrap();
+    // Held as Q8_0 blocks on both sides, the GGUF and the merged directory generate the
+    // same greedy text.
+    let as_q8 = |path: &Path| {
+        let options = LoadOptions {
+            weights: WeightFormat::Q8_0,
+            ..Default::default()
+        };
+        Pretrained::load(path.to_str().unwrap(), &options).unwrap()
+    };
+    assert_eq!(greedy(&as_q8(&q8_path)), greedy(&as_q8(&out)));
     let next = |t: &Tensor| t.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+    let last = |p: &Pretrained| logits(p).squeeze(0).unwrap().get(IDS.len() - 1).unwrap();
     assert_eq!(
-        next(&theirs),
-        next(&ours),
+        next(&candle_transformers_logits(&q8_path)),
+        next(&last(&merged)),
         "candle-transformers reads the export"
     );
+
+    // Q4_K: rows 576 wide are not a multiple of its 256-value blocks, so only down_proj
+    // (1536 wide) is Q4_K and the rest Q8_0. tuna and candle-transformers read the same
+    // blocks and agree on the next token.
+    let out4 = tmp.path().join("merged-q4");
+    let r = tuna(
+        &[
+            "export",
+            "--model",
+            &gguf,
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--output",
+            out4.to_str().unwrap(),
+            "--gguf",
+            "--quant",
+            "q4_k",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let q4_path = out4.join("model-q4_k.gguf");
+    let mut file = std::fs::File::open(&q4_path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let kind = |name: &str| content.tensor_infos[name].ggml_dtype;
+    use candle_core::quantized::GgmlDType;
+    assert_eq!(kind("blk.0.ffn_down.weight"), GgmlDType::Q4K);
+    assert_eq!(kind("blk.0.attn_q.weight"), GgmlDType::Q8_0);
+    let q4 = Pretrained::load(q4_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(
+        next(&candle_transformers_logits(&q4_path)),
+        next(&last(&q4))
+    );
+    let d = max_abs_diff(&logits(&q4), &logits(&merged));
+    eprintln!("q4_k vs merged f32: max |diff| {d} (logit range {range})");
+    assert!(d < 0.15 * range, "4-bit weights stay near the merged model");
 
     // Exporting over a non-empty directory needs --force.
     let r = tuna(
@@ -190,5 +239,108 @@ fn merged_exports_match_base_plus_adapter() {
     assert_eq!(
         redact(&r.stderr, tmp.path()).lines().next().unwrap(),
         "error: <TMP>/merged: exists and is not empty; pass --force to replace it"
+    );
+}
+
+/// `tuna export` in a shell whose file-size limit (`ulimit -f`, KiB) cuts the weights short:
+/// with SIGXFSZ ignored the write fails as on a full disk; otherwise the signal kills tuna
+/// mid-write, as a crash or a power cut would.
+fn export_with_file_limit(model: &str, out: &Path, kib: u32, killed: bool) -> crate::util::Run {
+    let trap = if killed { "" } else { "trap '' XFSZ; " };
+    let script =
+        format!("{trap}ulimit -f {kib}; exec \"$0\" export --model \"$1\" --output \"$2\" --force");
+    let output = std::process::Command::new("bash")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_tuna"), model])
+        .arg(out)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    crate::util::Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Names of export temporaries (`.NAME.partial-PID`, `.NAME.old-PID`) in `dir`.
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial-") || n.contains(".old-"))
+        .collect()
+}
+
+#[test]
+fn a_full_disk_or_a_killed_export_leaves_the_old_model_whole() {
+    let m = tuna_testkit::tiny_model(tuna_testkit::TinySpec::default());
+    let model = m.path_str();
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("exported");
+    let r = tuna(
+        &[
+            "export",
+            "--model",
+            &model,
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    assert!(
+        before.len() > 16 * 1024,
+        "the weights outgrow the limit below"
+    );
+
+    // Disk full: a clear error naming the file, the old export as it was, nothing left over.
+    let r = export_with_file_limit(&model, &out, 16, false);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(".partial-") && r.stderr.contains("File too large"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
+    assert!(
+        temporaries(parent.path()).is_empty(),
+        "{:?}",
+        temporaries(parent.path())
+    );
+
+    // Killed mid-write: the old export is untouched; the half-written temporary is left
+    // behind, and the next export clears it away.
+    let r = export_with_file_limit(&model, &out, 16, true);
+    assert_ne!(r.code, 0);
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
+    assert_eq!(temporaries(parent.path()).len(), 1);
+    let r = tuna(
+        &[
+            "export",
+            "--model",
+            &model,
+            "--output",
+            out.to_str().unwrap(),
+            "--force",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        temporaries(parent.path()).is_empty(),
+        "{:?}",
+        temporaries(parent.path())
+    );
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
     );
 }

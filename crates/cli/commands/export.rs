@@ -17,6 +17,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         })?),
         false => None,
     };
+    if args.merge && args.model.adapter.is_none() {
+        anyhow::bail!("--merge: there is no adapter to fold in (pass --adapter DIR)");
+    }
     // Refuse an occupied target before the slow part.
     if !args.force && std::fs::read_dir(&args.output).is_ok_and(|mut d| d.next().is_some()) {
         return Err(tuna_model::ModelError::ExportTargetExists {
@@ -24,7 +27,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         }
         .into());
     }
-    let mut model = args.model.load(InferenceWeights::Dense)?;
+    // The merge runs on the CPU (in f64, stored in f32 unless --dtype says otherwise), so a
+    // GPU build exports the same weights as a CPU one.
+    let mut model_args = args.model.clone();
+    model_args.device = "cpu".into();
+    let mut model = model_args.load(InferenceWeights::Dense)?;
     if args.model.adapter.is_some() {
         model.model.merge_lora()?;
     } else {

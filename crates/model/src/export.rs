@@ -91,6 +91,52 @@ fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
 }
 
+/// Cleans up after an export that was killed: its half-written `.NAME.partial-PID` goes, and
+/// a `.NAME.old-PID` (the previous export, moved aside just before the kill) goes back to
+/// NAME when NAME is missing. Only directories of processes that are gone are touched.
+fn recover_interrupted(dir: &Path) {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let name = name.to_string_lossy();
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&format!(".{name}.")) else {
+            continue;
+        };
+        let (kind, pid) = match rest.split_once('-') {
+            Some((kind, pid)) if kind == "partial" || kind == "old" => (kind, pid),
+            _ => continue,
+        };
+        if !pid.parse::<u32>().is_ok_and(process_is_gone) {
+            continue;
+        }
+        let path = entry.path();
+        if kind == "old" && !dir.exists() {
+            let _ = std::fs::rename(&path, dir);
+        } else {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Whether no process `pid` runs (known on Linux; elsewhere every process counts as alive).
+fn process_is_gone(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        false
+    }
+}
+
 /// Writes the model as a Hugging Face directory at `dir` (the model's tensors as they are:
 /// merge an adapter first), plus `model-<quant>.gguf` inside it when `gguf` is set. `dir`
 /// must be absent or empty unless `force`; the old contents are replaced only once the new
@@ -102,6 +148,7 @@ pub fn export(model: &Pretrained, dir: &Path, gguf: Option<GgufQuant>, force: bo
             reason: "name the directory to write (not . or ..)".into(),
         });
     }
+    recover_interrupted(dir);
     let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
     if (occupied && !force) || dir.is_file() {
         return Err(ModelError::ExportTargetExists { path: dir.into() });

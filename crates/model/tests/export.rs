@@ -104,8 +104,8 @@ fn an_occupied_target_is_refused_and_a_failed_export_changes_nothing() {
     assert!(err
         .to_string()
         .ends_with("exists and is not empty; pass --force to replace it"));
-    // A failure halfway (model.safetensors written, then config.json refused) with --force:
-    // the old directory stays as it was and nothing temporary is left.
+    // A refused model with --force: the old directory stays as it was and nothing temporary
+    // is left (tests/integration/export.rs fails a write halfway, and kills one).
     p.config.rope_scaling = Some(RopeScaling::Factors {
         factors: vec![1.0; p.config.head_dim / 2],
     });
@@ -123,4 +123,28 @@ fn an_occupied_target_is_refused_and_a_failed_export_changes_nothing() {
     assert!(!out.join("keep.txt").exists());
     assert!(out.join("model.safetensors").is_file());
     assert!(leftovers(m.path()).is_empty());
+}
+
+#[test]
+fn an_export_killed_between_its_renames_gets_the_old_model_back() {
+    let m = tiny_model(TinySpec::default());
+    let p = Pretrained::load(&m.path_str(), &LoadOptions::default()).unwrap();
+    let out = m.path().join("export");
+    // What a kill right after "move the old export aside" leaves: no target, and the old
+    // export under a temporary name of a process that is gone (pids stop below 2^22).
+    let aside = m.path().join(".export.old-4999999");
+    std::fs::create_dir_all(&aside).unwrap();
+    std::fs::write(aside.join("keep.txt"), "mine").unwrap();
+    let stale = m.path().join(".export.partial-4999999");
+    std::fs::create_dir_all(&stale).unwrap();
+    let err = export(&p, &out, None, false).unwrap_err();
+    assert!(
+        matches!(err, ModelError::ExportTargetExists { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "mine"
+    );
+    assert!(leftovers(m.path()).is_empty(), "{:?}", leftovers(m.path()));
 }
