@@ -30,6 +30,15 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// `cpu`, `cuda:N` or `metal:N`: where the figures were measured.
+fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len();
@@ -125,6 +134,7 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
             })
             .collect();
         optimizer.update(&grads, 2e-4)?;
+        model.model.device().synchronize()?;
         let (f, b, o) = (pass.forward_s, pass.backward_s, t2.elapsed().as_secs_f64());
         let loss = pass.loss / batch.n_targets as f64;
         let timed = step >= args.warmup;
@@ -147,6 +157,8 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
     let mut result = json!({
         "bench": "train",
         "model": args.model.model,
+        "device": device_name(model.model.device()),
+        "dtype": format!("{:?}", model.model.dtype()).to_lowercase(),
         "batch": args.batch,
         "seq": args.seq,
         "trainable_params": trainable,
@@ -165,9 +177,10 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         println!("{result}");
     } else {
         println!(
-            "train {}x{}: {:.1} tok/s (median of {}); fwd {:.2} s, bwd {:.2} s, opt {:.3} s per step; peak RSS {:.0} MiB; {} trainable parameters",
+            "train {}x{} on {}: {:.1} tok/s (median of {}); fwd {:.2} s, bwd {:.2} s, opt {:.3} s per step; peak RSS {:.0} MiB; {} trainable parameters",
             args.batch,
             args.seq,
+            result["device"].as_str().unwrap_or("?"),
             result["tokens_per_s"].as_f64().unwrap_or(0.0),
             args.steps,
             result["fwd_s"].as_f64().unwrap_or(0.0),
@@ -291,7 +304,13 @@ fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
     let result = json!({
         "bench": "generate",
         "model": args.model.model,
-        "weights": format!("{:?}", args.weights).to_lowercase(),
+        "device": device_name(model.model.device()),
+        // f16 and q8_0 weights are CPU kernels: a GPU runs the dense weights.
+        "weights": if model.model.device().is_cpu() {
+            format!("{:?}", args.weights).to_lowercase()
+        } else {
+            format!("dense {:?}", model.model.dtype()).to_lowercase()
+        },
         "prompt_tokens": ids.len(),
         "new_tokens": args.new_tokens,
         "reps": args.reps,
@@ -309,7 +328,9 @@ fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
         println!("{result}");
     } else {
         println!(
-            "generate: {:.1} tok/s (new tokens / total time, median of {}); prompt {:.1} tok/s; decode {:.1} tok/s; peak RSS {:.0} MiB; load {:.2} s",
+            "generate on {} ({} weights): {:.1} tok/s (new tokens / total time, median of {}); prompt {:.1} tok/s; decode {:.1} tok/s; peak RSS {:.0} MiB; load {:.2} s",
+            result["device"].as_str().unwrap_or("?"),
+            result["weights"].as_str().unwrap_or("?"),
             result["tokens_per_s"].as_f64().unwrap_or(0.0),
             args.reps,
             result["prompt_tokens_per_s"].as_f64().unwrap_or(0.0),

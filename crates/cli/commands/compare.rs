@@ -560,7 +560,16 @@ fn side_by_side(args: &CompareArgs, prompt: &str, run: Option<&RunInfo>) -> anyh
         max_new_tokens: args.max_new_tokens,
         ..Default::default()
     };
-    for (label, model_args) in [("base", &base_args), ("tuned", &args.model)] {
+    let mut models = vec![
+        ("base".to_string(), base_args),
+        ("tuned".to_string(), args.model.clone()),
+    ];
+    for extra in &args.also_adapters {
+        let mut extra_args = args.model.clone();
+        extra_args.adapter = Some(extra.clone());
+        models.push((format!("tuned ({})", extra.display()), extra_args));
+    }
+    for (label, model_args) in &models {
         let model = model_args.load(InferenceWeights::F16)?;
         let ids = spec.encode(&model)?;
         println!("== {label}");

@@ -13,15 +13,14 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     };
     match spec {
         "cpu" => Ok(Device::Cpu),
-        "auto" => {
-            if candle_core::utils::cuda_is_available() {
-                Device::new_cuda(0).map_err(|e| err(&e.to_string()))
-            } else if candle_core::utils::metal_is_available() {
-                Device::new_metal(0).map_err(|e| err(&e.to_string()))
-            } else {
-                Ok(Device::Cpu)
-            }
-        }
+        // Built for a GPU says nothing of one being there: without one, the CPU.
+        "auto" => Ok(if candle_core::utils::cuda_is_available() {
+            Device::new_cuda(0).unwrap_or(Device::Cpu)
+        } else if candle_core::utils::metal_is_available() {
+            Device::new_metal(0).unwrap_or(Device::Cpu)
+        } else {
+            Device::Cpu
+        }),
         "metal" => {
             if !candle_core::utils::metal_is_available() {
                 return Err(err("this binary was built without the `metal` feature"));

@@ -66,6 +66,8 @@ pub fn autograd_loss_and_grads(
     let loss = sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let forward_s = started.elapsed().as_secs_f64();
     let grads = (sum * grad_scale)?.backward()?;
+    // A GPU queues the backward: wait for it, so the split of the step's time is true.
+    model.device().synchronize()?;
     Ok(TrainPass {
         loss,
         grads,
