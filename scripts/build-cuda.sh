@@ -5,6 +5,11 @@
 # sm_90 (H100/H200; CUDA_COMPUTE_CAP overrides). Not part of the default build or CI.
 #   scripts/build-cuda.sh            -> target/cuda/release/tuna (its own target dir, so the
 #                                       CPU build in target/release stays as it is)
+#   scripts/build-cuda.sh --tests    -> also the integration test binary with the GPU parity
+#                                       tests (tests/integration/gpu.rs), copied to
+#                                       target/cuda/release/tuna-tests, and both stripped in
+#                                       target/cuda/gpu-check.tar.xz; scripts/gpu-check.sh
+#                                       runs them on the GPU machine
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PREFIX="${TUNA_CUDA_PREFIX:-$HOME/.cache/tuna/cuda13}"
@@ -33,5 +38,20 @@ if [ ! -f "$C/lib/stubs/libcuda.so" ]; then
 fi
 export PATH="$C/bin:$PATH" CUDA_ROOT="$C" CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export LIBRARY_PATH="$C/lib:$C/lib/stubs:${LIBRARY_PATH:-}"
+tests=0
+if [ "${1:-}" = "--tests" ]; then tests=1; shift; fi
 cargo build --release --locked --features cuda --target-dir target/cuda "$@"
+if [ "$tests" = 1 ]; then
+  bin="$(cargo test --release --locked --features cuda --target-dir target/cuda --test integration \
+    --no-run --message-format=json "$@" 2>/dev/null \
+    | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')"
+  cp "$bin" target/cuda/release/tuna-tests
+  # Stripped and packed for a device run (which carries 64 MiB at most): about 19 MB.
+  pack="$(mktemp -d)"
+  strip -o "$pack/tuna" target/cuda/release/tuna
+  strip -o "$pack/tuna-tests" target/cuda/release/tuna-tests
+  tar -C "$pack" -cJf target/cuda/gpu-check.tar.xz tuna tuna-tests
+  rm -rf "$pack"
+  echo "build-cuda: target/cuda/release/tuna-tests (the integration tests, GPU parity included), both packed in target/cuda/gpu-check.tar.xz" >&2
+fi
 echo "build-cuda: target/cuda/release/tuna (CUDA, sm_${CUDA_COMPUTE_CAP}); on the GPU machine put site-packages/nvidia/cu13/lib on LD_LIBRARY_PATH" >&2

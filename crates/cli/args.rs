@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::data_args::DataArgs;
 use crate::model_args::{InferenceWeights, ModelArgs};
+use crate::task_args::TaskArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,7 +24,7 @@ pub enum Command {
     /// Generate text from a prompt (streams to stdout; stats to stderr).
     Generate(GenerateArgs),
     /// Loss and perplexity on a JSONL file (any record kind; the training loss mask).
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
     /// Prompting strategies vs the tuned adapter on a test set: report.md, report.html,
     /// report.json. With --prompt: one prompt, base and tuned side by side.
     Compare(Box<CompareArgs>),
@@ -137,7 +138,12 @@ pub struct EvalArgs {
     /// How projection weights are held while scoring.
     #[arg(long, value_enum, default_value = "dense")]
     pub weights: InferenceWeights,
-    /// Print {"loss", "perplexity", "tokens", ...} as JSON on stdout.
+    /// Task metrics too, per prompting strategy and for the adapter (--strategies or
+    /// --metric turns them on; the prompting strategies run on the base model, tuned and
+    /// hybrid on base + --adapter).
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Print {"loss", "perplexity", "tokens", ..., "strategies": [...]} as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -150,34 +156,14 @@ pub struct CompareArgs {
     /// assistant turn is the reference).
     #[arg(long, required_unless_present = "prompt")]
     pub data: Option<PathBuf>,
-    /// Where shots, labels and the majority baseline come from (default: the adapter run's
-    /// training file, else train.jsonl beside the test file).
-    #[arg(long)]
-    pub train: Option<PathBuf>,
     /// Report directory (report.md, report.html, report.json).
     #[arg(long, required_unless_present = "prompt")]
     pub output: Option<PathBuf>,
-    /// Comma-separated: zero, one, few, cot, cot-few, tuned, hybrid (cot-few, chain-of-thought
-    /// with worked shots, joins cot when train records have rationales).
-    #[arg(long, default_value = "zero,one,few,cot,tuned,hybrid")]
-    pub strategies: String,
-    /// The record field holding a worked explanation of the answer (for cot-few shots).
-    #[arg(long, default_value = tuna_eval::task::RATIONALE_FIELD)]
-    pub rationale_field: String,
-    /// Shots for few-shot and hybrid (drawn from the train split, balanced per label).
-    #[arg(long, default_value_t = 5)]
-    pub shots: usize,
+    #[command(flatten)]
+    pub task: TaskArgs,
     /// Score the first N test examples.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Chain-of-thought generates long answers: score it on the first N test examples at
-    /// most (its row says how many).
-    #[arg(long, default_value_t = 100)]
-    pub cot_limit: usize,
-    /// The prompting strategies' wording around each input ({prompt} marks the input).
-    /// Default: the adapter run's prompt template, else one naming the labels.
-    #[arg(long)]
-    pub instruction: Option<String>,
     /// A file of instruction variants separated by lines of `---`: each is tried zero-shot on
     /// the valid split and the best words every prompting strategy (prompting's fair shot).
     #[arg(long)]
@@ -192,28 +178,6 @@ pub struct CompareArgs {
     /// System message for the prompting strategies (default: the adapter run's).
     #[arg(long)]
     pub system_prompt: Option<String>,
-    /// The label set, comma-separated (default: inferred from the train split).
-    #[arg(long)]
-    pub labels: Option<String>,
-    /// Metrics, comma-separated, the first the headline: accuracy, macro-f1, exact-match,
-    /// token-f1, token-error-rate (phones), char-error-rate (default: by task).
-    #[arg(long)]
-    pub metric: Option<String>,
-    /// How answers meet references: case (case-folded, spaces collapsed), exact (only
-    /// surrounding whitespace ignored) or alnum (case, and punctuation dropped).
-    #[arg(long, default_value = "case")]
-    pub normalize: String,
-    /// Label tasks: rank the labels by log-likelihood, or generate and parse.
-    #[arg(long, value_enum, default_value = "rank")]
-    pub method: MethodArg,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Longest generated answer (sequence tasks, generate method).
-    #[arg(long, default_value_t = 48)]
-    pub max_new_tokens: usize,
-    /// Longest chain-of-thought answer.
-    #[arg(long, default_value_t = 160)]
-    pub cot_max_new_tokens: usize,
     /// Rows of the side-by-side table.
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
@@ -221,9 +185,6 @@ pub struct CompareArgs {
     /// each is scored like the tuned strategy, as a row of its own.
     #[arg(long = "also-adapter", value_name = "ADAPTER")]
     pub also_adapters: Vec<PathBuf>,
-    /// Prompts generated together (generation-scored strategies).
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
     /// One prompt, base and tuned answers streamed one after the other.
     #[arg(long)]
     pub prompt: Option<String>,

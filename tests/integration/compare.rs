@@ -604,3 +604,112 @@ fn rationales_in_the_train_split_add_few_shot_chain_of_thought() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("`rationale` field"), "{}", r.stderr);
 }
+
+#[test]
+fn eval_scores_the_adapter_as_trained_and_each_strategy() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let train = write_task(dir, "train.jsonl", 0..40);
+    let valid = write_task(dir, "valid.jsonl", 40..48);
+    let run = dir.join("run");
+    let trained = tuna(
+        &[
+            "train",
+            "--model",
+            &m.path_str(),
+            "--data",
+            &train,
+            "--valid",
+            &valid,
+            "--output",
+            run.to_str().unwrap(),
+            "--max-steps",
+            "4",
+            "--lora-r",
+            "4",
+            "--prompt-template",
+            "Even? {prompt}",
+        ],
+        &[],
+    );
+    assert_eq!(trained.code, 0, "{}", trained.stderr);
+    // The loss of the run's last eval, from the run directory alone: its prompt template
+    // comes with it.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last_eval: serde_json::Value = metrics
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "eval" && e["step"] == 4)
+        .expect("an eval at the last step");
+    let model = m.path_str();
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            &model,
+            "--adapter",
+            run.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        tuna(&args, &[])
+    };
+    let r = eval(&["--data", &valid, "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("as the adapter was trained"),
+        "{}",
+        r.stderr
+    );
+    let out: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let (ours, theirs) = (
+        out["loss"].as_f64().unwrap(),
+        last_eval["loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (ours - theirs).abs() < 1e-5 * theirs,
+        "eval {ours} vs training's {theirs}"
+    );
+    assert!(
+        out.get("strategies").is_none(),
+        "no task metrics unless asked"
+    );
+
+    // Task metrics: prompting on the base, the adapter, and the majority baseline.
+    let test = write_task(dir, "test.jsonl", 100..120);
+    let r = eval(&[
+        "--data",
+        &test,
+        "--strategies",
+        "zero,few,tuned",
+        "--shots",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let rows = out["strategies"].as_array().unwrap();
+    let keys: Vec<&str> = rows.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["zero", "few", "tuned", "majority"]);
+    assert_eq!(out["examples"], 20);
+    assert_eq!(rows[1]["examples_used"], 2);
+    assert_eq!(rows[2]["examples_used"], 40);
+    assert!(rows[2]["metrics"][0]["name"] == "accuracy");
+    let r = eval(&["--data", &test, "--metric", "accuracy"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("task metrics on 20 examples (labels yes, no):"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("fine-tuned (LoRA)"), "{}", r.stdout);
+    let r = eval(&["--data", &test, "--strategies", "zero,tuned,ten-shot"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("--strategies: unknown strategy \"ten-shot\""),
+        "{}",
+        r.stderr
+    );
+}

@@ -4,6 +4,8 @@ mod cli;
 mod compare;
 mod data;
 mod export;
+#[cfg(any(feature = "cuda", feature = "metal"))]
+mod gpu;
 mod hub;
 mod real_model;
 mod train;

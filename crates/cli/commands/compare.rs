@@ -6,17 +6,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use tuna_eval::compare::{self, AdapterFacts, CompareSetup, Method};
-use tuna_eval::metrics::{Metric, Normalization};
+use tuna_eval::compare::{self, CompareSetup};
 use tuna_eval::strategy::{PromptShape, Strategy};
-use tuna_eval::task::{self, TaskKind};
+use tuna_eval::task::{check_references, load_examples};
 use tuna_eval::{generate, PromptSpec, SamplingOptions};
-use tuna_model::Pretrained;
 use tuna_train::run_dir::{self, RunInfo};
 
-use crate::args::{CompareArgs, MethodArg};
+use crate::args::CompareArgs;
 use crate::data_args::parse_field_names;
-use crate::model_args::{adapter_dir, InferenceWeights};
+use crate::model_args::InferenceWeights;
+use crate::task_args::{adapter_facts, add_sample_column, trained_shape, COMPARE_STRATEGIES};
 
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut base_args = args.model.clone();
@@ -52,84 +51,15 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let (Some(data), Some(output)) = (&args.data, &args.output) else {
         bail!("--data and --output are required (or --prompt for one prompt)");
     };
-    let mut strategies = parse_strategies(&args.strategies)?;
     let fields = parse_field_names(&args.fields)?;
-
-    let mut test = task::load_examples(data, &fields, &args.rationale_field)?;
-    if let Some(limit) = args.limit {
-        test.truncate(limit);
-    }
-    if test.is_empty() {
-        bail!("--limit: no test examples left to score");
-    }
-    let train_path = train_path(&args, run.as_ref(), data);
-    let train = match &train_path {
-        Some(p) => task::load_examples(p, &fields, &args.rationale_field)?,
-        None => Vec::new(),
-    };
-    let kind = match &args.labels {
-        Some(l) => TaskKind::Labels {
-            labels: l
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        },
-        None if train.is_empty() => TaskKind::Sequence,
-        None => task::infer_kind(&train),
-    };
-    task::check_references(data, &test, &kind)?;
-    // Few-shot chain-of-thought joins plain chain-of-thought when the train split has
-    // rationales to show.
-    let rationales = train.iter().filter(|x| x.rationale.is_some()).count();
-    if rationales > 0
-        && strategies.contains(&Strategy::Cot)
-        && !strategies.contains(&Strategy::CotFew)
-    {
-        let at = strategies
-            .iter()
-            .position(|s| *s == Strategy::Cot)
-            .unwrap_or(0)
-            + 1;
-        strategies.insert(at, Strategy::CotFew);
-    }
-    if strategies.contains(&Strategy::CotFew) && rationales == 0 {
-        bail!("--strategies cot-few: no train record has a `{}` field to show as a worked answer (--rationale-field names it)", args.rationale_field);
-    }
-    let needs_train = strategies.iter().any(|s| s.shot_count(args.shots) > 0);
-    if needs_train && train.is_empty() {
-        bail!("few-shot strategies draw shots from a train split: pass --train FILE (or leave one-shot, few-shot and hybrid out of --strategies)");
-    }
-    let normalization = Normalization::parse(&args.normalize).with_context(|| {
-        format!(
-            "--normalize: unknown mode {:?} (case, exact, alnum)",
-            args.normalize
-        )
-    })?;
-    let metrics = match &args.metric {
-        Some(m) => m
-            .split(',')
-            .map(|name| {
-                Metric::parse(name.trim()).with_context(|| {
-                    format!("--metric: unknown metric {name:?} (accuracy, macro-f1, exact-match, token-f1, token-error-rate, char-error-rate)")
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        None => kind.default_metrics(),
-    };
-
-    let tuned_shape = trained_shape(run.as_ref());
-    let prompt_shape = PromptShape {
-        template: args
-            .instruction
-            .clone()
-            .or_else(|| tuned_shape.template.clone())
-            .or_else(|| default_instruction(&kind)),
-        system: args
-            .system_prompt
-            .clone()
-            .or_else(|| tuned_shape.system.clone()),
-    };
+    let task = args.task.prepare(
+        data,
+        args.limit,
+        &fields,
+        args.system_prompt.clone(),
+        run.as_ref(),
+        COMPARE_STRATEGIES,
+    )?;
 
     // Checked before the (slow) model load.
     let variants = args
@@ -150,41 +80,18 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|a| adapter_facts(a, run.as_ref(), tuned.as_ref()))
         .transpose()?;
-
-    let method = match args.method {
-        MethodArg::Rank => Method::Rank,
-        MethodArg::Generate => Method::Generate,
-    };
-    let mut setup = CompareSetup {
-        base: &base,
-        tuned: tuned.as_ref(),
-        test_path: data,
-        test: &test,
-        train: &train,
-        kind: kind.clone(),
-        strategies: Vec::new(),
-        shots: args.shots,
-        seed: args.seed,
-        prompt_shape,
-        tuned_shape,
-        method,
-        metrics: metrics.clone(),
-        normalization,
-        max_new_tokens: args.max_new_tokens,
-        cot_max_new_tokens: args.cot_max_new_tokens,
-        batch_size: args.batch_size,
-        adapter: facts.clone(),
-        samples: args.samples,
-    };
+    let mut setup = args
+        .task
+        .setup(&task, &base, tuned.as_ref(), facts, args.samples);
     let mut sweep = Vec::new();
     let mut sweep_path = None;
     if let Some(variants) = &variants {
         let valid_path = valid_path(&args, run.as_ref(), data).with_context(|| {
             "--instructions: the sweep needs a valid split: pass --valid FILE".to_string()
         })?;
-        let mut valid = task::load_examples(&valid_path, &fields, &args.rationale_field)?;
+        let mut valid = load_examples(&valid_path, &fields, &args.task.rationale_field)?;
         valid.truncate(args.sweep_limit);
-        task::check_references(&valid_path, &valid, &kind)?;
+        check_references(&valid_path, &valid, &task.kind)?;
         let mut best: Option<(usize, f64)> = None;
         for (i, template) in variants.iter().enumerate() {
             let trial = CompareSetup {
@@ -211,7 +118,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             let metric = row.metrics[0].clone();
             let value = metric.estimate.value;
             let better = |b: f64| {
-                if metrics[0].higher_is_better() {
+                if task.metrics[0].higher_is_better() {
                     value > b
                 } else {
                     value < b
@@ -233,60 +140,15 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         sweep_path = Some(valid_path.display().to_string());
     }
 
-    // Chain-of-thought generates long answers: it runs on its own (smaller) prefix.
-    let mut report = None;
-    let (mut cot, rest): (Vec<Strategy>, Vec<Strategy>) =
-        strategies.iter().partition(|s| s.chain_of_thought());
-    if args.cot_limit == 0 && !cot.is_empty() {
-        eprintln!("--cot-limit 0: chain-of-thought left out");
-        cot.clear();
-    }
-    setup.strategies = rest.clone();
     let mut progress = |line: &str| eprintln!("{line}");
-    if !rest.is_empty() || cot.is_empty() {
-        report = Some(compare::run(&setup, &mut progress)?);
-    }
-    if !cot.is_empty() {
-        let n = test.len().min(args.cot_limit);
-        let cot_setup = CompareSetup {
-            strategies: cot,
-            test: &test[..n],
-            ..setup.clone()
-        };
-        let cot_report = compare::run(&cot_setup, &mut progress)?;
-        report = Some(match report {
-            None => cot_report,
-            Some(mut r) => {
-                for mut row in cot_report.rows {
-                    if n < test.len() {
-                        row.title = format!("{} (first {n} examples)", row.title);
-                        r.notes.push(format!(
-                            "{} was scored on the first {n} of {} examples (--cot-limit), so its interval is wider",
-                            row.key,
-                            test.len()
-                        ));
-                    }
-                    // Keep the strategies' order as asked.
-                    let at = strategies
-                        .iter()
-                        .position(|s| s.key() == row.key)
-                        .unwrap_or(r.rows.len())
-                        .min(r.rows.len());
-                    add_sample_column(&mut r.samples, &test, &row, at);
-                    r.rows.insert(at, row);
-                }
-                r
-            }
-        });
-    }
-    let mut report = report.expect("at least one strategy ran");
+    let mut report = args.task.run_strategies(&setup, &mut progress)?;
     for (i, extra) in args.also_adapters.iter().enumerate() {
         eprintln!("also: {}", extra.display());
         let dir = tuna_model::source::resolve_adapter(extra)?;
         let (mut row, _) = score_adapter(&args, &setup, &dir, &mut progress)?;
         row.key = format!("tuned-{}", i + 2);
         row.title = format!("fine-tuned ({})", extra.display());
-        add_sample_column(&mut report.samples, &test, &row, usize::MAX);
+        add_sample_column(&mut report.samples, &task.test, &row, usize::MAX);
         report.rows.push(row);
     }
     report.instruction_sweep = sweep;
@@ -328,14 +190,6 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The wording a run was trained with (its config's template and system turn).
-fn trained_shape(run: Option<&RunInfo>) -> PromptShape {
-    run.map_or_else(PromptShape::default, |r| PromptShape {
-        template: r.config.encoding.prompt_template.clone(),
-        system: r.config.encoding.system.clone(),
-    })
-}
-
 /// The tuned strategy with the adapter at `dir` on `setup`'s test rows, prompted as its run
 /// was trained; also returns that run's directory facts.
 fn score_adapter(
@@ -362,25 +216,6 @@ fn score_adapter(
     Ok((row, info))
 }
 
-/// Puts `row`'s predictions into the side-by-side samples as a column at `at` (clamped).
-fn add_sample_column(
-    samples: &mut [compare::Sample],
-    test: &[task::TaskExample],
-    row: &compare::StrategyRow,
-    at: usize,
-) {
-    for sample in samples {
-        let pred = test
-            .iter()
-            .position(|x| x.line == sample.line)
-            .and_then(|i| row.predictions.get(i))
-            .cloned()
-            .unwrap_or_else(|| "—".into());
-        let col = at.min(sample.predictions.len());
-        sample.predictions.insert(col, (row.key.clone(), pred));
-    }
-}
-
 /// The size-N/ runs of a learning-curve directory, smallest first (empty for a plain run).
 fn curve_runs(dir: &Path) -> Vec<(usize, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -403,37 +238,6 @@ fn curve_runs(dir: &Path) -> Vec<(usize, PathBuf)> {
         .collect();
     runs.sort();
     runs
-}
-
-fn parse_strategies(list: &str) -> anyhow::Result<Vec<Strategy>> {
-    let mut out = Vec::new();
-    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let s = Strategy::parse(name).with_context(|| {
-            format!("--strategies: unknown strategy {name:?} (zero, one, few, cot, cot-few, tuned, hybrid)")
-        })?;
-        if !out.contains(&s) {
-            out.push(s);
-        }
-    }
-    if out.is_empty() {
-        bail!("--strategies: name at least one of zero, one, few, cot, tuned, hybrid");
-    }
-    Ok(out)
-}
-
-/// --train, else the adapter run's training file, else train.jsonl beside the test file.
-fn train_path(args: &CompareArgs, run: Option<&RunInfo>, data: &Path) -> Option<PathBuf> {
-    if let Some(p) = &args.train {
-        return Some(p.clone());
-    }
-    if let Some(r) = run {
-        let p = &r.config.data.train;
-        if !p.as_os_str().is_empty() && p.is_file() {
-            return Some(p.clone());
-        }
-    }
-    let sibling = data.with_file_name("train.jsonl");
-    (sibling.is_file() && sibling != data).then_some(sibling)
 }
 
 /// --valid, else the adapter run's valid file, else valid.jsonl beside the test file.
@@ -484,48 +288,6 @@ fn short(s: &str) -> String {
     }
 }
 
-fn default_instruction(kind: &TaskKind) -> Option<String> {
-    match kind {
-        TaskKind::Labels { labels } => Some(format!(
-            "Answer with exactly one of: {}.\n\n{{prompt}}",
-            labels.join(", ")
-        )),
-        TaskKind::Sequence => None,
-    }
-}
-
-fn adapter_facts(
-    path: &Path,
-    run: Option<&RunInfo>,
-    tuned: Option<&Pretrained>,
-) -> anyhow::Result<AdapterFacts> {
-    let dir = adapter_dir(path);
-    let weights = dir.join(tuna_lora::peft::WEIGHTS_FILE);
-    let bytes = std::fs::metadata(&weights)
-        .with_context(|| format!("{}: cannot read the adapter weights", weights.display()))?
-        .len();
-    let parameters = match tuned {
-        Some(m) => {
-            let mut m = m.model.clone();
-            m.lora_vars()
-                .iter()
-                .map(|(_, a, b)| a.elem_count() + b.elem_count())
-                .sum()
-        }
-        None => 0,
-    };
-    let state = run.and_then(|r| r.state.as_ref());
-    Ok(AdapterFacts {
-        path: dir.display().to_string(),
-        parameters,
-        bytes,
-        train_examples: run.and_then(|r| r.train_examples).unwrap_or(0),
-        steps: state.map_or(0, |s| s.step),
-        train_seconds: state.map_or(0.0, |s| s.train_seconds),
-        cpu_seconds: state.map(|s| s.cpu_seconds).filter(|c| *c > 0.0),
-    })
-}
-
 /// report.md, report.html and report.json, each written to a temporary name then renamed.
 fn write_reports(dir: &Path, report: &compare::CompareReport) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
@@ -557,7 +319,7 @@ fn side_by_side(args: &CompareArgs, prompt: &str, run: Option<&RunInfo>) -> anyh
         system: if args.chat { system } else { None },
     };
     let options = SamplingOptions {
-        max_new_tokens: args.max_new_tokens,
+        max_new_tokens: args.task.max_new_tokens,
         ..Default::default()
     };
     let mut models = vec![

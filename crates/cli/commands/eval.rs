@@ -1,14 +1,34 @@
-//! `tuna eval`: loss and perplexity on held-out data.
+//! `tuna eval`: loss and perplexity on held-out data (with the adapter when given); with
+//! --strategies or --metric, task metrics too: each prompting strategy on the base model and
+//! the tuned adapter, with intervals and the majority-class baseline.
 
-use tuna_eval::evaluate_loss;
+use std::path::Path;
+
+use serde::Serialize;
+use tuna_data::{EncodeOptions, FieldNames, PromptFormat};
+use tuna_eval::compare::{CompareReport, StrategyRow};
+use tuna_eval::{evaluate_loss, LossReport};
+use tuna_model::Pretrained;
+use tuna_train::run_dir::{self, RunInfo};
 
 use crate::args::EvalArgs;
+use crate::model_args::InferenceWeights;
+use crate::task_args::adapter_facts;
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let options = args.encoding.encode_options();
-    let fields = args.encoding.field_names()?;
+    let adapter = args
+        .model
+        .adapter
+        .as_deref()
+        .map(tuna_model::source::resolve_adapter)
+        .transpose()?;
+    let run = match adapter.as_deref().and_then(run_dir::run_dir_of) {
+        Some(dir) => Some(run_dir::read(&dir)?),
+        None => None,
+    };
+    let (options, fields) = encoding(&args, run.as_ref())?;
     let model = args.model.load(args.weights)?;
-    let report = evaluate_loss(
+    let loss = evaluate_loss(
         &model,
         &args.data,
         &options,
@@ -16,19 +36,192 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         args.limit,
         args.batch_tokens,
     )?;
+    let wants_task = args.task.strategies.is_some() || args.task.metric.is_some();
+    let report = match wants_task {
+        true => Some(task_metrics(
+            &args,
+            model,
+            adapter.as_deref(),
+            run.as_ref(),
+            &options,
+            &fields,
+        )?),
+        false => None,
+    };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!(
-            "{}: loss {:.4}  perplexity {:.3}  ({} target tokens, {} records, {} truncated, {} skipped)",
-            args.data.display(),
-            report.loss,
-            report.perplexity,
-            report.tokens,
-            report.records,
-            report.truncated,
-            report.skipped
-        );
+        let out = JsonOutput {
+            loss: &loss,
+            examples: report.as_ref().map(|r| r.examples),
+            strategies: report.as_ref().map_or_else(Vec::new, |r| {
+                r.rows.iter().chain(&r.baseline).map(row_json).collect()
+            }),
+        };
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{}: loss {:.4}  perplexity {:.3}  ({} target tokens, {} records, {} truncated, {} skipped)",
+        args.data.display(),
+        loss.loss,
+        loss.perplexity,
+        loss.tokens,
+        loss.records,
+        loss.truncated,
+        loss.skipped
+    );
+    if let Some(report) = &report {
+        print_task_metrics(report);
     }
     Ok(())
+}
+
+/// --json: the loss report's fields, then the task metrics when asked for.
+#[derive(Serialize)]
+struct JsonOutput<'a> {
+    #[serde(flatten)]
+    loss: &'a LossReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    examples: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    strategies: Vec<serde_json::Value>,
+}
+
+/// The flags' encoding, with what they leave unset taken from the adapter's run (its prompt
+/// template, system turn, format, field names and prompt loss), so that the loss is the one
+/// training reported.
+fn encoding(args: &EvalArgs, run: Option<&RunInfo>) -> anyhow::Result<(EncodeOptions, FieldNames)> {
+    let mut options = args.encoding.encode_options();
+    let mut fields = args.encoding.field_names()?;
+    let Some(run) = run else {
+        return Ok((options, fields));
+    };
+    let trained = &run.config.encoding;
+    let mut taken = Vec::new();
+    if options.prompt_template.is_none() && trained.prompt_template.is_some() {
+        options.prompt_template = trained.prompt_template.clone();
+        taken.push("prompt template");
+    }
+    if options.system.is_none() && trained.system.is_some() {
+        options.system = trained.system.clone();
+        taken.push("system prompt");
+    }
+    if options.format == PromptFormat::Auto && trained.format != PromptFormat::Auto {
+        options.format = trained.format;
+        taken.push("format");
+    }
+    if !options.train_on_prompt && trained.train_on_prompt {
+        options.train_on_prompt = true;
+        taken.push("prompt loss");
+    }
+    if args.encoding.fields.is_empty() && run.config.fields != FieldNames::default() {
+        fields = run.config.fields.clone();
+        taken.push("field names");
+    }
+    if !taken.is_empty() {
+        eprintln!(
+            "as the adapter was trained ({}): {}",
+            run.dir.join("config.toml").display(),
+            taken.join(", ")
+        );
+    }
+    Ok((options, fields))
+}
+
+/// The strategies of --strategies (default: zero-shot, and the adapter when given) on the
+/// same file, encoded as the loss was; `loaded` is the model the loss was scored with.
+fn task_metrics(
+    args: &EvalArgs,
+    loaded: Pretrained,
+    adapter: Option<&Path>,
+    run: Option<&RunInfo>,
+    options: &EncodeOptions,
+    fields: &FieldNames,
+) -> anyhow::Result<CompareReport> {
+    let defaults = if adapter.is_some() {
+        "zero,tuned"
+    } else {
+        "zero"
+    };
+    // The loss's prompt template words the prompting strategies unless --instruction does.
+    let mut task_args = args.task.clone();
+    if task_args.instruction.is_none() {
+        task_args.instruction = options.prompt_template.clone();
+    }
+    let task = task_args.prepare(
+        &args.data,
+        args.limit,
+        fields,
+        options.system.clone(),
+        run,
+        defaults,
+    )?;
+    let dense = args.weights == InferenceWeights::Dense;
+    let (base, tuned) = match adapter {
+        None if dense => (loaded, None),
+        None => (args.model.load(InferenceWeights::Dense)?, None),
+        Some(_) => {
+            let mut base_args = args.model.clone();
+            base_args.adapter = None;
+            let tuned = match dense {
+                true => loaded,
+                false => args.model.load(InferenceWeights::Dense)?,
+            };
+            (base_args.load(InferenceWeights::Dense)?, Some(tuned))
+        }
+    };
+    let facts = adapter
+        .map(|a| adapter_facts(a, run, tuned.as_ref()))
+        .transpose()?;
+    let setup = task_args.setup(&task, &base, tuned.as_ref(), facts, 0);
+    task_args.run_strategies(&setup, &mut |line| eprintln!("{line}"))
+}
+
+fn row_json(row: &StrategyRow) -> serde_json::Value {
+    let mut value = serde_json::to_value(row).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("predictions");
+    }
+    value
+}
+
+fn print_task_metrics(report: &CompareReport) {
+    println!(
+        "task metrics on {} examples ({}):",
+        report.examples,
+        match &report.task {
+            tuna_eval::task::TaskKind::Labels { labels } => format!("labels {}", labels.join(", ")),
+            tuna_eval::task::TaskKind::Sequence => "free-form answers".into(),
+        }
+    );
+    let width = report
+        .rows
+        .iter()
+        .chain(&report.baseline)
+        .map(|r| r.title.chars().count())
+        .max()
+        .unwrap_or(0);
+    for row in report.rows.iter().chain(&report.baseline) {
+        let metrics: Vec<String> = row
+            .metrics
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {:.3} [{:.3}, {:.3}]",
+                    m.name, m.estimate.value, m.estimate.low, m.estimate.high
+                )
+            })
+            .collect();
+        let flag = if row.collapsed && row.key != "majority" {
+            format!(
+                "  (one answer on {:.0}% of rows)",
+                row.dominant_share * 100.0
+            )
+        } else {
+            String::new()
+        };
+        println!("  {:width$}  {}{flag}", row.title, metrics.join("  "));
+    }
+    for note in &report.notes {
+        println!("  note: {note}");
+    }
 }
