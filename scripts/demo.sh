@@ -29,7 +29,7 @@ $tuna eval --model "$model" --adapter "$run" --data data/example/sentiment/valid
 limit="${DEMO_LIMIT:-200}"
 echo "== tuna compare: zero/one/few-shot, chain-of-thought, tuned, hybrid on $limit test rows" >&2
 $tuna compare --model "$model" --adapter "$run" --data data/example/sentiment/test.jsonl \
-  --limit "$limit" --cot-limit "$(( limit / 4 ))" --output "$run/compare" > /dev/null
+  --limit "$limit" --cot-limit "$(( limit / 4 ))" --shot-draws 2 --output "$run/compare" > /dev/null
 
 prompt=$'Classify the sentiment of this text as negative, neutral or positive.\n\nText: The battery died after two days and support never answered.'
 echo "== tuna compare --prompt: one question, base then tuned" >&2

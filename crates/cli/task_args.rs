@@ -37,6 +37,10 @@ pub struct TaskArgs {
     /// Shots for few-shot and hybrid (drawn from the train split, balanced per label).
     #[arg(long, default_value_t = 5)]
     pub shots: usize,
+    /// Seeded draws of shots for each strategy that shows some: the first draw is the row,
+    /// the others measure how much the choice of shots alone moves the metric.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub shot_draws: u64,
     /// Chain-of-thought generates long answers: score it on the first N test examples at
     /// most (its row says how many).
     #[arg(long, default_value_t = 100)]
@@ -216,6 +220,7 @@ impl TaskArgs {
             kind: task.kind.clone(),
             strategies: task.strategies.clone(),
             shots: self.shots,
+            shot_draws: self.shot_draws as usize,
             seed: self.seed,
             prompt_shape: task.prompt_shape.clone(),
             tuned_shape: task.tuned_shape.clone(),

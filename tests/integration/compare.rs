@@ -90,6 +90,26 @@ fn every_strategy_lands_in_the_three_reports() {
         .map(|r| r["key"].as_str().unwrap())
         .collect();
     assert_eq!(keys, ["zero", "one", "few", "cot", "tuned", "hybrid"]);
+    // Strategies with shots ran three seeded draws (the row is the first); the others one.
+    for row in report["rows"].as_array().unwrap() {
+        let draws = row["shot_draws"].as_array().map_or(0, |d| d.len());
+        let with_shots = ["one", "few", "hybrid"].contains(&row["key"].as_str().unwrap());
+        assert_eq!(draws, if with_shots { 3 } else { 0 }, "{}", row["key"]);
+        if with_shots {
+            assert_eq!(row["shot_draws"][0]["seed"], 0);
+            assert_eq!(row["shot_draws"][0]["value"], row["metrics"][0]["value"]);
+            let shots: Vec<&serde_json::Value> = row["shot_draws"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| &d["shot_lines"])
+                .collect();
+            assert!(
+                shots[0] != shots[1] || shots[1] != shots[2],
+                "the draws differ"
+            );
+        }
+    }
     assert_eq!(report["task"]["labels"], serde_json::json!(["yes", "no"]));
     assert_eq!(report["examples"], 30);
     // The train file came from the run's config, the wording from its prompt template.
@@ -124,6 +144,10 @@ fn every_strategy_lands_in_the_three_reports() {
         6
     );
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("Shots are noisy: each strategy that shows shots ran with 3 seeded draws"),
+        "{md}"
+    );
     assert!(md.contains("| strategy | modification | data required | implementation time | cost per 1k test examples | accuracy [95% CI] | macro-F1 [95% CI] | predictions |"), "{md}");
     assert!(md.contains("majority class"));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();

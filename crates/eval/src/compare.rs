@@ -47,6 +47,9 @@ pub struct CompareSetup<'a> {
     pub kind: TaskKind,
     pub strategies: Vec<Strategy>,
     pub shots: usize,
+    /// Seeded draws of shots per strategy that shows shots (the first, with `seed`, is
+    /// the row; the others give the spread shot choice alone causes).
+    pub shot_draws: usize,
     pub seed: u64,
     /// The wording prompting strategies use, and the adapter's training wording.
     pub prompt_shape: PromptShape,
@@ -95,13 +98,41 @@ pub struct StrategyRow {
     pub generated_tokens_per_example: f64,
     pub seconds: f64,
     pub seconds_per_1k: f64,
+    /// Every seeded draw of shots, the row's own first (strategies with shots only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shot_draws: Vec<ShotDraw>,
     pub predictions: Vec<String>,
+}
+
+/// One draw of shots and the headline metric it scored.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShotDraw {
+    pub seed: u64,
+    /// The shots' line numbers in the train file, in prompt order.
+    pub shot_lines: Vec<usize>,
+    pub value: f64,
 }
 
 impl StrategyRow {
     pub fn headline(&self) -> &MetricValue {
         &self.metrics[0]
     }
+
+    /// The lowest and highest headline value over the shot draws, when there are several.
+    pub fn draw_range(&self) -> Option<(f64, f64)> {
+        (self.shot_draws.len() > 1).then(|| {
+            self.shot_draws
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), d| {
+                    (lo.min(d.value), hi.max(d.value))
+                })
+        })
+    }
+}
+
+/// The seed of shot draw `d`: the setup's own for the first.
+fn draw_seed(seed: u64, d: usize) -> u64 {
+    seed.wrapping_add((d as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -335,13 +366,6 @@ fn run_strategy(
     labels: &[String],
     progress: &mut dyn FnMut(&str),
 ) -> Result<StrategyRow> {
-    let options = PromptEncoder::options(model);
-    let encoder = PromptEncoder::new(model, &options, setup.test_path)?;
-    let shape = if strategy.uses_adapter() {
-        &setup.tuned_shape
-    } else {
-        &setup.prompt_shape
-    };
     // Chain-of-thought shots come from the examples that have a rationale.
     let with_rationale: Vec<TaskExample>;
     let pool = if strategy == Strategy::CotFew {
@@ -355,14 +379,79 @@ fn run_strategy(
     } else {
         setup.train
     };
-    let shots = draw_shots(pool, strategy.shot_count(setup.shots), labels, setup.seed);
+    let k = strategy.shot_count(setup.shots);
+    let draws = if k > 0 { setup.shot_draws.max(1) } else { 1 };
+    let mut row = None;
+    let mut shot_draws = Vec::new();
+    for d in 0..draws {
+        let seed = draw_seed(setup.seed, d);
+        let shots = draw_shots(pool, k, labels, seed);
+        // Few-shot rows name the shots they really got (a small train split may have fewer).
+        let mut title = strategy.title(shots.len().max(k.min(1)));
+        if d > 0 {
+            title = format!("{title}, shot draw {}/{draws}", d + 1);
+        }
+        let scored = score(setup, strategy, model, labels, &shots, &title, progress)?;
+        let examples_used = if strategy.uses_adapter() {
+            setup.adapter.as_ref().map_or(0, |a| a.train_examples) + shots.len()
+        } else {
+            shots.len()
+        };
+        let this = row_from_predictions(
+            setup,
+            strategy.key(),
+            title,
+            strategy.uses_adapter(),
+            examples_used,
+            scored.method,
+            scored.predictions,
+            scored.label_nll,
+            scored.usage,
+            labels,
+        );
+        if k > 0 {
+            shot_draws.push(ShotDraw {
+                seed,
+                shot_lines: shots.iter().map(|x| x.line).collect(),
+                value: this.headline().estimate.value,
+            });
+        }
+        row.get_or_insert(this);
+    }
+    let mut row = row.expect("at least one draw");
+    row.shot_draws = shot_draws;
+    Ok(row)
+}
+
+/// One strategy's predictions with one set of shots.
+struct Scored {
+    predictions: Vec<String>,
+    label_nll: Option<f64>,
+    usage: crate::scoring::Usage,
+    method: &'static str,
+}
+
+fn score(
+    setup: &CompareSetup,
+    strategy: Strategy,
+    model: &Pretrained,
+    labels: &[String],
+    shots: &[&TaskExample],
+    title: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Scored> {
+    let options = PromptEncoder::options(model);
+    let encoder = PromptEncoder::new(model, &options, setup.test_path)?;
+    let shape = if strategy.uses_adapter() {
+        &setup.tuned_shape
+    } else {
+        &setup.prompt_shape
+    };
     let cot = strategy.chain_of_thought();
     let rank = !labels.is_empty() && setup.method == Method::Rank && !cot;
     let mut scorer = Scorer::new(model);
     let mut predictions = Vec::with_capacity(setup.test.len());
     let mut nll = 0f64;
-    // Few-shot rows name the shots they really got (a small train split may have fewer).
-    let title = strategy.title(shots.len().max(strategy.shot_count(setup.shots).min(1)));
     let report_every = |done: usize, seconds: f64, progress: &mut dyn FnMut(&str)| {
         if done.is_multiple_of(50) || done == setup.test.len() {
             progress(&format!(
@@ -373,7 +462,7 @@ fn run_strategy(
     };
     if rank {
         for (i, x) in setup.test.iter().enumerate() {
-            let m = messages(shape, &shots, x, false);
+            let m = messages(shape, shots, x, false);
             let encoded = encoder.with_answers(x.line, &m, labels)?;
             let scores = scorer.rank(&encoded.prompt, &encoded.candidates)?;
             let best = (0..scores.len())
@@ -395,7 +484,7 @@ fn run_strategy(
         for chunk in setup.test.chunks(setup.batch_size.max(1)) {
             let prompts = chunk
                 .iter()
-                .map(|x| encoder.prompt(&messages(shape, &shots, x, cot)))
+                .map(|x| encoder.prompt(&messages(shape, shots, x, cot)))
                 .collect::<Result<Vec<_>>>()?;
             for out in scorer.greedy_batch(&prompts, max_new)? {
                 let text = model.tokenizer.decode(&out, true)?;
@@ -404,29 +493,18 @@ fn run_strategy(
             }
         }
     }
-    let examples_used = if strategy.uses_adapter() {
-        setup.adapter.as_ref().map_or(0, |a| a.train_examples) + shots.len()
-    } else {
-        shots.len()
-    };
-    Ok(row_from_predictions(
-        setup,
-        strategy.key(),
-        title,
-        strategy.uses_adapter(),
-        examples_used,
-        if rank {
+    Ok(Scored {
+        predictions,
+        label_nll: rank.then(|| nll / setup.test.len() as f64),
+        usage: scorer.usage,
+        method: if rank {
             "rank labels by log-likelihood"
         } else if cot {
             "generate (chain of thought), extract the answer"
         } else {
             "generate greedily, parse"
         },
-        predictions,
-        rank.then(|| nll / setup.test.len() as f64),
-        scorer.usage,
-        labels,
-    ))
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -481,6 +559,7 @@ fn row_from_predictions(
         generated_tokens_per_example: usage.generated_tokens as f64 / n,
         seconds: usage.seconds,
         seconds_per_1k: usage.seconds / n * 1000.0,
+        shot_draws: Vec::new(),
         predictions,
     }
 }
@@ -543,6 +622,16 @@ fn recommend(
                 out.push(format!(
                     "No clear winner: the adapter and the best prompting strategy ({}) differ by {diff}, an interval that includes 0 — prompting costs no training.",
                     p.title
+                ));
+            }
+            if let Some((lo, hi)) = p.draw_range() {
+                let tv = t.headline().estimate.value;
+                let reaches = if metric.higher_is_better() { hi >= tv } else { lo <= tv };
+                out.push(format!(
+                    "The choice of shots alone moved {} between {lo:.3} and {hi:.3} over {} seeded draws{}.",
+                    p.title,
+                    p.shot_draws.len(),
+                    if reaches { ", and one draw matched the adapter" } else { ", none of them reaching the adapter" }
                 ));
             }
             if let Some(b) = baseline {

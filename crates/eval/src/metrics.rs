@@ -93,7 +93,6 @@ impl Metric {
         })
     }
 
-    /// The metric's value over the examples at `idx` (all of them, or a bootstrap resample).
     /// The metric's value over the examples at `idx` (all of them, or a bootstrap resample),
     /// predictions and references compared after `norm`.
     pub fn value(

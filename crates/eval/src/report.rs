@@ -93,6 +93,37 @@ fn predictions_cell(r: &StrategyRow) -> String {
     s
 }
 
+/// One sentence on how much the draw of shots moved each strategy that shows shots, or
+/// nothing when there was one draw.
+fn shot_draws_text(report: &CompareReport) -> Option<String> {
+    let parts: Vec<String> = report
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let (lo, hi) = r.draw_range()?;
+            let values: Vec<String> = r
+                .shot_draws
+                .iter()
+                .map(|d| format!("{:.3}", d.value))
+                .collect();
+            Some(format!(
+                "{} {} (range {:.3})",
+                r.title,
+                values.join(" / "),
+                hi - lo
+            ))
+        })
+        .collect();
+    let draws = report.rows.iter().map(|r| r.shot_draws.len()).max()?;
+    (!parts.is_empty()).then(|| {
+        format!(
+            "Shots are noisy: each strategy that shows shots ran with {draws} seeded draws of them, and the table shows the first. {} by draw: {}.",
+            report.rows[0].metrics[0].name,
+            parts.join("; ")
+        )
+    })
+}
+
 fn short(s: &str, n: usize) -> String {
     let s = s.replace(['\n', '|'], " ");
     if s.chars().count() <= n {
@@ -166,6 +197,9 @@ pub fn markdown(report: &CompareReport) -> String {
         methods.join("; "),
         report.normalization
     );
+    if let Some(text) = shot_draws_text(report) {
+        let _ = writeln!(s, "{text}\n");
+    }
     if let Some(floor) = report.prior_floor_nll {
         let _ = writeln!(
             s,
@@ -437,6 +471,17 @@ fn bar_chart(report: &CompareReport) -> String {
             vx = x(m.high) + 4.0,
             val = m.value,
         );
+        // The other draws of shots, as open dots on the bar.
+        for d in r.shot_draws.iter().skip(1) {
+            let _ = write!(
+                s,
+                r##"<circle cx="{}" cy="{}" r="3.5" fill="#fff" stroke="#000"><title>shot draw (seed {}): {:.3}</title></circle>"##,
+                x(d.value),
+                y + 8.0,
+                d.seed,
+                d.value
+            );
+        }
     }
     s.push_str("</svg>");
     s
@@ -557,6 +602,9 @@ th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padd
         let _ = write!(s, "<td{class}>{}</td></tr>", esc(&predictions_cell(r)));
     }
     s.push_str("</table>");
+    if let Some(text) = shot_draws_text(report) {
+        let _ = write!(s, "<p>{}</p>", esc(&text));
+    }
     for c in &report.comparisons {
         let _ = write!(
             s,
