@@ -42,12 +42,18 @@ tests=0
 if [ "${1:-}" = "--tests" ]; then tests=1; shift; fi
 cargo build --release --locked --features cuda --target-dir target/cuda "$@"
 if [ "$tests" = 1 ]; then
+  # The test executable's path, from cargo's JSON messages (its errors still reach stderr).
   bin="$(cargo test --release --locked --features cuda --target-dir target/cuda --test integration \
-    --no-run --message-format=json "$@" 2>/dev/null \
-    | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])')"
+    --no-run --message-format=json "$@" \
+    | python3 -c 'import json, sys
+for m in map(json.loads, sys.stdin):
+    if m.get("executable") and m.get("target", {}).get("kind") == ["test"]:
+        print(m["executable"])')"
+  [ -n "$bin" ] || { echo "build-cuda: the test build failed" >&2; exit 1; }
   cp "$bin" target/cuda/release/tuna-tests
   # Stripped and packed for a device run (which carries 64 MiB at most): about 19 MB.
   pack="$(mktemp -d)"
+  trap 'rm -rf "$pack"' EXIT
   strip -o "$pack/tuna" target/cuda/release/tuna
   strip -o "$pack/tuna-tests" target/cuda/release/tuna-tests
   tar -C "$pack" -cJf target/cuda/gpu-check.tar.xz tuna tuna-tests

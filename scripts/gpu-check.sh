@@ -12,16 +12,17 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin=target/cuda/release
 if [ -f target/cuda/gpu-check.tar.xz ]; then
-  mkdir -p "$bin" && tar -C "$bin" -xJf target/cuda/gpu-check.tar.xz
+  mkdir -p "$bin" && tar -C "$bin" -xJf target/cuda/gpu-check.tar.xz \
+    || { echo "gpu-check: cannot unpack target/cuda/gpu-check.tar.xz" >&2; exit 1; }
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 status=0
 "$bin/tuna-tests" gpu:: --test-threads 1 || status=1
 model="${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 if [ -f "$model" ] || [ -d "$model" ]; then
-  for shape in "4 256" "8 128" "1 512"; do
-    set -- $shape
-    "$bin/tuna" bench train --device cuda --model "$model" --batch "$1" --seq "$2" --json || status=1
+  for shape in 4x256 8x128 1x512; do
+    "$bin/tuna" bench train --device cuda --model "$model" --batch "${shape%x*}" \
+      --seq "${shape#*x}" --json || status=1
   done
 else
   echo "gpu-check: no $model here: bench train left out" >&2

@@ -23,10 +23,12 @@ pub struct Cli {
 pub enum Command {
     /// Generate text from a prompt (streams to stdout; stats to stderr).
     Generate(GenerateArgs),
-    /// Loss and perplexity on a JSONL file (any record kind; the training loss mask).
+    /// Loss and perplexity on a JSONL file (any record kind; the training loss mask), and
+    /// with --strategies or --metric task metrics per prompting strategy and for the adapter.
     Eval(Box<EvalArgs>),
     /// Prompting strategies vs the tuned adapter on a test set: report.md, report.html,
-    /// report.json. With --prompt: one prompt, base and tuned side by side.
+    /// report.json. With --prompt: one prompt, answered by the base, the tuned model and
+    /// each --also-adapter in turn.
     Compare(Box<CompareArgs>),
     /// Base + adapter merged into a Hugging Face model directory (and optionally a GGUF file).
     Export(ExportArgs),

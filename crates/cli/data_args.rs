@@ -22,12 +22,14 @@ pub enum TruncationArg {
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
     /// Longest example in tokens; longer ones are truncated (text records are windowed).
-    #[arg(long, default_value_t = 1024)]
-    pub seq_len: usize,
+    /// Default 1024, or the adapter run's when eval gets a run.
+    #[arg(long)]
+    pub seq_len: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     pub format: FormatArg,
-    #[arg(long, value_enum, default_value = "left")]
-    pub truncation: TruncationArg,
+    /// Which end of a too-long prompt goes: left (default) or right.
+    #[arg(long, value_enum)]
+    pub truncation: Option<TruncationArg>,
     /// System message for chat records that have none.
     #[arg(long)]
     pub system_prompt: Option<String>,
@@ -37,9 +39,10 @@ pub struct DataArgs {
     /// Train (and score) prompt tokens too.
     #[arg(long)]
     pub train_on_prompt: bool,
-    /// An example that truncation leaves with no target: `skip` it (counted) or stop with an `error`.
-    #[arg(long, value_enum, default_value = "skip")]
-    pub untrainable: UntrainableArg,
+    /// An example that truncation leaves with no target: `skip` it (counted, the default) or
+    /// stop with an `error`.
+    #[arg(long, value_enum)]
+    pub untrainable: Option<UntrainableArg>,
     /// Rename a record field, e.g. --field prompt=question --field completion=answer
     /// (text, prompt, completion, messages, role, content, instruction, input, output).
     #[arg(long = "field", value_name = "KIND=NAME")]
@@ -60,15 +63,15 @@ impl DataArgs {
                 FormatArg::Chat => PromptFormat::Chat,
                 FormatArg::Raw => PromptFormat::Raw,
             },
-            max_seq_len: self.seq_len,
+            max_seq_len: self.seq_len.unwrap_or(1024),
             truncation: match self.truncation {
-                TruncationArg::Left => Truncation::Left,
-                TruncationArg::Right => Truncation::Right,
+                None | Some(TruncationArg::Left) => Truncation::Left,
+                Some(TruncationArg::Right) => Truncation::Right,
             },
             train_on_prompt: self.train_on_prompt,
             system: self.system_prompt.clone(),
             prompt_template: self.prompt_template.clone(),
-            skip_untrainable: self.untrainable == UntrainableArg::Skip,
+            skip_untrainable: self.untrainable != Some(UntrainableArg::Error),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Flags shared by every command that loads a model.
 
 use clap::{Args, ValueEnum};
-use tuna_model::device::{parse_device, parse_dtype};
+use tuna_model::device::{auto_device, parse_device, parse_dtype};
 use tuna_model::{LoadOptions, ModelText, Pretrained, WeightFormat};
 
 /// The default model, as scripts/fetch-model.sh lays it out.
@@ -36,6 +36,18 @@ pub fn adapter_dir(path: &std::path::Path) -> std::path::PathBuf {
     }
 }
 
+/// `--device`, saying on stderr when `auto` falls back to the CPU in a GPU build.
+pub fn resolve_device(spec: &str) -> anyhow::Result<candle_core::Device> {
+    if spec == "auto" {
+        let (device, note) = auto_device();
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        return Ok(device);
+    }
+    Ok(parse_device(spec)?)
+}
+
 /// How the projections are held for inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InferenceWeights {
@@ -65,7 +77,7 @@ impl ModelArgs {
 
     pub fn load(&self, weights: InferenceWeights) -> anyhow::Result<Pretrained> {
         let options = LoadOptions {
-            device: parse_device(&self.device)?,
+            device: resolve_device(&self.device)?,
             dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
             weights: weights.format(),
         };

@@ -189,17 +189,12 @@ impl TaskArgs {
 
     /// --train, else the adapter run's training file, else train.jsonl beside the test file.
     fn train_path(&self, run: Option<&RunInfo>, data: &Path) -> Option<PathBuf> {
-        if let Some(p) = &self.train {
-            return Some(p.clone());
-        }
-        if let Some(r) = run {
-            let p = &r.config.data.train;
-            if !p.as_os_str().is_empty() && p.is_file() {
-                return Some(p.clone());
-            }
-        }
-        let sibling = data.with_file_name("train.jsonl");
-        (sibling.is_file() && sibling != data).then_some(sibling)
+        split_path(
+            self.train.as_deref(),
+            run.map(|r| r.config.data.train.as_path()),
+            data,
+            "train.jsonl",
+        )
     }
 
     /// What `tuna_eval::compare::run` needs, for `task` scored on `base` (and `tuned`).
@@ -295,6 +290,24 @@ impl TaskArgs {
         }
         Ok(report.expect("at least one strategy ran"))
     }
+}
+
+/// A split's file: the flag's, else the run's (when it is still there), else `sibling`
+/// beside the test file.
+pub fn split_path(
+    flag: Option<&Path>,
+    from_run: Option<&Path>,
+    data: &Path,
+    sibling: &str,
+) -> Option<PathBuf> {
+    if let Some(p) = flag {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = from_run.filter(|p| !p.as_os_str().is_empty() && p.is_file()) {
+        return Some(p.to_path_buf());
+    }
+    let beside = data.with_file_name(sibling);
+    (beside.is_file() && beside != data).then_some(beside)
 }
 
 /// The wording a run was trained with (its config's template and system turn).

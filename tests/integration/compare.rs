@@ -653,12 +653,15 @@ fn eval_scores_the_adapter_as_trained_and_each_strategy() {
             "4",
             "--prompt-template",
             "Even? {prompt}",
+            // Short enough to cut the prompts: eval must cut them the same way.
+            "--seq-len",
+            "12",
         ],
         &[],
     );
     assert_eq!(trained.code, 0, "{}", trained.stderr);
     // The loss of the run's last eval, from the run directory alone: its prompt template
-    // comes with it.
+    // and sequence length come with it.
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let last_eval: serde_json::Value = metrics
         .lines()
@@ -697,6 +700,12 @@ fn eval_scores_the_adapter_as_trained_and_each_strategy() {
     assert!(
         out.get("strategies").is_none(),
         "no task metrics unless asked"
+    );
+    let r = eval(&["--data", &valid, "--json", "--seq-len", "1024"]);
+    let longer: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        (longer["loss"].as_f64().unwrap() - theirs).abs() > 1e-4,
+        "the run's sequence length cuts these prompts"
     );
 
     // Task metrics: prompting on the base, the adapter, and the majority baseline.

@@ -15,7 +15,9 @@ use tuna_train::run_dir::{self, RunInfo};
 use crate::args::CompareArgs;
 use crate::data_args::parse_field_names;
 use crate::model_args::InferenceWeights;
-use crate::task_args::{adapter_facts, add_sample_column, trained_shape, COMPARE_STRATEGIES};
+use crate::task_args::{
+    adapter_facts, add_sample_column, split_path, trained_shape, COMPARE_STRATEGIES,
+};
 
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut base_args = args.model.clone();
@@ -242,16 +244,12 @@ fn curve_runs(dir: &Path) -> Vec<(usize, PathBuf)> {
 
 /// --valid, else the adapter run's valid file, else valid.jsonl beside the test file.
 fn valid_path(args: &CompareArgs, run: Option<&RunInfo>, data: &Path) -> Option<PathBuf> {
-    if let Some(p) = &args.valid {
-        return Some(p.clone());
-    }
-    if let Some(p) = run.map(|r| &r.config.data.valid) {
-        if !p.as_os_str().is_empty() && p.is_file() {
-            return Some(p.clone());
-        }
-    }
-    let sibling = data.with_file_name("valid.jsonl");
-    (sibling.is_file() && sibling != data).then_some(sibling)
+    split_path(
+        args.valid.as_deref(),
+        run.map(|r| r.config.data.valid.as_path()),
+        data,
+        "valid.jsonl",
+    )
 }
 
 /// Instruction variants: blocks of text separated by lines of `---`.
@@ -302,7 +300,8 @@ fn write_reports(dir: &Path, report: &compare::CompareReport) -> anyhow::Result<
     Ok(())
 }
 
-/// One prompt: the base model's answer, then the tuned model's, streamed.
+/// One prompt: the base model's answer, then the tuned model's and each --also-adapter's,
+/// streamed.
 fn side_by_side(args: &CompareArgs, prompt: &str, run: Option<&RunInfo>) -> anyhow::Result<()> {
     if args.model.adapter.is_none() {
         bail!("--prompt compares the base model with a tuned one: pass --adapter too");

@@ -36,7 +36,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         args.limit,
         args.batch_tokens,
     )?;
-    let wants_task = args.task.strategies.is_some() || args.task.metric.is_some();
+    let wants_task = args.task.strategies.is_some()
+        || args.task.metric.is_some()
+        || args.task.labels.is_some()
+        || args.task.train.is_some();
     let report = match wants_task {
         true => Some(task_metrics(
             &args,
@@ -87,8 +90,9 @@ struct JsonOutput<'a> {
 }
 
 /// The flags' encoding, with what they leave unset taken from the adapter's run (its prompt
-/// template, system turn, format, field names and prompt loss), so that the loss is the one
-/// training reported.
+/// template, system turn, format, sequence length, truncation, field names and prompt loss),
+/// so that the loss is the one training reported. (A run's format or prompt loss is kept
+/// unless --format or --train-on-prompt say otherwise: a flag can only turn them on.)
 fn encoding(args: &EvalArgs, run: Option<&RunInfo>) -> anyhow::Result<(EncodeOptions, FieldNames)> {
     let mut options = args.encoding.encode_options();
     let mut fields = args.encoding.field_names()?;
@@ -112,6 +116,17 @@ fn encoding(args: &EvalArgs, run: Option<&RunInfo>) -> anyhow::Result<(EncodeOpt
     if !options.train_on_prompt && trained.train_on_prompt {
         options.train_on_prompt = true;
         taken.push("prompt loss");
+    }
+    if args.encoding.seq_len.is_none() && options.max_seq_len != trained.max_seq_len {
+        options.max_seq_len = trained.max_seq_len;
+        taken.push("sequence length");
+    }
+    if args.encoding.truncation.is_none() && options.truncation != trained.truncation {
+        options.truncation = trained.truncation;
+        taken.push("truncation");
+    }
+    if args.encoding.untrainable.is_none() {
+        options.skip_untrainable = trained.skip_untrainable;
     }
     if args.encoding.fields.is_empty() && run.config.fields != FieldNames::default() {
         fields = run.config.fields.clone();

@@ -383,9 +383,22 @@ fn run_strategy(
     let draws = if k > 0 { setup.shot_draws.max(1) } else { 1 };
     let mut row = None;
     let mut shot_draws = Vec::new();
-    for d in 0..draws {
-        let seed = draw_seed(setup.seed, d);
+    // A draw that repeats an earlier one's shots (in another order) is passed over: a small
+    // pool has few sets to offer.
+    let mut seen: Vec<Vec<usize>> = Vec::new();
+    for attempt in 0..draws * 4 {
+        if seen.len() == draws {
+            break;
+        }
+        let seed = draw_seed(setup.seed, attempt);
         let shots = draw_shots(pool, k, labels, seed);
+        let mut set: Vec<usize> = shots.iter().map(|x| x.line).collect();
+        set.sort_unstable();
+        if seen.contains(&set) {
+            continue;
+        }
+        seen.push(set);
+        let d = seen.len() - 1;
         // Few-shot rows name the shots they really got (a small train split may have fewer).
         let mut title = strategy.title(shots.len().max(k.min(1)));
         if d > 0 {
@@ -631,7 +644,7 @@ fn recommend(
                     "The choice of shots alone moved {} between {lo:.3} and {hi:.3} over {} seeded draws{}.",
                     p.title,
                     p.shot_draws.len(),
-                    if reaches { ", and one draw matched the adapter" } else { ", none of them reaching the adapter" }
+                    if reaches { ", and at least one draw reached the adapter" } else { ", none of them reaching the adapter" }
                 ));
             }
             if let Some(b) = baseline {

@@ -48,11 +48,16 @@ impl TargetModules {
         Ok(t)
     }
 
+    /// A regex rather than "all-linear" or a list.
+    pub fn is_regex(&self) -> bool {
+        matches!(self, Self::Pattern(p) if !p.eq_ignore_ascii_case("all-linear"))
+    }
+
     /// Whether the projection named `module` in full (`model.layers.3.self_attn.q_proj`) is
     /// targeted, by PEFT's rules.
     pub fn matches(&self, module: &str) -> bool {
         match self {
-            Self::Pattern(p) if p == "all-linear" => true,
+            Self::Pattern(p) if p.eq_ignore_ascii_case("all-linear") => true,
             Self::Pattern(p) => full_match(p, module),
             Self::Named(names) => names
                 .iter()
@@ -62,7 +67,7 @@ impl TargetModules {
 
     fn validate(&self) -> Result<(), LoraError> {
         match self {
-            Self::Pattern(p) if p == "all-linear" => Ok(()),
+            Self::Pattern(p) if p.eq_ignore_ascii_case("all-linear") => Ok(()),
             Self::Pattern(p) => regex::Regex::new(p).map(|_| ()).map_err(|e| {
                 LoraError::bad_config(
                     "target_modules",
@@ -151,7 +156,8 @@ fn default_bias() -> String {
 }
 
 /// adapter_config.json. Fields tuna does not use are kept when reading PEFT files
-/// (`other`, written back on save), and refused where they change the math (see `validate`).
+/// (`other`, written back on save), and refused where they change the math (see
+/// `check_supported`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
     #[serde(default = "default_peft_type")]
@@ -303,6 +309,12 @@ impl LoraConfig {
             ));
         }
         self.target_modules.validate()?;
+        if self.target_modules.is_regex() && self.layers_to_transform.is_some() {
+            return Err(bad(
+                "layers_to_transform",
+                "cannot go with a regex target_modules (PEFT refuses the pair too): put the layers in the regex".into(),
+            ));
+        }
         for (field, key) in self
             .rank_pattern
             .keys()
@@ -325,6 +337,20 @@ impl LoraConfig {
             }
         }
         Ok(())
+    }
+
+    /// The config as written to adapter_config.json: PEFT refuses `layers_to_transform`
+    /// beside a string `target_modules`, so "all-linear" with layers is written as the list
+    /// of projections.
+    pub fn for_peft(&self) -> LoraConfig {
+        let mut out = self.clone();
+        if self.layers_to_transform.is_some()
+            && matches!(self.target_modules, TargetModules::Pattern(_))
+        {
+            out.target_modules =
+                TargetModules::Named(PROJECTIONS.iter().map(|p| p.to_string()).collect());
+        }
+        out
     }
 
     /// `check_supported`, and every layer index within the model's `num_layers`.

@@ -55,7 +55,7 @@ pub fn save(
         .and_then(|f| f.sync_all())
         .map_err(io(&tmp))?;
     std::fs::rename(&tmp, &weights).map_err(io(&weights))?;
-    let json = serde_json::to_string_pretty(config).expect("LoraConfig serializes");
+    let json = serde_json::to_string_pretty(&config.for_peft()).expect("LoraConfig serializes");
     write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
 }
 

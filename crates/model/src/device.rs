@@ -13,14 +13,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     };
     match spec {
         "cpu" => Ok(Device::Cpu),
-        // Built for a GPU says nothing of one being there: without one, the CPU.
-        "auto" => Ok(if candle_core::utils::cuda_is_available() {
-            Device::new_cuda(0).unwrap_or(Device::Cpu)
-        } else if candle_core::utils::metal_is_available() {
-            Device::new_metal(0).unwrap_or(Device::Cpu)
-        } else {
-            Device::Cpu
-        }),
+        "auto" => Ok(auto_device().0),
         "metal" => {
             if !candle_core::utils::metal_is_available() {
                 return Err(err("this binary was built without the `metal` feature"));
@@ -40,6 +33,28 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             Device::new_cuda(ordinal).map_err(|e| err(&e.to_string()))
         }
         _ => Err(err("expected cpu, cuda, cuda:N, metal or auto")),
+    }
+}
+
+/// `auto`: the GPU the binary was built for when one answers, else the CPU, with the reason
+/// when a GPU build found none (being built for a GPU says nothing of one being there).
+pub fn auto_device() -> (Device, Option<String>) {
+    let gpu = if candle_core::utils::cuda_is_available() {
+        Some(("CUDA", Device::new_cuda(0)))
+    } else if candle_core::utils::metal_is_available() {
+        Some(("Metal", Device::new_metal(0)))
+    } else {
+        None
+    };
+    match gpu {
+        None => (Device::Cpu, None),
+        Some((_, Ok(device))) => (device, None),
+        Some((kind, Err(e))) => (
+            Device::Cpu,
+            Some(format!(
+                "--device auto: no {kind} GPU answered ({e}); using the CPU"
+            )),
+        ),
     }
 }
 

@@ -84,16 +84,60 @@ fn candle(path: &Path) -> impl Fn(candle_core::Error) -> ModelError + '_ {
 
 /// A temporary name beside `path`, unique to this process.
 fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
+    sibling(path, &format!("partial-{}", std::process::id()))
+}
+
+/// `.NAME.<what>` beside `dir`.
+fn sibling(dir: &Path, what: &str) -> PathBuf {
+    let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "export".into());
-    path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+    dir.with_file_name(format!(".{name}.{what}"))
 }
 
-/// Cleans up after an export that was killed: its half-written `.NAME.partial-PID` goes, and
-/// a `.NAME.old-PID` (the previous export, moved aside just before the kill) goes back to
-/// NAME when NAME is missing. Only directories of processes that are gone are touched.
+/// An exclusive lock on `.NAME.export.lock`, held for a whole export: one export of NAME at
+/// a time, so that temporaries found while holding it were left by an export that was
+/// killed (the lock goes with its process, whatever host or container ran it, as far as the
+/// file system honours locks).
+struct ExportLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl ExportLock {
+    fn acquire(dir: &Path) -> Result<Self> {
+        let path = sibling(dir, "export.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { path, _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ModelError::BadExportTarget {
+                path: dir.into(),
+                reason: format!(
+                    "another export is writing it now (it holds {})",
+                    path.display()
+                ),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(ModelError::io(&path, e)),
+        }
+    }
+}
+
+impl Drop for ExportLock {
+    fn drop(&mut self) {
+        // Removed while still held; the lock itself goes when the file closes.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Cleans up after exports that were killed (call it holding the `ExportLock`): their
+/// half-written `.NAME.partial-PID` go, and when NAME is missing, the newest `.NAME.old-PID`
+/// (the previous export, moved aside just before the kill) goes back to NAME.
 fn recover_interrupted(dir: &Path) {
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return;
@@ -103,37 +147,38 @@ fn recover_interrupted(dir: &Path) {
     } else {
         parent
     };
-    let name = name.to_string_lossy();
+    let prefix = format!(".{}.", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
+    let mut partial = Vec::new();
+    let mut old = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = file_name.strip_prefix(&format!(".{name}.")) else {
+        let Some((kind, pid)) = file_name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once('-'))
+        else {
             continue;
         };
-        let (kind, pid) = match rest.split_once('-') {
-            Some((kind, pid)) if kind == "partial" || kind == "old" => (kind, pid),
-            _ => continue,
-        };
-        if !pid.parse::<u32>().is_ok_and(process_is_gone) {
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let path = entry.path();
-        if kind == "old" && !dir.exists() {
-            let _ = std::fs::rename(&path, dir);
-        } else {
-            let _ = std::fs::remove_dir_all(&path);
+        let modified = entry.metadata().and_then(|m| m.modified()).ok();
+        match kind {
+            "partial" => partial.push(entry.path()),
+            "old" => old.push((modified, entry.path())),
+            _ => {}
         }
     }
-}
-
-/// Whether no process `pid` runs (known on Linux; elsewhere every process counts as alive).
-fn process_is_gone(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
-    } else {
-        false
+    old.sort();
+    if !dir.exists() {
+        if let Some((_, newest)) = old.pop() {
+            let _ = std::fs::rename(newest, dir);
+        }
+    }
+    for path in partial.into_iter().chain(old.into_iter().map(|(_, p)| p)) {
+        let _ = std::fs::remove_dir_all(path);
     }
 }
 
@@ -148,6 +193,7 @@ pub fn export(model: &Pretrained, dir: &Path, gguf: Option<GgufQuant>, force: bo
             reason: "name the directory to write (not . or ..)".into(),
         });
     }
+    let _lock = ExportLock::acquire(dir)?;
     recover_interrupted(dir);
     let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
     if (occupied && !force) || dir.is_file() {
@@ -176,13 +222,7 @@ pub fn export(model: &Pretrained, dir: &Path, gguf: Option<GgufQuant>, force: bo
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    let old = dir.with_file_name(format!(
-        ".{}.old-{}",
-        dir.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
+    let old = sibling(dir, &format!("old-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&old);
     let had_old = dir.exists();
     if had_old {

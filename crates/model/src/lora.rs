@@ -47,6 +47,7 @@ impl Llama {
         config.validate(self.config.num_hidden_layers)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let device = self.device().clone();
+        let mut attached = 0;
         for (module, layer, _, linear) in self.projections_mut() {
             if config.targets(&module, layer) {
                 let adapter = LoraAdapter::init(
@@ -59,7 +60,18 @@ impl Llama {
                     &device,
                 )?;
                 linear.adapter = Some(adapter);
+                attached += 1;
             }
+        }
+        if attached == 0 {
+            return Err(LoraError::bad_config(
+                "target_modules",
+                format!(
+                    "{} (with layers_to_transform {:?}) selects no projection of this model",
+                    serde_json::to_string(&config.target_modules).unwrap_or_default(),
+                    config.layers_to_transform
+                ),
+            ));
         }
         Ok(())
     }

@@ -130,8 +130,8 @@ fn an_export_killed_between_its_renames_gets_the_old_model_back() {
     let m = tiny_model(TinySpec::default());
     let p = Pretrained::load(&m.path_str(), &LoadOptions::default()).unwrap();
     let out = m.path().join("export");
-    // What a kill right after "move the old export aside" leaves: no target, and the old
-    // export under a temporary name of a process that is gone (pids stop below 2^22).
+    // What a kill right after "move the old export aside" leaves: no target, the old export
+    // under a temporary name, and (from another killed export) a half-written one.
     let aside = m.path().join(".export.old-4999999");
     std::fs::create_dir_all(&aside).unwrap();
     std::fs::write(aside.join("keep.txt"), "mine").unwrap();

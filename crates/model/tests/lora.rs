@@ -547,23 +547,74 @@ fn every_peft_form_of_target_modules_and_layers_loads() {
         assert_eq!(max_abs_diff(&want, &logits(&p)), 0.0, "{field} = {value}");
     }
 
-    // One layer as a bare number, and a regex, select what PEFT selects.
-    let cfg: LoraConfig = serde_json::from_value(serde_json::json!({
+    // One layer as a bare number with suffix names, and a regex alone, select what PEFT
+    // selects.
+    let by_names: LoraConfig = serde_json::from_value(serde_json::json!({
         "r": 2, "lora_alpha": 4, "layers_to_transform": 1,
-        "target_modules": r"model\.layers\.\d+\.self_attn\.(q|v)_proj"
+        "target_modules": ["self_attn.q_proj", "v_proj"]
     }))
     .unwrap();
-    assert_eq!(cfg.layers_to_transform, Some(vec![1]));
-    let (_m4, mut p) = load(TinySpec::default());
-    p.model.attach_lora(&cfg, 0).unwrap();
-    let names: Vec<String> = p.model.lora_vars().into_iter().map(|(m, ..)| m).collect();
-    assert_eq!(
-        names,
-        [
-            "model.layers.1.self_attn.q_proj",
-            "model.layers.1.self_attn.v_proj"
-        ]
+    assert_eq!(by_names.layers_to_transform, Some(vec![1]));
+    let by_regex: LoraConfig = serde_json::from_value(serde_json::json!({
+        "r": 2, "lora_alpha": 4,
+        "target_modules": r"model\.layers\.1\.self_attn\.(q|v)_proj"
+    }))
+    .unwrap();
+    for cfg in [by_names, by_regex] {
+        let (_m4, mut p) = load(TinySpec::default());
+        p.model.attach_lora(&cfg, 0).unwrap();
+        let names: Vec<String> = p.model.lora_vars().into_iter().map(|(m, ..)| m).collect();
+        assert_eq!(
+            names,
+            [
+                "model.layers.1.self_attn.q_proj",
+                "model.layers.1.self_attn.v_proj"
+            ]
+        );
+    }
+
+    // PEFT refuses layers_to_transform beside a regex; tuna too. A target that selects
+    // nothing is an error, not an adapter-less training run.
+    let (_m5, mut p) = load(TinySpec::default());
+    let both: LoraConfig = serde_json::from_value(serde_json::json!({
+        "r": 2, "lora_alpha": 4, "layers_to_transform": [1], "target_modules": ".*q_proj"
+    }))
+    .unwrap();
+    let err = p.model.attach_lora(&both, 0).unwrap_err().to_string();
+    assert!(
+        err.starts_with("lora: layers_to_transform: cannot go with a regex"),
+        "{err}"
     );
+    let nothing = LoraConfig {
+        target_modules: TargetModules::Pattern("q_proj,v_proj".into()),
+        ..Default::default()
+    };
+    let err = p.model.attach_lora(&nothing, 0).unwrap_err().to_string();
+    assert!(err.contains("selects no projection of this model"), "{err}");
+}
+
+#[test]
+fn all_linear_with_some_layers_is_saved_in_a_form_peft_accepts() {
+    let (m, mut p) = load(TinySpec::default());
+    let cfg = LoraConfig {
+        r: 2,
+        layers_to_transform: Some(vec![0]),
+        ..Default::default()
+    };
+    p.model.attach_lora(&cfg, 0).unwrap();
+    let dir = m.path().join("adapter");
+    p.model.save_lora(&dir, &cfg).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(peft::CONFIG_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(
+        saved["target_modules"],
+        serde_json::json!(tuna_lora::PROJECTIONS)
+    );
+    assert_eq!(saved["layers_to_transform"], serde_json::json!([0]));
+    let (_m2, mut fresh) = load(TinySpec::default());
+    fresh.model.load_lora(&peft::load(&dir).unwrap()).unwrap();
+    assert_eq!(max_abs_diff(&logits(&p), &logits(&fresh)), 0.0);
 }
 
 /// tests/data/peft-fixture: an adapter PEFT saved (scripts/make-peft-fixture.py), with

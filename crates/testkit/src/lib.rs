@@ -297,13 +297,22 @@ pub fn assert_close(a: &Tensor, b: &Tensor, tol: f32) {
 
 /// The repository root (for tests that use the real model in models/).
 pub fn repo_root() -> PathBuf {
-    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    while !dir.join("Cargo.lock").exists() && !dir.join(".git").exists() {
-        if !dir.pop() {
-            break;
-        }
+    // TUNA_REPO_ROOT, else above this crate's source, else above the working directory (a
+    // test binary carried to another machine runs from a checkout at another path).
+    if let Some(dir) = std::env::var_os("TUNA_REPO_ROOT") {
+        return dir.into();
     }
-    dir
+    let above = |mut dir: PathBuf| loop {
+        if dir.join("Cargo.lock").exists() || dir.join(".git").exists() {
+            return Some(dir);
+        }
+        if !dir.pop() {
+            return None;
+        }
+    };
+    above(PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .or_else(|| std::env::current_dir().ok().and_then(above))
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The default model fetched by scripts/fetch-model.sh. Panics with the fix when absent: the
