@@ -367,6 +367,11 @@ pub struct TrainArgs {
     pub prompt_template: Option<String>,
     #[arg(long)]
     pub system_prompt: Option<String>,
+    /// Worked examples before each prompt: K other records of the same file as earlier
+    /// turns, only the record's own completion trained (matches few-shot prompting: the
+    /// adapter is then compared prompted with K shots).
+    #[arg(long, value_name = "K")]
+    pub train_shots: Option<usize>,
     /// Start from this adapter with a fresh optimizer (training on new data).
     #[arg(long, conflicts_with = "resume")]
     pub init_adapter: Option<PathBuf>,

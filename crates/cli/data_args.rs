@@ -72,6 +72,7 @@ impl DataArgs {
             system: self.system_prompt.clone(),
             prompt_template: self.prompt_template.clone(),
             skip_untrainable: self.untrainable != Some(UntrainableArg::Error),
+            ..EncodeOptions::default()
         }
     }
 

@@ -87,6 +87,8 @@ pub struct Task {
     pub normalization: Normalization,
     pub prompt_shape: PromptShape,
     pub tuned_shape: PromptShape,
+    /// Shots the adapter's run trained with in each prompt.
+    pub tuned_shots: usize,
 }
 
 impl TaskArgs {
@@ -184,6 +186,7 @@ impl TaskArgs {
             normalization,
             prompt_shape,
             tuned_shape,
+            tuned_shots: run.map_or(0, |r| r.config.encoding.shots),
         })
     }
 
@@ -216,6 +219,7 @@ impl TaskArgs {
             strategies: task.strategies.clone(),
             shots: self.shots,
             shot_draws: self.shot_draws as usize,
+            tuned_shots: task.tuned_shots,
             seed: self.seed,
             prompt_shape: task.prompt_shape.clone(),
             tuned_shape: task.tuned_shape.clone(),

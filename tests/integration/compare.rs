@@ -746,3 +746,103 @@ fn eval_scores_the_adapter_as_trained_and_each_strategy() {
         r.stderr
     );
 }
+
+#[test]
+fn an_adapter_trained_with_shots_is_scored_and_evaluated_with_them() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let train = write_task(dir, "train.jsonl", 0..30);
+    let valid = write_task(dir, "valid.jsonl", 40..46);
+    let test = write_task(dir, "test.jsonl", 100..110);
+    let run = dir.join("run");
+    let model = m.path_str();
+    let trained = tuna(
+        &[
+            "train",
+            "--model",
+            &model,
+            "--data",
+            &train,
+            "--valid",
+            &valid,
+            "--output",
+            run.to_str().unwrap(),
+            "--max-steps",
+            "2",
+            "--lora-r",
+            "4",
+            "--train-shots",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(trained.code, 0, "{}", trained.stderr);
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("shots = 2"), "{config}");
+    // eval's loss is training's: the valid records with their shots.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last_eval: serde_json::Value = metrics
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "eval" && e["step"] == 2)
+        .expect("an eval at the last step");
+    let r = tuna(
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--adapter",
+            run.to_str().unwrap(),
+            "--data",
+            &valid,
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("training shots"), "{}", r.stderr);
+    let out: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let (ours, theirs) = (
+        out["loss"].as_f64().unwrap(),
+        last_eval["loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (ours - theirs).abs() < 1e-5 * theirs,
+        "eval {ours} vs training's {theirs}"
+    );
+    // compare prompts the tuned strategy with two shots, as trained.
+    let out_dir = dir.join("report");
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &model,
+            "--adapter",
+            run.to_str().unwrap(),
+            "--data",
+            &test,
+            "--output",
+            out_dir.to_str().unwrap(),
+            "--strategies",
+            "zero,tuned,hybrid",
+            "--shots",
+            "3",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report = read_report(&out_dir);
+    let tuned = &report["rows"][1];
+    assert_eq!(tuned["key"], "tuned");
+    assert_eq!(tuned["title"], "fine-tuned (LoRA, k=2 as trained)");
+    assert_eq!(tuned["examples_used"], 30 + 2);
+    assert_eq!(
+        tuned["shot_draws"][0]["shot_lines"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(report["rows"][2]["title"], "hybrid (LoRA + k=3)");
+}

@@ -210,6 +210,7 @@ fn score_adapter(
         tuned: Some(&model),
         strategies: vec![Strategy::Tuned],
         tuned_shape: trained_shape(info.as_ref()),
+        tuned_shots: info.as_ref().map_or(0, |r| r.config.encoding.shots),
         adapter: Some(adapter_facts(dir, info.as_ref(), Some(&model))?),
         samples: 0,
         ..setup.clone()

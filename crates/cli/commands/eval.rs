@@ -128,6 +128,11 @@ fn encoding(args: &EvalArgs, run: Option<&RunInfo>) -> anyhow::Result<(EncodeOpt
     if args.encoding.untrainable.is_none() {
         options.skip_untrainable = trained.skip_untrainable;
     }
+    if trained.shots > 0 {
+        options.shots = trained.shots;
+        options.shot_seed = run.config.train.seed;
+        taken.push("training shots");
+    }
     if args.encoding.fields.is_empty() && run.config.fields != FieldNames::default() {
         fields = run.config.fields.clone();
         taken.push("field names");

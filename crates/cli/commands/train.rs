@@ -94,6 +94,9 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(v) = &args.system_prompt {
         c.encoding.system = Some(v.clone());
     }
+    if let Some(v) = args.train_shots {
+        c.encoding.shots = v;
+    }
     c.validate()?;
     Ok(c)
 }

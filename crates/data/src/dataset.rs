@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::encode::{Encoded, Encoder, Example};
 use crate::error::{collect_errors, DataError};
 use crate::jsonl::read_jsonl_lenient;
-use crate::record::{parse_records_lenient, FieldNames, RecordKind};
+use crate::record::{parse_records_lenient, FieldNames, LineRecord, Record, RecordKind};
 
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -40,6 +40,39 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     h
 }
 
+/// For each record, `k` other prompt/completion records of the file as its shots (indices),
+/// drawn with a seed of its own (`seed` and its line), so a record's shots do not depend on
+/// the rest of the draw.
+fn draw_training_shots(records: &[LineRecord], k: usize, seed: u64) -> Vec<Vec<usize>> {
+    use rand::seq::index::sample;
+    use rand::SeedableRng;
+    if k == 0 {
+        return vec![Vec::new(); records.len()];
+    }
+    let pool: Vec<usize> = (0..records.len())
+        .filter(|&i| matches!(records[i].record, Record::PromptCompletion { .. }))
+        .collect();
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            // The pool without record i itself: positions past it shift by one.
+            let own = pool.binary_search(&i).ok();
+            let others = pool.len() - usize::from(own.is_some());
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                seed ^ (r.line as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+            sample(&mut rng, others, k.min(others))
+                .into_iter()
+                .map(|at| match own {
+                    Some(p) if at >= p => pool[at + 1],
+                    _ => pool[at],
+                })
+                .collect()
+        })
+        .collect()
+}
+
 impl Dataset {
     /// Reads, parses and encodes `path`; every bad line is reported, not just the first.
     pub fn load(path: &Path, encoder: &Encoder, fields: &FieldNames) -> Result<Self, DataError> {
@@ -65,10 +98,19 @@ impl Dataset {
             .count();
         let (parsed, record_errors) = parse_records_lenient(path, &lines, fields);
         errors.extend(record_errors);
+        let shots = draw_training_shots(
+            &parsed.records,
+            encoder.options().shots,
+            encoder.options().shot_seed,
+        );
         let encoded: Vec<Result<Encoded, DataError>> = parsed
             .records
             .par_iter()
-            .map(|r| encoder.encode(path, r))
+            .zip(&shots)
+            .map(|(r, shots)| {
+                let shots: Vec<&LineRecord> = shots.iter().map(|&i| &parsed.records[i]).collect();
+                encoder.encode_with_shots(path, r, &shots)
+            })
             .collect();
         let mut kinds = BTreeMap::new();
         for r in &parsed.records {

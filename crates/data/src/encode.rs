@@ -50,6 +50,14 @@ pub struct EncodeOptions {
     pub prompt_template: Option<String>,
     /// An example whose targets are all truncated away: skipped and counted (true) or an error.
     pub skip_untrainable: bool,
+    /// Worked examples before each prompt/completion record's prompt: this many other records
+    /// of the same file (seeded per line), as earlier user/assistant turns (raw format: text
+    /// blocks), with only the record's own completion trained on. An adapter trained so
+    /// matches few-shot prompts (compare's hybrid) instead of fighting them.
+    pub shots: usize,
+    /// Seeds the shots' draw: the run's seed (set by the trainer, not a config key).
+    #[serde(skip)]
+    pub shot_seed: u64,
 }
 
 impl Default for EncodeOptions {
@@ -62,6 +70,8 @@ impl Default for EncodeOptions {
             system: None,
             prompt_template: None,
             skip_untrainable: true,
+            shots: 0,
+            shot_seed: 0,
         }
     }
 }
@@ -165,6 +175,10 @@ impl<'a> Encoder<'a> {
         })
     }
 
+    pub fn options(&self) -> &EncodeOptions {
+        self.options
+    }
+
     /// Whether prompts go through the chat template.
     pub fn is_chat(&self) -> bool {
         self.template.is_some()
@@ -233,6 +247,71 @@ impl<'a> Encoder<'a> {
         }
     }
 
+    /// `r` with `shots` (other prompt/completion records) as worked examples before its
+    /// prompt; only its own completion is a target. Without shots, `encode`.
+    pub fn encode_with_shots(
+        &self,
+        path: &std::path::Path,
+        r: &LineRecord,
+        shots: &[&LineRecord],
+    ) -> Result<Encoded, DataError> {
+        if shots.is_empty() {
+            return self.encode(path, r);
+        }
+        let bad = |field: &str, reason: String| DataError::bad_record(path, r.line, field, reason);
+        let pair = |x: &LineRecord| match &x.record {
+            Record::PromptCompletion { prompt, completion } => {
+                Some((prompt.clone(), completion.clone()))
+            }
+            _ => None,
+        };
+        let Some((prompt, completion)) = pair(r) else {
+            return Err(bad(
+                "(shots)",
+                format!(
+                    "training with shots needs prompt/completion records; this is a {} record",
+                    r.record.kind().name()
+                ),
+            ));
+        };
+        let worked: Vec<(String, String)> = shots.iter().filter_map(|x| pair(x)).collect();
+        let mut seq = Sequence::default();
+        match self.template {
+            Some(template) => {
+                let mut messages = self.messages(&r.record);
+                let at = messages.len() - 2;
+                for (p, c) in worked.iter().rev() {
+                    messages.insert(at, Message::new("assistant", c));
+                    messages.insert(at, Message::new("user", &self.format_prompt(p)));
+                }
+                let last = messages.len() - 1;
+                self.encode_chat_from(template, &messages, last, &mut seq)
+                    .map_err(|e| bad("(template)", e))?;
+            }
+            None => {
+                // As a few-shot raw prompt is laid out: blocks separated by blank lines.
+                let mut blocks: Vec<String> = Vec::new();
+                for (p, c) in &worked {
+                    blocks.push(self.format_prompt(p));
+                    blocks.push(c.trim().to_string());
+                }
+                blocks.push(self.format_prompt(&prompt));
+                let p = self
+                    .tokenizer
+                    .encode(&blocks.join("\n\n"), true)
+                    .map_err(|e| bad("prompt", e.to_string()))?;
+                let c = self
+                    .tokenizer
+                    .encode(&completion, false)
+                    .map_err(|e| bad("completion", e.to_string()))?;
+                seq.push(&p, self.options.train_on_prompt);
+                seq.push(&c, true);
+                self.close_target(&mut seq);
+            }
+        }
+        self.truncate(path, r.line, seq)
+    }
+
     pub fn encode(&self, path: &std::path::Path, r: &LineRecord) -> Result<Encoded, DataError> {
         let bad = |field: &str, reason: String| DataError::bad_record(path, r.line, field, reason);
         let mut seq = Sequence::default();
@@ -276,12 +355,25 @@ impl<'a> Encoder<'a> {
         messages: &[Message],
         seq: &mut Sequence,
     ) -> Result<(), String> {
+        self.encode_chat_from(template, messages, 0, seq)
+    }
+
+    /// `encode_chat` with the assistant turns before message `first_target` kept as context
+    /// (not targets).
+    fn encode_chat_from(
+        &self,
+        template: &ChatTemplate,
+        messages: &[Message],
+        first_target: usize,
+        seq: &mut Sequence,
+    ) -> Result<(), String> {
         let mut consumed = String::new();
         let marker = template.end_of_turn_marker();
         for (i, m) in messages.iter().enumerate() {
             if m.role != "assistant" {
                 continue;
             }
+            let target = i >= first_target;
             let prompt_text = template
                 .render(&messages[..i], true)
                 .map_err(|e| e.to_string())?;
@@ -302,16 +394,21 @@ impl<'a> Encoder<'a> {
                 .map_err(|e| e.to_string())?;
             seq.push(&prompt_ids, self.options.train_on_prompt);
             // The target ends with the end-of-turn marker; what follows it (a newline) is not.
-            let (target, rest) = match marker.and_then(|mk| turn.find(mk).map(|at| at + mk.len())) {
-                Some(end) => turn.split_at(end),
-                None => (turn, ""),
-            };
+            let (turn_text, rest) =
+                match marker.and_then(|mk| turn.find(mk).map(|at| at + mk.len())) {
+                    Some(end) => turn.split_at(end),
+                    None => (turn, ""),
+                };
             let target_ids = self
                 .tokenizer
-                .encode(target, false)
+                .encode(turn_text, false)
                 .map_err(|e| e.to_string())?;
-            seq.push(&target_ids, true);
-            self.close_target(seq);
+            if target {
+                seq.push(&target_ids, true);
+                self.close_target(seq);
+            } else {
+                seq.push(&target_ids, self.options.train_on_prompt);
+            }
             let rest_ids = self
                 .tokenizer
                 .encode(rest, false)

@@ -231,3 +231,75 @@ fn long_texts_become_overlapping_windows_that_lose_nothing() {
     }
     assert_eq!(joined[..whole.len()], whole[..]);
 }
+
+#[test]
+fn training_shots_are_context_laid_out_as_few_shot_prompts_are() {
+    let (m, p) = model();
+    let path = m.path().join("shots.jsonl");
+    let records = [
+        ("the sea", "is at rest"),
+        ("a cat", "sat"),
+        ("the sun", "is hot"),
+    ];
+    let text: String = records
+        .iter()
+        .map(|(q, a)| format!("{{\"prompt\": \"{q}\", \"completion\": \"{a}\"}}\n"))
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    for format in [PromptFormat::Auto, PromptFormat::Raw] {
+        let options = EncodeOptions {
+            format,
+            prompt_template: Some("Q: {prompt}".into()),
+            shots: 2,
+            shot_seed: 7,
+            ..Default::default()
+        };
+        let encoder = Encoder::new(&p, &options).unwrap();
+        let data = tuna_data::Dataset::load(&path, &encoder, &FieldNames::default()).unwrap();
+        assert_eq!(data.examples.len(), 3);
+        for (i, x) in data.examples.iter().enumerate() {
+            // Only the record's own completion (and its end of turn) is trained on.
+            assert_eq!(
+                trained_text(&p, x),
+                format!("{}<|im_end|>", records[i].1),
+                "{format:?}"
+            );
+            // Its prompt is the few-shot prompt of the other two records, in some order.
+            let first_target = x.trained.iter().position(|&t| t).unwrap();
+            let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+            let matches = [[others[0], others[1]], [others[1], others[0]]]
+                .iter()
+                .any(|order| {
+                    let mut messages = Vec::new();
+                    for &j in order {
+                        messages.push(Message::new("user", &format!("Q: {}", records[j].0)));
+                        messages.push(Message::new("assistant", records[j].1));
+                    }
+                    messages.push(Message::new("user", &format!("Q: {}", records[i].0)));
+                    x.ids[..first_target] == encoder.prompt_ids(&messages).unwrap()[..]
+                });
+            assert!(matches, "{format:?}, record {i}: {}", all_text(&p, x));
+        }
+        // The draw is seeded: the same options give the same examples.
+        let again = tuna_data::Dataset::load(&path, &encoder, &FieldNames::default()).unwrap();
+        assert_eq!(again.examples, data.examples);
+    }
+    // Shots need prompt/completion records.
+    std::fs::write(
+        &path,
+        "{\"text\": \"the cat sat\"}\n{\"prompt\": \"a\", \"completion\": \"b\"}\n",
+    )
+    .unwrap();
+    let options = EncodeOptions {
+        shots: 1,
+        ..Default::default()
+    };
+    let encoder = Encoder::new(&p, &options).unwrap();
+    let err = tuna_data::Dataset::load(&path, &encoder, &FieldNames::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shots.jsonl:1: (shots): training with shots needs prompt/completion records; this is a text record"),
+        "{err}"
+    );
+}

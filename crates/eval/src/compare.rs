@@ -50,6 +50,9 @@ pub struct CompareSetup<'a> {
     /// Seeded draws of shots per strategy that shows shots (the first, with `seed`, is
     /// the row; the others give the spread shot choice alone causes).
     pub shot_draws: usize,
+    /// Shots the adapter was trained with in each prompt (`tuna train --train-shots`): the
+    /// tuned strategy is prompted with as many.
+    pub tuned_shots: usize,
     pub seed: u64,
     /// The wording prompting strategies use, and the adapter's training wording.
     pub prompt_shape: PromptShape,
@@ -317,6 +320,7 @@ pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<Compa
         tuned_vs_prompt,
         prior_floor_nll,
         setup.adapter.as_ref(),
+        setup.tuned_shots,
     );
 
     let samples = setup
@@ -379,7 +383,10 @@ fn run_strategy(
     } else {
         setup.train
     };
-    let k = strategy.shot_count(setup.shots);
+    let k = match strategy {
+        Strategy::Tuned => setup.tuned_shots,
+        _ => strategy.shot_count(setup.shots),
+    };
     let draws = if k > 0 { setup.shot_draws.max(1) } else { 1 };
     let mut row = None;
     let mut shot_draws = Vec::new();
@@ -400,7 +407,10 @@ fn run_strategy(
         seen.push(set);
         let d = seen.len() - 1;
         // Few-shot rows name the shots they really got (a small train split may have fewer).
-        let mut title = strategy.title(shots.len().max(k.min(1)));
+        let mut title = match strategy {
+            Strategy::Tuned if k > 0 => format!("fine-tuned (LoRA, k={} as trained)", shots.len()),
+            _ => strategy.title(shots.len().max(k.min(1))),
+        };
         if d > 0 {
             title = format!("{title}, shot draw {}/{draws}", d + 1);
         }
@@ -600,6 +610,7 @@ fn recommend(
     tuned_vs_prompt: Option<Estimate>,
     prior_floor: Option<f64>,
     adapter: Option<&AdapterFacts>,
+    tuned_shots: usize,
 ) -> String {
     let mut out = Vec::new();
     let name = metric.name();
@@ -698,10 +709,10 @@ fn recommend(
         } else {
             hv > tv
         };
-        out.push(if worse {
-            format!("Adding shots to the tuned model hurt here ({name} {hv:.3} vs {tv:.3}): the adapter was trained without shots in its prompts.")
-        } else {
-            format!("Adding shots to the tuned model did not hurt ({name} {hv:.3} vs {tv:.3}).")
+        out.push(match (worse, tuned_shots) {
+            (true, 0) => format!("Adding shots to the tuned model hurt here ({name} {hv:.3} vs {tv:.3}): the adapter was trained without shots in its prompts (tuna train --train-shots K trains with them)."),
+            (true, k) => format!("The hybrid's shots did worse than the {k} the adapter was trained with ({name} {hv:.3} vs {tv:.3})."),
+            (false, _) => format!("Adding shots to the tuned model did not hurt ({name} {hv:.3} vs {tv:.3})."),
         });
     }
     out.join(" ")

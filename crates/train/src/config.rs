@@ -91,6 +91,16 @@ pub struct LoopSection {
     pub seed: u64,
 }
 
+impl TrainConfig {
+    /// The encoding, with training shots drawn with the run's seed.
+    pub fn encoding_with_seed(&self) -> EncodeOptions {
+        EncodeOptions {
+            shot_seed: self.train.seed,
+            ..self.encoding.clone()
+        }
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {

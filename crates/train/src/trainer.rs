@@ -85,7 +85,8 @@ fn load_data(
     model: &Pretrained,
     config: &TrainConfig,
 ) -> Result<(Dataset, Option<Dataset>), TrainError> {
-    let encoder = Encoder::new(model, &config.encoding)?;
+    let encoding = config.encoding_with_seed();
+    let encoder = Encoder::new(model, &encoding)?;
     let train = Dataset::load(&config.data.train, &encoder, &config.fields)?;
     let subset = |d: Dataset| match config.data.train_subset {
         0 => d,
