@@ -250,15 +250,15 @@ pub enum BenchCommand {
 pub struct BenchTrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub batch: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub seq: usize,
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// Timed steps.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub steps: usize,
     #[arg(long, default_value_t = 16)]
     pub lora_r: usize,
@@ -282,7 +282,7 @@ pub struct BenchDataArgs {
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
     /// Timed repetitions.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub reps: usize,
     #[arg(long)]
     pub json: bool,
@@ -292,12 +292,12 @@ pub struct BenchDataArgs {
 pub struct BenchGenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     pub prompt_tokens: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     pub new_tokens: usize,
     /// Timed repetitions after one warm-up.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub reps: usize,
     #[arg(long, value_enum, default_value = "f16")]
     pub weights: InferenceWeights,
@@ -416,5 +416,14 @@ impl TrainModelArgs {
             adapter: None,
         }
         .load(weights)
+    }
+}
+
+/// A count that must be at least 1 (a benchmark of nothing has no median).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }

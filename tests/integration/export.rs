@@ -344,3 +344,70 @@ fn a_full_disk_or_a_killed_export_leaves_the_old_model_whole() {
         before
     );
 }
+
+#[test]
+fn a_file_as_the_output_is_refused_before_any_work() {
+    let m = tuna_testkit::tiny_model(tuna_testkit::TinySpec::default());
+    let model = m.path_str();
+    let file = m.path().join("a-file");
+    std::fs::write(&file, "mine").unwrap();
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec![
+            "export",
+            "--model",
+            &model,
+            "--output",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let r = tuna(&args, &[]);
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains("a-file: is a file"), "{}", r.stderr);
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+    // A missing parent is made, as `mkdir -p` would.
+    let deep = m.path().join("new/deeper/export");
+    let r = tuna(
+        &[
+            "export",
+            "--model",
+            &m.path_str(),
+            "--output",
+            deep.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(deep.join("model.safetensors").is_file());
+    // compare checks its report directory before scoring anything.
+    let test = m.path().join("test.jsonl");
+    std::fs::write(&test, "{\"prompt\": \"a\", \"completion\": \"yes\"}\n").unwrap();
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &m.path_str(),
+            "--data",
+            test.to_str().unwrap(),
+            "--labels",
+            "yes,no",
+            "--strategies",
+            "zero",
+            "--output",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("a-file: is a file; name a directory for the report"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("zero-shot:"),
+        "nothing was scored: {}",
+        r.stderr
+    );
+}

@@ -222,3 +222,112 @@ fn ctrl_c_writes_a_resumable_checkpoint_and_exits_130() {
         .join("trainer_state.json")
         .is_file());
 }
+
+/// prompt/completion lines "is N even" -> yes/no, for the tiny model.
+fn write_parity(path: &std::path::Path, range: std::ops::Range<usize>) {
+    let text: String = range
+        .map(|i| {
+            let answer = if i % 2 == 0 { "yes" } else { "no" };
+            format!("{{\"prompt\": \"is {i} even\", \"completion\": \"{answer}\"}}\n")
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_moved_run_resumes_where_it_is_and_failed_runs_leave_nothing() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let model = m.path_str();
+    let data = dir.join("train.jsonl");
+    write_parity(&data, 0..16);
+    let first = dir.join("first");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--model", &model, "--data", data.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        tuna(&args, &[])
+    };
+    let r = train(&[
+        "--output",
+        first.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--save-every",
+        "1",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Moved (or copied) elsewhere, the run goes on there; the old place is not written.
+    let moved = dir.join("moved");
+    std::fs::rename(&first, &moved).unwrap();
+    let r = tuna(
+        &[
+            "train",
+            "--model",
+            &model,
+            "--resume",
+            moved.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!first.exists(), "resume wrote to where the run used to be");
+    assert!(
+        r.stdout.trim_end().ends_with("moved/adapter"),
+        "{}",
+        r.stdout
+    );
+
+    // --init-adapter fixes the rank: a different --lora-r is refused, not saved wrongly.
+    let r = train(&[
+        "--output",
+        dir.join("init").to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--init-adapter",
+        moved.join("adapter").to_str().unwrap(),
+        "--lora-r",
+        "3",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("--lora-r: the adapter of --init-adapter fixes its rank"),
+        "{}",
+        r.stderr
+    );
+
+    // A valid split with nothing to score is an error (its loss would read 0 and "win"),
+    // and the run directory that failed is gone.
+    let config = dir.join("right.toml");
+    std::fs::write(
+        &config,
+        "[encoding]\ntruncation = \"right\"\nmax_seq_len = 120\n",
+    )
+    .unwrap();
+    let long_valid = dir.join("valid.jsonl");
+    let long_prompt = "is it even ".repeat(40);
+    std::fs::write(
+        &long_valid,
+        format!("{{\"prompt\": \"{long_prompt}\", \"completion\": \"no\"}}\n"),
+    )
+    .unwrap();
+    let failed = dir.join("failed");
+    let r = train(&[
+        "-c",
+        config.to_str().unwrap(),
+        "--valid",
+        long_valid.to_str().unwrap(),
+        "--output",
+        failed.to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("valid"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no example with a target token"),
+        "{}",
+        r.stderr
+    );
+    assert!(!failed.exists(), "a failed run leaves no directory");
+}

@@ -53,6 +53,15 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let (Some(data), Some(output)) = (&args.data, &args.output) else {
         bail!("--data and --output are required (or --prompt for one prompt)");
     };
+    // The report directory before the (long) scoring, so a bad --output fails first.
+    if output.is_file() {
+        bail!(
+            "--output {}: is a file; name a directory for the report",
+            output.display()
+        );
+    }
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("--output {}: cannot create", output.display()))?;
     let fields = parse_field_names(&args.fields)?;
     let task = args.task.prepare(
         data,

@@ -20,7 +20,14 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     if args.merge && args.model.adapter.is_none() {
         anyhow::bail!("--merge: there is no adapter to fold in (pass --adapter DIR)");
     }
-    // Refuse an occupied target before the slow part.
+    // Refuse a bad or occupied target before the slow part.
+    if args.output.is_file() {
+        return Err(tuna_model::ModelError::BadExportTarget {
+            path: args.output.clone(),
+            reason: "is a file: name a directory to write the model into".into(),
+        }
+        .into());
+    }
     if !args.force && std::fs::read_dir(&args.output).is_ok_and(|mut d| d.next().is_some()) {
         return Err(tuna_model::ModelError::ExportTargetExists {
             path: args.output.clone(),

@@ -24,7 +24,21 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
                 path.display()
             );
         }
-        return Ok(TrainConfig::from_toml_file(&path)?);
+        // The run goes on where it is now, even if it was moved since it started.
+        let mut c = TrainConfig::from_toml_file(&path)?;
+        c.output = run.clone();
+        return Ok(c);
+    }
+    if args.init_adapter.is_some() {
+        for (flag, set) in [
+            ("--lora-r", args.lora_r.is_some()),
+            ("--lora-alpha", args.lora_alpha.is_some()),
+            ("--target-modules", args.target_modules.is_some()),
+        ] {
+            if set {
+                anyhow::bail!("{flag}: the adapter of --init-adapter fixes its rank, alpha and modules (its adapter_config.json); leave {flag} out");
+            }
+        }
     }
     let mut c = match &args.config {
         Some(path) => TrainConfig::from_toml_file(path)?,
@@ -123,11 +137,41 @@ fn tail(text: &str, n: usize) -> String {
 /// One line per event on stderr.
 fn progress_line(e: &TrainEvent) -> String {
     match e {
-        TrainEvent::Started { total_steps, start_step, train_examples, valid_examples, train_target_tokens, trainable_params } => format!(
-            "training: {train_examples} examples ({train_target_tokens} target tokens), {valid_examples} valid; {trainable_params} trainable parameters; steps {}..{total_steps}",
-            start_step + 1
-        ),
-        TrainEvent::Step { step, total_steps, loss, lr, grad_norm, tokens_per_s, elapsed_s, .. } => {
+        TrainEvent::Started {
+            total_steps,
+            start_step,
+            train_examples,
+            valid_examples,
+            train_target_tokens,
+            trainable_params,
+            skipped_untrainable,
+            truncated,
+        } => {
+            let mut dropped = String::new();
+            if *truncated > 0 {
+                dropped.push_str(&format!("; {truncated} truncated to max_seq_len"));
+            }
+            if skipped_untrainable.0 + skipped_untrainable.1 > 0 {
+                dropped.push_str(&format!(
+                    "; skipped, no target left after truncation: {} train, {} valid",
+                    skipped_untrainable.0, skipped_untrainable.1
+                ));
+            }
+            format!(
+                "training: {train_examples} examples ({train_target_tokens} target tokens), {valid_examples} valid; {trainable_params} trainable parameters; steps {}..{total_steps}{dropped}",
+                start_step + 1
+            )
+        }
+        TrainEvent::Step {
+            step,
+            total_steps,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_s,
+            elapsed_s,
+            ..
+        } => {
             let eta = elapsed_s / *step as f64 * (*total_steps - *step) as f64;
             format!(
                 "step {step}/{total_steps}  loss {loss:.4}  lr {lr:.2e}  grad-norm {grad_norm:.3}  {tokens_per_s:.0} tok/s  elapsed {}  eta {}",
@@ -135,18 +179,37 @@ fn progress_line(e: &TrainEvent) -> String {
                 fmt_duration(eta)
             )
         }
-        TrainEvent::Eval { step, loss, perplexity, tokens, best } => format!(
+        TrainEvent::Eval {
+            step,
+            loss,
+            perplexity,
+            tokens,
+            best,
+        } => format!(
             "eval @ {step}: loss {loss:.4}  ppl {perplexity:.3}  ({tokens} target tokens){}",
             if *best { "  best" } else { "" }
         ),
-        TrainEvent::Sample { step, line, prompt, output, reference } => format!(
+        TrainEvent::Sample {
+            step,
+            line,
+            prompt,
+            output,
+            reference,
+        } => format!(
             "sample @ {step} (valid line {line}): {:?} -> {:?} (reference {:?})",
             tail(prompt, 60),
             output.trim(),
             reference.trim()
         ),
         TrainEvent::Checkpoint { path, .. } => format!("checkpoint: {path}"),
-        TrainEvent::Finished { adapter, best_eval_loss, best_step, train_seconds, stopped_early, .. } => format!(
+        TrainEvent::Finished {
+            adapter,
+            best_eval_loss,
+            best_step,
+            train_seconds,
+            stopped_early,
+            ..
+        } => format!(
             "done{} in {}: adapter {adapter}{}",
             if *stopped_early { " (early stop)" } else { "" },
             fmt_duration(*train_seconds),
@@ -270,6 +333,15 @@ fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
             "\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to quit now)"
         );
     });
+    // A run that fails before its first checkpoint leaves no directory it created behind.
+    let existed = config.output.exists();
+    let fresh = std::fs::read_dir(&config.output).map_or(true, |mut d| d.next().is_none());
+    if config.output.is_file() {
+        anyhow::bail!(
+            "--output {}: is a file; name a directory for the run",
+            config.output.display()
+        );
+    }
     std::fs::create_dir_all(&config.output).with_context(|| config.output.display().to_string())?;
     let metrics_path: PathBuf = config.output.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
@@ -284,7 +356,32 @@ fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
         }
         progress.show(e);
     };
-    let outcome = train(&mut model, &config, resume, &interrupt, &mut observe)?;
+    let outcome = match train(&mut model, &config, resume, &interrupt, &mut observe) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let checkpointed = tuna_train::checkpoint::list(&config.output).pop().is_some();
+            if fresh && !resume && !checkpointed {
+                if existed {
+                    // An empty directory the user made stays, empty again.
+                    for entry in std::fs::read_dir(&config.output)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                    {
+                        let path = entry.path();
+                        let _ = if path.is_dir() {
+                            std::fs::remove_dir_all(&path)
+                        } else {
+                            std::fs::remove_file(&path)
+                        };
+                    }
+                } else {
+                    let _ = std::fs::remove_dir_all(&config.output);
+                }
+            }
+            return Err(e.into());
+        }
+    };
     println!("{}", outcome.adapter_dir.display());
     Ok(())
 }

@@ -178,9 +178,20 @@ impl Dataset {
         let buckets = 10_000u64;
         let threshold = (fraction.clamp(0.0, 1.0) * buckets as f64).round() as u64;
         let hashes = &self.line_hashes;
-        let (held, kept): (Vec<Example>, Vec<Example>) = std::mem::take(&mut self.examples)
+        let bucket = |x: &Example| hashes.get(&x.line).map_or(u64::MAX, |h| h % buckets);
+        let (mut held, mut kept): (Vec<Example>, Vec<Example>) = std::mem::take(&mut self.examples)
             .into_iter()
-            .partition(|x| hashes.get(&x.line).is_some_and(|h| h % buckets < threshold));
+            .partition(|x| bucket(x) < threshold);
+        // A small file can leave the split empty by chance: hold out the record with the
+        // lowest bucket then, so that asking for a validation split gives one.
+        if held.is_empty() && threshold > 0 && kept.len() >= 2 {
+            if let Some(lowest) = kept.iter().map(|x| (bucket(x), x.line)).min() {
+                let (h, k): (Vec<Example>, Vec<Example>) =
+                    kept.into_iter().partition(|x| x.line == lowest.1);
+                held = h;
+                kept = k;
+            }
+        }
         let mut valid = self.clone();
         valid.examples = held;
         self.examples = kept;

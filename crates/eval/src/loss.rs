@@ -124,6 +124,7 @@ pub fn evaluate_loss(
         let keep: std::collections::BTreeSet<usize> = lines.into_iter().take(limit).collect();
         data.examples.retain(|x| keep.contains(&x.line));
         data.records = data.records.min(limit);
+        data.truncated = data.examples.iter().filter(|x| x.truncated).count();
     }
     if data.examples.is_empty() {
         return Err(EvalError::NothingToScore {

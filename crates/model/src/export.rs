@@ -193,10 +193,19 @@ pub fn export(model: &Pretrained, dir: &Path, gguf: Option<GgufQuant>, force: bo
             reason: "name the directory to write (not . or ..)".into(),
         });
     }
+    if dir.is_file() {
+        return Err(ModelError::BadExportTarget {
+            path: dir.into(),
+            reason: "is a file: name a directory to write the model into".into(),
+        });
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
     let _lock = ExportLock::acquire(dir)?;
     recover_interrupted(dir);
     let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
-    if (occupied && !force) || dir.is_file() {
+    if occupied && !force {
         return Err(ModelError::ExportTargetExists { path: dir.into() });
     }
     // transformers' config.json has no per-frequency rope factors (a GGUF's rope_freqs):

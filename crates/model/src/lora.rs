@@ -84,11 +84,20 @@ impl Llama {
         let weights = loaded.dir.join(peft::WEIGHTS_FILE);
         let device = self.device().clone();
         let mut used = 0;
-        for (module, _, _, linear) in self.projections_mut() {
+        for (module, layer, _, linear) in self.projections_mut() {
             let Some((a, b)) = loaded.tensors.get(&module) else {
                 continue;
             };
             let key = peft::module_key(&module);
+            // PEFT builds only the modules the config names, so a tensor outside them would
+            // act here and not there.
+            if !config.targets(&module, layer) {
+                return Err(LoraError::BadAdapterFile {
+                    path: weights.clone(),
+                    field: format!("{key}.lora_A.weight"),
+                    reason: "adapter_config.json's target_modules / layers_to_transform leave this module out (PEFT would not load it)".into(),
+                });
+            }
             let check = |name: &str, t: &candle_core::Tensor, want: [usize; 2]| {
                 if t.dims() != want {
                     Err(LoraError::BadAdapterFile {

@@ -663,3 +663,20 @@ fn an_adapter_saved_by_peft_applies_the_deltas_peft_computes() {
     }
     assert_eq!(checked, 3);
 }
+
+#[test]
+fn tensors_the_config_leaves_out_are_refused() {
+    // A config narrowed after saving: PEFT would build only layer 0's modules.
+    let (_m, dir) = saved_adapter();
+    edit_config(&dir, |c| c["layers_to_transform"] = serde_json::json!([0]));
+    let (_m2, mut p) = load(TinySpec::default());
+    let err = p
+        .model
+        .load_lora(&peft::load(&dir).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.layers.1.") && err.contains("leave this module out"),
+        "{err}"
+    );
+}

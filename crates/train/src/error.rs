@@ -32,8 +32,8 @@ pub enum TrainError {
     },
     #[error("interrupted after step {step}; a checkpoint was written")]
     Interrupted { step: usize, run: PathBuf },
-    #[error("the training data has no example with a target token")]
-    NoTrainingData,
+    #[error("{split}: no example with a target token{detail}")]
+    NoTrainingData { split: String, detail: String },
     #[error(transparent)]
     Model(#[from] tuna_model::ModelError),
     #[error(transparent)]
@@ -65,7 +65,7 @@ impl TrainError {
             Self::BadConfig { .. } => Some("configs/smollm2-135m-lora.toml lists every key with its meaning; --print-config shows the resolved config".into()),
             Self::NonFiniteLoss { .. } => Some("lower --lr, or keep --max-grad-norm on (default 1.0)".into()),
             Self::Interrupted { run, .. } => Some(format!("continue with: tuna train --resume {}", run.display())),
-            Self::NoTrainingData => Some("tuna data validate FILE shows what each record trains on".into()),
+            Self::NoTrainingData { .. } => Some("tuna data validate FILE shows what each record trains on".into()),
             Self::Model(e) => e.hint(),
             Self::Lora(e) => e.hint(),
             Self::Data(e) => e.hint(),

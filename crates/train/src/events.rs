@@ -12,6 +12,10 @@ pub enum TrainEvent {
         valid_examples: usize,
         train_target_tokens: usize,
         trainable_params: usize,
+        /// Examples dropped because truncation left them no target (train, valid).
+        skipped_untrainable: (usize, usize),
+        /// Train examples longer than max_seq_len that lost tokens.
+        truncated: usize,
     },
     Step {
         step: usize,

@@ -10,7 +10,7 @@ use candle_core::{Tensor, Var};
 use tuna_data::{epoch_plan, make_batch, Batch, Dataset, Encoder, Example};
 use tuna_eval::generate::{generate, SamplingOptions};
 use tuna_eval::loss::examples_nll;
-use tuna_lora::peft;
+use tuna_lora::{peft, LoraConfig};
 use tuna_model::Pretrained;
 
 use crate::chart::History;
@@ -104,21 +104,29 @@ fn load_data(
 }
 
 /// Adapters for this run: the checkpoint's when resuming, an existing adapter's with
-/// `init_adapter`, else fresh ones. Returns the vars and their stable names.
+/// `init_adapter`, else fresh ones. Returns the vars, their stable names, and the config
+/// the adapter is saved with (a loaded adapter's own: its rank, alpha and modules are
+/// what its tensors are).
 fn attach_adapters(
     model: &mut Pretrained,
     config: &TrainConfig,
     resume_from: Option<&Path>,
-) -> Result<(Vec<Var>, Vec<String>), TrainError> {
+) -> Result<(Vec<Var>, Vec<String>, LoraConfig), TrainError> {
     let source = resume_from
         .map(PathBuf::from)
         .or_else(|| (!config.init_adapter.is_empty()).then(|| PathBuf::from(&config.init_adapter)));
-    match source {
-        Some(dir) => model.model.load_lora(&peft::load(&dir)?)?,
-        None => model
-            .model
-            .attach_lora(&config.lora_config(), config.train.seed)?,
-    }
+    let saved_as = match source {
+        Some(dir) => {
+            let loaded = peft::load(&dir)?;
+            model.model.load_lora(&loaded)?;
+            loaded.config
+        }
+        None => {
+            let fresh = config.lora_config();
+            model.model.attach_lora(&fresh, config.train.seed)?;
+            fresh
+        }
+    };
     let mut vars = Vec::new();
     let mut names = Vec::new();
     for (module, a, b) in model.model.lora_vars() {
@@ -127,7 +135,7 @@ fn attach_adapters(
         names.push(format!("{module}.lora_B"));
         vars.push(b);
     }
-    Ok((vars, names))
+    Ok((vars, names, saved_as))
 }
 
 fn eval_loss(model: &mut Pretrained, valid: &Dataset) -> Result<(f64, usize), TrainError> {
@@ -233,8 +241,28 @@ pub fn train(
 
     // Data.
     let (train_data, valid_data) = load_data(model, config)?;
+    let split_off = config.data.valid.as_os_str().is_empty() && config.data.valid_fraction > 0.0;
+    let empty = |data: &Dataset, split: &str| {
+        TrainError::NoTrainingData {
+        split: format!("{split} {}", data.path.display()),
+        detail: match (split_off, data.skipped_untrainable) {
+            (true, _) => format!(
+                " (valid_fraction {} holds out {} of the file's examples for validation and leaves {} for training)",
+                config.data.valid_fraction,
+                valid_data.as_ref().map_or(0, |v| v.examples.len()),
+                train_data.examples.len()
+            ),
+            (false, 0) => String::new(),
+            (false, n) => format!(" ({n} lost every target token to truncation at max_seq_len {})", config.encoding.max_seq_len),
+        },
+    }
+    };
     if train_data.trained_tokens() == 0 {
-        return Err(TrainError::NoTrainingData);
+        return Err(empty(&train_data, "train"));
+    }
+    if let Some(valid) = valid_data.as_ref().filter(|v| v.trained_tokens() == 0) {
+        // An eval loss over nothing would read 0 and win every "best" comparison.
+        return Err(empty(valid, "valid"));
     }
     let pad = model
         .tokenizer
@@ -250,9 +278,8 @@ pub fn train(
     } else {
         None
     };
-    let (vars, names) = attach_adapters(model, config, resume_from)?;
+    let (vars, names, lora_config) = attach_adapters(model, config, resume_from)?;
     model.model.set_training(true);
-    let lora_config = config.lora_config();
     let o = &config.optim;
     let mut optimizer = AdamW::new(
         vars.clone(),
@@ -322,6 +349,11 @@ pub fn train(
         valid_examples: valid_data.as_ref().map_or(0, |v| v.examples.len()),
         train_target_tokens: train_data.trained_tokens(),
         trainable_params: vars.iter().map(|v| v.elem_count()).sum(),
+        skipped_untrainable: (
+            train_data.skipped_untrainable,
+            valid_data.as_ref().map_or(0, |v| v.skipped_untrainable),
+        ),
+        truncated: train_data.truncated,
     });
 
     let save = |model: &mut Pretrained,
