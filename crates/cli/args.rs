@@ -383,7 +383,13 @@ pub struct TrainArgs {
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["resume", "train_subset"])]
     pub train_sizes: Vec<usize>,
     /// Continue the run in this directory exactly where its last checkpoint left it.
-    #[arg(long, conflicts_with_all = ["config", "data", "output", "max_steps", "epochs", "lr"])]
+    /// (The run's config.toml decides everything else: flags that would change it are
+    /// refused.)
+    #[arg(long, conflicts_with_all = [
+        "config", "data", "valid", "valid_fraction", "output", "max_steps", "epochs", "lr",
+        "batch_size", "grad_accum", "seq_len", "lora_r", "lora_alpha", "target_modules",
+        "seed", "prompt_template", "system_prompt", "train_shots", "train_subset",
+    ])]
     pub resume: Option<PathBuf>,
     /// Print the resolved config as TOML and exit.
     #[arg(long)]

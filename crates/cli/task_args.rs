@@ -146,7 +146,9 @@ impl TaskArgs {
         if strategies.contains(&Strategy::CotFew) && rationales == 0 {
             bail!("--strategies cot-few: no train record has a `{}` field to show as a worked answer (--rationale-field names it)", self.rationale_field);
         }
-        let needs_train = strategies.iter().any(|s| s.shot_count(self.shots) > 0);
+        let tuned_shots = run.map_or(0, |r| r.config.encoding.shots);
+        let needs_train = strategies.iter().any(|s| s.shot_count(self.shots) > 0)
+            || (tuned_shots > 0 && strategies.contains(&Strategy::Tuned));
         if needs_train && train.is_empty() {
             bail!("few-shot strategies draw shots from a train split: pass --train FILE (or leave one-shot, few-shot and hybrid out of --strategies)");
         }
@@ -186,7 +188,7 @@ impl TaskArgs {
             normalization,
             prompt_shape,
             tuned_shape,
-            tuned_shots: run.map_or(0, |r| r.config.encoding.shots),
+            tuned_shots,
         })
     }
 

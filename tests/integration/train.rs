@@ -323,7 +323,14 @@ fn a_moved_run_resumes_where_it_is_and_failed_runs_leave_nothing() {
         "1",
     ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("valid"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "error: valid {}: no example",
+            long_valid.display()
+        )),
+        "{}",
+        r.stderr
+    );
     assert!(
         r.stderr.contains("no example with a target token"),
         "{}",

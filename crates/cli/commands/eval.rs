@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use serde::Serialize;
-use tuna_data::{EncodeOptions, FieldNames, PromptFormat};
+use tuna_data::{EncodeOptions, FieldNames, PromptFormat, ShotPool};
 use tuna_eval::compare::{CompareReport, StrategyRow};
-use tuna_eval::{evaluate_loss, LossReport};
+use tuna_eval::{evaluate_loss_with_shots, LossReport};
 use tuna_model::Pretrained;
 use tuna_train::run_dir::{self, RunInfo};
 
@@ -28,13 +28,25 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let (options, fields) = encoding(&args, run.as_ref())?;
     let model = args.model.load(args.weights)?;
-    let loss = evaluate_loss(
+    // An adapter trained with shots is scored with shots from its own train split.
+    let pool = match run.as_ref().filter(|_| options.shots > 0) {
+        Some(run) => Some((
+            tuna_train::trainer::shot_pool(&model, &run.config)?,
+            same_file(&args.data, &run.config.data.train),
+        )),
+        None => None,
+    };
+    let loss = evaluate_loss_with_shots(
         &model,
         &args.data,
         &options,
         &fields,
         args.limit,
         args.batch_tokens,
+        pool.as_ref().map(|(records, same_file)| ShotPool {
+            records,
+            same_file: *same_file,
+        }),
     )?;
     let wants_task = args.task.strategies.is_some()
         || args.task.metric.is_some()
@@ -76,6 +88,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         print_task_metrics(report);
     }
     Ok(())
+}
+
+/// Whether two paths name one file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// --json: the loss report's fields, then the task metrics when asked for.

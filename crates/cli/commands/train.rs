@@ -359,8 +359,10 @@ fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
     let outcome = match train(&mut model, &config, resume, &interrupt, &mut observe) {
         Ok(outcome) => outcome,
         Err(e) => {
+            // Only when nothing was recorded: a run that diverged keeps its metrics.
+            let recorded = std::fs::metadata(&metrics_path).is_ok_and(|m| m.len() > 0);
             let checkpointed = tuna_train::checkpoint::list(&config.output).pop().is_some();
-            if fresh && !resume && !checkpointed {
+            if fresh && !resume && !checkpointed && !recorded {
                 if existed {
                     // An empty directory the user made stays, empty again.
                     for entry in std::fs::read_dir(&config.output)

@@ -21,6 +21,10 @@ pub struct Dataset {
     pub truncated: usize,
     /// Examples dropped because truncation removed every target token.
     pub skipped_untrainable: usize,
+    /// Their lines.
+    pub skipped_lines: Vec<usize>,
+    /// The parsed records, by line (the pool training shots come from).
+    pub records_parsed: Vec<LineRecord>,
     /// Records identical to an earlier one (same JSON object).
     pub duplicates: usize,
     /// Fields no record kind uses: name -> first line.
@@ -40,33 +44,55 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     h
 }
 
-/// For each record, `k` other prompt/completion records of the file as its shots (indices),
-/// drawn with a seed of its own (`seed` and its line), so a record's shots do not depend on
-/// the rest of the draw.
-fn draw_training_shots(records: &[LineRecord], k: usize, seed: u64) -> Vec<Vec<usize>> {
+/// Where training shots come from: the records of the train split (after any valid split
+/// or subset, so that no held-out record shows up as a shot).
+#[derive(Clone, Copy)]
+pub struct ShotPool<'a> {
+    pub records: &'a [LineRecord],
+    /// The pool is the same file's records: a record is never its own shot.
+    pub same_file: bool,
+}
+
+/// For each record, `k` pool records (prompt/completion ones) as its shots, as indices into
+/// the pool, drawn with a seed of its own (`seed` and its line), so a record's shots do not
+/// depend on the rest of the draw.
+fn draw_training_shots(
+    records: &[LineRecord],
+    pool: ShotPool,
+    k: usize,
+    seed: u64,
+) -> Vec<Vec<usize>> {
     use rand::seq::index::sample;
     use rand::SeedableRng;
     if k == 0 {
         return vec![Vec::new(); records.len()];
     }
-    let pool: Vec<usize> = (0..records.len())
-        .filter(|&i| matches!(records[i].record, Record::PromptCompletion { .. }))
+    let usable: Vec<usize> = (0..pool.records.len())
+        .filter(|&i| matches!(pool.records[i].record, Record::PromptCompletion { .. }))
+        .collect();
+    let position: HashMap<usize, usize> = usable
+        .iter()
+        .enumerate()
+        .map(|(at, &i)| (pool.records[i].line, at))
         .collect();
     records
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            // The pool without record i itself: positions past it shift by one.
-            let own = pool.binary_search(&i).ok();
-            let others = pool.len() - usize::from(own.is_some());
+        .map(|r| {
+            // The pool without the record itself: positions past it shift by one.
+            let own = if pool.same_file {
+                position.get(&r.line).copied()
+            } else {
+                None
+            };
+            let others = usable.len() - usize::from(own.is_some());
             let mut rng = rand::rngs::StdRng::seed_from_u64(
                 seed ^ (r.line as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             );
             sample(&mut rng, others, k.min(others))
                 .into_iter()
                 .map(|at| match own {
-                    Some(p) if at >= p => pool[at + 1],
-                    _ => pool[at],
+                    Some(p) if at >= p => usable[at + 1],
+                    _ => usable[at],
                 })
                 .collect()
         })
@@ -75,7 +101,18 @@ fn draw_training_shots(records: &[LineRecord], k: usize, seed: u64) -> Vec<Vec<u
 
 impl Dataset {
     /// Reads, parses and encodes `path`; every bad line is reported, not just the first.
+    /// Training shots, when the encoder adds them, come from the file itself.
     pub fn load(path: &Path, encoder: &Encoder, fields: &FieldNames) -> Result<Self, DataError> {
+        Self::load_with_shots(path, encoder, fields, None)
+    }
+
+    /// `load`, with the training shots drawn from `pool` (None: the file itself).
+    pub fn load_with_shots(
+        path: &Path,
+        encoder: &Encoder,
+        fields: &FieldNames,
+        pool: Option<ShotPool>,
+    ) -> Result<Self, DataError> {
         let (lines, mut errors) = read_jsonl_lenient(path)?;
         // serde_json's map is sorted by key, so equal objects print the same.
         let line_hashes: HashMap<usize, u64> = lines
@@ -98,8 +135,13 @@ impl Dataset {
             .count();
         let (parsed, record_errors) = parse_records_lenient(path, &lines, fields);
         errors.extend(record_errors);
+        let pool = pool.unwrap_or(ShotPool {
+            records: &parsed.records,
+            same_file: true,
+        });
         let shots = draw_training_shots(
             &parsed.records,
+            pool,
             encoder.options().shots,
             encoder.options().shot_seed,
         );
@@ -108,7 +150,7 @@ impl Dataset {
             .par_iter()
             .zip(&shots)
             .map(|(r, shots)| {
-                let shots: Vec<&LineRecord> = shots.iter().map(|&i| &parsed.records[i]).collect();
+                let shots: Vec<&LineRecord> = shots.iter().map(|&i| &pool.records[i]).collect();
                 encoder.encode_with_shots(path, r, &shots)
             })
             .collect();
@@ -117,10 +159,11 @@ impl Dataset {
             *kinds.entry(r.record.kind()).or_insert(0) += 1;
         }
         let mut examples = Vec::new();
-        let (mut truncated, mut skipped) = (0, 0);
+        let mut truncated = 0;
+        let mut skipped_lines = Vec::new();
         for e in encoded {
             match e {
-                Ok(Encoded::SkippedUntrainable { .. }) => skipped += 1,
+                Ok(Encoded::SkippedUntrainable { line }) => skipped_lines.push(line),
                 Ok(enc) => {
                     let exs = enc.into_examples();
                     truncated += exs.iter().filter(|x| x.truncated).count();
@@ -136,11 +179,29 @@ impl Dataset {
             records: parsed.records.len(),
             kinds,
             truncated,
-            skipped_untrainable: skipped,
+            skipped_untrainable: skipped_lines.len(),
+            skipped_lines,
             duplicates,
             unknown_fields: parsed.unknown_fields,
             line_hashes,
+            records_parsed: parsed.records,
         })
+    }
+
+    /// Keeps the records whose line is in `keep` (examples, skipped lines, parsed records)
+    /// and recounts what depends on them.
+    pub fn retain_lines(&mut self, keep: &HashSet<usize>) {
+        self.examples.retain(|x| keep.contains(&x.line));
+        self.skipped_lines.retain(|l| keep.contains(l));
+        self.records_parsed.retain(|r| keep.contains(&r.line));
+        self.truncated = self.examples.iter().filter(|x| x.truncated).count();
+        self.skipped_untrainable = self.skipped_lines.len();
+        self.records = self.records_parsed.len();
+    }
+
+    /// Every line this dataset holds a record of.
+    pub fn lines(&self) -> HashSet<usize> {
+        self.records_parsed.iter().map(|r| r.line).collect()
     }
 
     pub fn tokens(&self) -> usize {
@@ -166,8 +227,7 @@ impl Dataset {
             .collect();
         lines.sort_unstable();
         let keep: HashSet<usize> = lines.iter().take(n).map(|&(_, line)| line).collect();
-        self.examples.retain(|x| keep.contains(&x.line));
-        self.records = keep.len().min(self.records);
+        self.retain_lines(&keep);
         self
     }
 
@@ -177,24 +237,33 @@ impl Dataset {
     pub fn split_fraction(mut self, fraction: f64) -> (Self, Self) {
         let buckets = 10_000u64;
         let threshold = (fraction.clamp(0.0, 1.0) * buckets as f64).round() as u64;
-        let hashes = &self.line_hashes;
-        let bucket = |x: &Example| hashes.get(&x.line).map_or(u64::MAX, |h| h % buckets);
-        let (mut held, mut kept): (Vec<Example>, Vec<Example>) = std::mem::take(&mut self.examples)
-            .into_iter()
-            .partition(|x| bucket(x) < threshold);
-        // A small file can leave the split empty by chance: hold out the record with the
-        // lowest bucket then, so that asking for a validation split gives one.
-        if held.is_empty() && threshold > 0 && kept.len() >= 2 {
-            if let Some(lowest) = kept.iter().map(|x| (bucket(x), x.line)).min() {
-                let (h, k): (Vec<Example>, Vec<Example>) =
-                    kept.into_iter().partition(|x| x.line == lowest.1);
-                held = h;
-                kept = k;
+        let hashes = self.line_hashes.clone();
+        let bucket = |line: usize| hashes.get(&line).map_or(u64::MAX, |h| h % buckets);
+        let lines = self.lines();
+        let mut held: HashSet<usize> = lines
+            .iter()
+            .copied()
+            .filter(|&l| bucket(l) < threshold)
+            .collect();
+        // A small file can leave the split empty by chance: hold out the records of the
+        // lowest bucket then (equal records share it), if that leaves some to train on.
+        let trainable: HashSet<usize> = self.examples.iter().map(|x| x.line).collect();
+        if threshold > 0 && !trainable.iter().any(|l| held.contains(l)) {
+            if let Some(lowest) = trainable.iter().map(|&l| bucket(l)).min() {
+                let fallback: HashSet<usize> = lines
+                    .iter()
+                    .copied()
+                    .filter(|&l| bucket(l) == lowest)
+                    .collect();
+                if trainable.iter().any(|l| !fallback.contains(l)) {
+                    held = fallback;
+                }
             }
         }
+        let kept: HashSet<usize> = lines.difference(&held).copied().collect();
         let mut valid = self.clone();
-        valid.examples = held;
-        self.examples = kept;
+        valid.retain_lines(&held);
+        self.retain_lines(&kept);
         (self, valid)
     }
 }

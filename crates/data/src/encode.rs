@@ -54,10 +54,15 @@ pub struct EncodeOptions {
     /// of the same file (seeded per line), as earlier user/assistant turns (raw format: text
     /// blocks), with only the record's own completion trained on. An adapter trained so
     /// matches few-shot prompts (compare's hybrid) instead of fighting them.
+    #[serde(skip_serializing_if = "is_zero")]
     pub shots: usize,
     /// Seeds the shots' draw: the run's seed (set by the trainer, not a config key).
     #[serde(skip)]
     pub shot_seed: u64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for EncodeOptions {
@@ -281,7 +286,8 @@ impl<'a> Encoder<'a> {
                 let mut messages = self.messages(&r.record);
                 let at = messages.len() - 2;
                 for (p, c) in worked.iter().rev() {
-                    messages.insert(at, Message::new("assistant", c));
+                    // Trimmed, as few-shot prompts show a shot's answer.
+                    messages.insert(at, Message::new("assistant", c.trim()));
                     messages.insert(at, Message::new("user", &self.format_prompt(p)));
                 }
                 let last = messages.len() - 1;

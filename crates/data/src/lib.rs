@@ -10,7 +10,7 @@ pub mod jsonl;
 pub mod record;
 
 pub use batch::{epoch_plan, make_batch, Batch, BatchOptions};
-pub use dataset::Dataset;
+pub use dataset::{Dataset, ShotPool};
 pub use encode::{EncodeOptions, Encoded, Encoder, Example, PromptFormat, Truncation};
 pub use error::DataError;
 pub use jsonl::{read_jsonl, JsonlLine};

@@ -303,3 +303,53 @@ fn training_shots_are_context_laid_out_as_few_shot_prompts_are() {
         "{err}"
     );
 }
+
+#[test]
+fn training_shots_come_only_from_the_pool_given() {
+    let (m, p) = model();
+    let path = m.path().join("pool.jsonl");
+    let text: String = (0..12)
+        .map(|i| format!("{{\"prompt\": \"q{i}\", \"completion\": \"a{i}\"}}\n"))
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    let options = EncodeOptions {
+        shots: 2,
+        ..Default::default()
+    };
+    let encoder = Encoder::new(&p, &options).unwrap();
+    let all = tuna_data::Dataset::load(&path, &encoder, &FieldNames::default()).unwrap();
+    // The pool: lines 1-3 only (as a train split would be); every example's shots are
+    // among them, and a pool line never shows itself.
+    let pool: Vec<tuna_data::LineRecord> = all
+        .records_parsed
+        .iter()
+        .filter(|r| r.line <= 3)
+        .cloned()
+        .collect();
+    let with_pool = tuna_data::Dataset::load_with_shots(
+        &path,
+        &encoder,
+        &FieldNames::default(),
+        Some(tuna_data::ShotPool {
+            records: &pool,
+            same_file: true,
+        }),
+    )
+    .unwrap();
+    for x in &with_pool.examples {
+        let text = all_text(&p, x);
+        let shown: Vec<usize> = (1..=12)
+            .filter(|&line| {
+                text.contains(&format!("a{} ", line - 1))
+                    || text.contains(&format!("a{}<", line - 1))
+            })
+            .filter(|&line| line != x.line)
+            .collect();
+        assert_eq!(shown.len(), 2, "line {}: {text}", x.line);
+        assert!(
+            shown.iter().all(|&l| l <= 3),
+            "line {}: shots {shown:?} outside the pool",
+            x.line
+        );
+    }
+}

@@ -14,5 +14,5 @@ pub mod task;
 
 pub use error::EvalError;
 pub use generate::{generate, GenerationStats, SamplingOptions, StopReason};
-pub use loss::{evaluate_loss, LossReport};
+pub use loss::{evaluate_loss, evaluate_loss_with_shots, LossReport};
 pub use prompt::PromptSpec;

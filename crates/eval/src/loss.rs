@@ -8,7 +8,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
-use tuna_data::{Batch, Dataset, EncodeOptions, Encoder, Example, FieldNames};
+use tuna_data::{Batch, Dataset, EncodeOptions, Encoder, Example, FieldNames, ShotPool};
 use tuna_model::{Kernels, Llama, Packing, Pretrained};
 
 use crate::error::{EvalError, Result};
@@ -115,8 +115,22 @@ pub fn evaluate_loss(
     limit: Option<usize>,
     tokens_per_batch: usize,
 ) -> Result<LossReport> {
+    evaluate_loss_with_shots(model, path, options, fields, limit, tokens_per_batch, None)
+}
+
+/// `evaluate_loss`, with training shots (`options.shots`) drawn from `pool` (None: the file
+/// itself), as the run that trained the adapter drew them.
+pub fn evaluate_loss_with_shots(
+    model: &Pretrained,
+    path: &Path,
+    options: &EncodeOptions,
+    fields: &FieldNames,
+    limit: Option<usize>,
+    tokens_per_batch: usize,
+    pool: Option<ShotPool>,
+) -> Result<LossReport> {
     let encoder = Encoder::new(model, options)?;
-    let mut data = Dataset::load(path, &encoder, fields)?;
+    let mut data = Dataset::load_with_shots(path, &encoder, fields, pool)?;
     if let Some(limit) = limit {
         // The first `limit` records (a record may have several windows).
         let lines: std::collections::BTreeSet<usize> =

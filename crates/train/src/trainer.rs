@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
-use tuna_data::{epoch_plan, make_batch, Batch, Dataset, Encoder, Example};
+use tuna_data::{
+    epoch_plan, make_batch, Batch, Dataset, EncodeOptions, Encoder, Example, LineRecord, ShotPool,
+};
 use tuna_eval::generate::{generate, SamplingOptions};
 use tuna_eval::loss::examples_nll;
 use tuna_lora::{peft, LoraConfig};
@@ -86,21 +88,81 @@ fn load_data(
     config: &TrainConfig,
 ) -> Result<(Dataset, Option<Dataset>), TrainError> {
     let encoding = config.encoding_with_seed();
+    // Which records train and which validate is settled without shots, so that shots are
+    // then drawn from the train records alone (no held-out record as a shot).
+    let plain = EncodeOptions {
+        shots: 0,
+        ..encoding.clone()
+    };
+    let (train, split_valid) = train_split(model, config, &plain)?;
+    if encoding.shots == 0 {
+        let valid = match split_valid {
+            Some(v) => Some(v),
+            None if !config.data.valid.as_os_str().is_empty() => Some(Dataset::load(
+                &config.data.valid,
+                &Encoder::new(model, &plain)?,
+                &config.fields,
+            )?),
+            None => None,
+        };
+        return Ok((train, valid));
+    }
     let encoder = Encoder::new(model, &encoding)?;
+    let pool = ShotPool {
+        records: &train.records_parsed,
+        same_file: true,
+    };
+    let all = Dataset::load_with_shots(&config.data.train, &encoder, &config.fields, Some(pool))?;
+    let mut train_shots = all.clone();
+    train_shots.retain_lines(&train.lines());
+    let valid = match split_valid {
+        Some(v) => {
+            let mut valid = all;
+            valid.retain_lines(&v.lines());
+            Some(valid)
+        }
+        None if !config.data.valid.as_os_str().is_empty() => Some(Dataset::load_with_shots(
+            &config.data.valid,
+            &encoder,
+            &config.fields,
+            Some(ShotPool {
+                same_file: false,
+                ..pool
+            }),
+        )?),
+        None => None,
+    };
+    Ok((train_shots, valid))
+}
+
+/// The train file's records that train (after `train_subset` and any `valid_fraction`
+/// split, which comes back too), encoded with `options`.
+fn train_split(
+    model: &Pretrained,
+    config: &TrainConfig,
+    options: &EncodeOptions,
+) -> Result<(Dataset, Option<Dataset>), TrainError> {
+    let encoder = Encoder::new(model, options)?;
     let train = Dataset::load(&config.data.train, &encoder, &config.fields)?;
     let subset = |d: Dataset| match config.data.train_subset {
         0 => d,
         n => d.subset(n, config.train.seed),
     };
-    if !config.data.valid.as_os_str().is_empty() {
-        let valid = Dataset::load(&config.data.valid, &encoder, &config.fields)?;
-        return Ok((subset(train), Some(valid)));
-    }
-    if config.data.valid_fraction > 0.0 {
+    if config.data.valid.as_os_str().is_empty() && config.data.valid_fraction > 0.0 {
         let (train, valid) = train.split_fraction(config.data.valid_fraction);
         return Ok((subset(train), Some(valid)));
     }
     Ok((subset(train), None))
+}
+
+/// The records a run's training shots were drawn from (the train split, as `tuna train`
+/// settled it): eval draws from them too, so its loss is the run's.
+pub fn shot_pool(model: &Pretrained, config: &TrainConfig) -> Result<Vec<LineRecord>, TrainError> {
+    let plain = EncodeOptions {
+        shots: 0,
+        ..config.encoding_with_seed()
+    };
+    Ok(train_split(model, config, &plain)?.0.records_parsed)
 }
 
 /// Adapters for this run: the checkpoint's when resuming, an existing adapter's with
