@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 model="$(scripts/fetch-model.sh)"
 cargo build --release --locked
-tuna=target/release/tuna
+tuna="${CARGO_TARGET_DIR:-target}/release/tuna"
 run=runs/demo-sentiment
 template=$'Classify the sentiment of this text as negative, neutral or positive.\n\nText: {prompt}'
 steps="${DEMO_STEPS:-40}"

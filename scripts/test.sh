@@ -16,7 +16,7 @@ if [ "$status" = 0 ] && [ -z "${TUNA_SKIP_BROWSER:-}" ]; then
   # headless Chromium (installed by the script when missing).
   report=target/report-check
   mkdir -p "$report"
-  if ! target/release/tuna compare --data data/example/sentiment/test.jsonl --limit 8 \
+  if ! "${CARGO_TARGET_DIR:-target}/release/tuna" compare --data data/example/sentiment/test.jsonl --limit 8 \
       --strategies zero,few --shots 2 --output "$report" >"$report/compare.log" 2>&1; then
     cat "$report/compare.log" >&2
     status=1
