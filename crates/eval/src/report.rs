@@ -117,7 +117,7 @@ fn shot_draws_text(report: &CompareReport) -> Option<String> {
     let draws = report.rows.iter().map(|r| r.shot_draws.len()).max()?;
     (!parts.is_empty()).then(|| {
         format!(
-            "Shots are noisy: each strategy that shows shots ran with {draws} seeded draws of them, and the table shows the first. {} by draw: {}.",
+            "Shots are noisy: each strategy that shows shots ran with {draws} seeded draws of them, and the table shows the first. By draw ({}): {}.",
             report.rows[0].metrics[0].name,
             parts.join("; ")
         )
