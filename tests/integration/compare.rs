@@ -25,6 +25,16 @@ fn write_task(dir: &Path, name: &str, range: std::ops::Range<usize>) -> String {
     path.display().to_string()
 }
 
+/// `tuna train` on the tiny model at `model` with the data at `train`; `flags` adds the rest.
+/// Returns what it printed (the adapter directories).
+fn train_tiny(model: &str, train: &str, flags: &[&str]) -> String {
+    let mut args = vec!["train", "--model", model, "--data", train];
+    args.extend_from_slice(flags);
+    let r = tuna(&args, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.stdout
+}
+
 fn read_report(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
 }
@@ -37,13 +47,10 @@ fn every_strategy_lands_in_the_three_reports() {
     let valid = write_task(dir, "valid.jsonl", 40..48);
     let test = write_task(dir, "test.jsonl", 100..130);
     let run = dir.join("run");
-    let trained = tuna(
+    train_tiny(
+        &m.path_str(),
+        &train,
         &[
-            "train",
-            "--model",
-            &m.path_str(),
-            "--data",
-            &train,
             "--valid",
             &valid,
             "--output",
@@ -55,9 +62,7 @@ fn every_strategy_lands_in_the_three_reports() {
             "--prompt-template",
             "Even? {prompt}",
         ],
-        &[],
     );
-    assert_eq!(trained.code, 0, "{}", trained.stderr);
     let out = dir.join("report");
     let r = tuna(
         &[
@@ -167,13 +172,10 @@ fn one_prompt_is_answered_by_base_and_tuned() {
     let dir = m.path();
     let train = write_task(dir, "train.jsonl", 0..16);
     let run = dir.join("run");
-    let trained = tuna(
+    train_tiny(
+        &m.path_str(),
+        &train,
         &[
-            "train",
-            "--model",
-            &m.path_str(),
-            "--data",
-            &train,
             "--output",
             run.to_str().unwrap(),
             "--max-steps",
@@ -183,9 +185,7 @@ fn one_prompt_is_answered_by_base_and_tuned() {
             "--eval-every",
             "0",
         ],
-        &[],
     );
-    assert_eq!(trained.code, 0, "{}", trained.stderr);
     let r = tuna(
         &[
             "compare",
@@ -323,13 +323,10 @@ fn bad_inputs_name_the_file_line_or_flag() {
         ..Default::default()
     });
     let run = other.path().join("run");
-    let trained = tuna(
+    train_tiny(
+        &other.path_str(),
+        &train,
         &[
-            "train",
-            "--model",
-            &other.path_str(),
-            "--data",
-            &train,
             "--output",
             run.to_str().unwrap(),
             "--max-steps",
@@ -339,9 +336,7 @@ fn bad_inputs_name_the_file_line_or_flag() {
             "--eval-every",
             "0",
         ],
-        &[],
     );
-    assert_eq!(trained.code, 0, "{}", trained.stderr);
     let test = write_task(dir, "test.jsonl", 50..54);
     let r = tuna(
         &[
@@ -376,13 +371,10 @@ fn a_learning_curve_directory_is_charted() {
     let train = write_task(dir, "train.jsonl", 0..40);
     let test = write_task(dir, "test.jsonl", 100..110);
     let curve = dir.join("curve");
-    let trained = tuna(
+    let printed = train_tiny(
+        &m.path_str(),
+        &train,
         &[
-            "train",
-            "--model",
-            &m.path_str(),
-            "--data",
-            &train,
             "--output",
             curve.to_str().unwrap(),
             "--train-sizes",
@@ -394,11 +386,9 @@ fn a_learning_curve_directory_is_charted() {
             "--eval-every",
             "0",
         ],
-        &[],
     );
-    assert_eq!(trained.code, 0, "{}", trained.stderr);
     assert_eq!(
-        trained.stdout.lines().collect::<Vec<_>>(),
+        printed.lines().collect::<Vec<_>>(),
         [
             curve.join("size-8/adapter").to_str().unwrap(),
             curve.join("size-16/adapter").to_str().unwrap()
@@ -636,13 +626,10 @@ fn eval_scores_the_adapter_as_trained_and_each_strategy() {
     let train = write_task(dir, "train.jsonl", 0..40);
     let valid = write_task(dir, "valid.jsonl", 40..48);
     let run = dir.join("run");
-    let trained = tuna(
+    train_tiny(
+        &m.path_str(),
+        &train,
         &[
-            "train",
-            "--model",
-            &m.path_str(),
-            "--data",
-            &train,
             "--valid",
             &valid,
             "--output",
@@ -657,9 +644,7 @@ fn eval_scores_the_adapter_as_trained_and_each_strategy() {
             "--seq-len",
             "12",
         ],
-        &[],
     );
-    assert_eq!(trained.code, 0, "{}", trained.stderr);
     // The loss of the run's last eval, from the run directory alone: its prompt template
     // and sequence length come with it.
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -756,13 +741,10 @@ fn an_adapter_trained_with_shots_is_scored_and_evaluated_with_them() {
     let test = write_task(dir, "test.jsonl", 100..110);
     let run = dir.join("run");
     let model = m.path_str();
-    let trained = tuna(
+    train_tiny(
+        &model,
+        &train,
         &[
-            "train",
-            "--model",
-            &model,
-            "--data",
-            &train,
             "--valid",
             &valid,
             "--output",
@@ -774,9 +756,7 @@ fn an_adapter_trained_with_shots_is_scored_and_evaluated_with_them() {
             "--train-shots",
             "2",
         ],
-        &[],
     );
-    assert_eq!(trained.code, 0, "{}", trained.stderr);
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("shots = 2"), "{config}");
     // eval's loss is training's: the valid records with their shots.
