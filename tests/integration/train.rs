@@ -254,6 +254,8 @@ fn a_moved_run_resumes_where_it_is_and_failed_runs_leave_nothing() {
         "2",
         "--save-every",
         "1",
+        "--lora-r",
+        "3",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // Moved (or copied) elsewhere, the run goes on there; the old place is not written.
@@ -295,6 +297,25 @@ fn a_moved_run_resumes_where_it_is_and_failed_runs_leave_nothing() {
         "{}",
         r.stderr
     );
+    // Without it, the run (given as its run directory) is the adapter's: rank 3 in its
+    // config.toml and in the adapter it saves.
+    let init = dir.join("init");
+    let r = train(&[
+        "--output",
+        init.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--init-adapter",
+        moved.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let config_toml = std::fs::read_to_string(init.join("config.toml")).unwrap();
+    assert!(config_toml.contains("\nr = 3\n"), "{config_toml}");
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(init.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["r"], 3);
 
     // A valid split with nothing to score is an error (its loss would read 0 and "win"),
     // and the run directory that failed is gone.

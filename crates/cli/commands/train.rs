@@ -111,6 +111,17 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(v) = args.train_shots {
         c.encoding.shots = v;
     }
+    if !c.init_adapter.is_empty() {
+        // The run's [lora] is the adapter it starts from, so config.toml says what trained.
+        let dir = crate::model_args::adapter_dir(std::path::Path::new(&c.init_adapter));
+        let loaded = tuna_lora::peft::load(&dir)?.config;
+        c.init_adapter = dir.display().to_string();
+        c.lora.r = loaded.r;
+        c.lora.lora_alpha = loaded.lora_alpha;
+        c.lora.target_modules = loaded.target_modules.clone();
+        c.lora.layers_to_transform = loaded.layers_to_transform.clone().unwrap_or_default();
+        c.lora.use_rslora = loaded.use_rslora;
+    }
     c.validate()?;
     Ok(c)
 }
