@@ -9,12 +9,11 @@ use std::path::Path;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
-use tuna_eval::{generate, SamplingOptions};
 use tuna_lora::{LoraConfig, TargetModules};
 use tuna_model::{Kernels, LoadOptions, Pretrained, WeightFormat};
-use tuna_testkit::{max_abs_diff, smollm2_gguf};
+use tuna_testkit::{export_temporaries, max_abs_diff, smollm2_gguf};
 
-use crate::util::{redact, tuna};
+use crate::util::{greedy_animal, redact, tuna};
 
 const IDS: [u32; 8] = [504, 3575, 282, 4649, 314, 7042, 30, 378];
 
@@ -26,20 +25,24 @@ fn logits(p: &Pretrained) -> Tensor {
     p.model.forward(&ids, Kernels::Fused).unwrap()
 }
 
-fn greedy(p: &Pretrained) -> Vec<u32> {
-    let prompt = p
-        .tokenizer
-        .encode(
-            "<|im_start|>user\nName a large animal.<|im_end|>\n<|im_start|>assistant\n",
-            false,
-        )
-        .unwrap();
-    let options = SamplingOptions {
-        max_new_tokens: 16,
-        ignore_eos: true,
-        ..Default::default()
-    };
-    generate(p, &prompt, &options, |_| {}).unwrap().0
+/// `tuna export` of `model` + `adapter` into `out`, with a GGUF in `quant`.
+fn export_gguf(model: &str, adapter: &Path, out: &Path, quant: &str) {
+    let r = tuna(
+        &[
+            "export",
+            "--model",
+            model,
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--gguf",
+            "--quant",
+            quant,
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
 }
 
 /// candle-transformers' quantized llama on a GGUF: the last position's logits for IDS.
@@ -125,7 +128,7 @@ fn merged_exports_match_base_plus_adapter() {
         &LoadOptions::default(),
     )
     .unwrap();
-    assert_eq!(greedy(&f16), greedy(&merged_f16));
+    assert_eq!(greedy_animal(&f16), greedy_animal(&merged_f16));
     assert_eq!(
         f16.chat_template.as_ref().unwrap().source,
         merged.chat_template.as_ref().unwrap().source
@@ -133,22 +136,7 @@ fn merged_exports_match_base_plus_adapter() {
 
     // Q8_0: tuna and candle-transformers' quantized llama read it; greedy as the merged model.
     let out8 = tmp.path().join("merged-q8");
-    let r = tuna(
-        &[
-            "export",
-            "--model",
-            &gguf,
-            "--adapter",
-            adapter.to_str().unwrap(),
-            "--output",
-            out8.to_str().unwrap(),
-            "--gguf",
-            "--quant",
-            "q8_0",
-        ],
-        &[],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    export_gguf(&gguf, &adapter, &out8, "q8_0");
     let q8_path = out8.join("model-q8_0.gguf");
     let q8 = Pretrained::load(q8_path.to_str().unwrap(), &LoadOptions::default()).unwrap();
     // 8-bit weights move the logits a little: free-running greedy text may part ways after a
@@ -177,7 +165,7 @@ fn merged_exports_match_base_plus_adapter() {
         };
         Pretrained::load(path.to_str().unwrap(), &options).unwrap()
     };
-    assert_eq!(greedy(&as_q8(&q8_path)), greedy(&as_q8(&out)));
+    assert_eq!(greedy_animal(&as_q8(&q8_path)), greedy_animal(&as_q8(&out)));
     let next = |t: &Tensor| t.argmax(0).unwrap().to_scalar::<u32>().unwrap();
     let last = |p: &Pretrained| logits(p).squeeze(0).unwrap().get(IDS.len() - 1).unwrap();
     assert_eq!(
@@ -190,22 +178,7 @@ fn merged_exports_match_base_plus_adapter() {
     // (1536 wide) is Q4_K and the rest Q8_0. tuna and candle-transformers read the same
     // blocks and agree on the next token.
     let out4 = tmp.path().join("merged-q4");
-    let r = tuna(
-        &[
-            "export",
-            "--model",
-            &gguf,
-            "--adapter",
-            adapter.to_str().unwrap(),
-            "--output",
-            out4.to_str().unwrap(),
-            "--gguf",
-            "--quant",
-            "q4_k",
-        ],
-        &[],
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    export_gguf(&gguf, &adapter, &out4, "q4_k");
     let q4_path = out4.join("model-q4_k.gguf");
     let mut file = std::fs::File::open(&q4_path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
@@ -262,16 +235,6 @@ fn export_with_file_limit(model: &str, out: &Path, kib: u32, killed: bool) -> cr
     }
 }
 
-/// Names of export temporaries (`.NAME.partial-PID`, `.NAME.old-PID`) in `dir`.
-fn temporaries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".partial-") || n.contains(".old-"))
-        .collect()
-}
-
 #[test]
 fn a_full_disk_or_a_killed_export_leaves_the_old_model_whole() {
     let m = tuna_testkit::tiny_model(tuna_testkit::TinySpec::default());
@@ -308,9 +271,9 @@ fn a_full_disk_or_a_killed_export_leaves_the_old_model_whole() {
         before
     );
     assert!(
-        temporaries(parent.path()).is_empty(),
+        export_temporaries(parent.path()).is_empty(),
         "{:?}",
-        temporaries(parent.path())
+        export_temporaries(parent.path())
     );
 
     // Killed mid-write: the old export is untouched; the half-written temporary is left
@@ -321,7 +284,7 @@ fn a_full_disk_or_a_killed_export_leaves_the_old_model_whole() {
         std::fs::read(out.join("model.safetensors")).unwrap(),
         before
     );
-    assert_eq!(temporaries(parent.path()).len(), 1);
+    assert_eq!(export_temporaries(parent.path()).len(), 1);
     let r = tuna(
         &[
             "export",
@@ -335,9 +298,9 @@ fn a_full_disk_or_a_killed_export_leaves_the_old_model_whole() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        temporaries(parent.path()).is_empty(),
+        export_temporaries(parent.path()).is_empty(),
         "{:?}",
-        temporaries(parent.path())
+        export_temporaries(parent.path())
     );
     assert_eq!(
         std::fs::read(out.join("model.safetensors")).unwrap(),

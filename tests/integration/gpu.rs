@@ -7,10 +7,11 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use tuna_data::{make_batch, Example};
-use tuna_eval::{generate, SamplingOptions};
 use tuna_lora::LoraConfig;
 use tuna_model::{Kernels, LoadOptions, Pretrained};
 use tuna_testkit::{max_abs_diff, smollm2_gguf, tiny_model, TinySpec};
+
+use crate::util::greedy_animal;
 
 fn gpu() -> Device {
     if cfg!(feature = "cuda") {
@@ -189,19 +190,9 @@ fn smollm2_on_the_gpu_scores_and_generates_as_on_the_cpu() {
         .unwrap();
     let d = max_abs_diff(&got, &want);
     assert!(d < 1e-3, "SmolLM2 logits, GPU vs CPU: {d}");
-    let prompt = cpu
-        .tokenizer
-        .encode(
-            "<|im_start|>user\nName a large animal.<|im_end|>\n<|im_start|>assistant\n",
-            false,
-        )
-        .unwrap();
-    let options = SamplingOptions {
-        max_new_tokens: 16,
-        ignore_eos: true,
-        ..Default::default()
-    };
-    let (a, _) = generate(&cpu, &prompt, &options, |_| {}).unwrap();
-    let (b, _) = generate(&on_gpu, &prompt, &options, |_| {}).unwrap();
-    assert_eq!(a, b, "greedy tokens, CPU vs GPU");
+    assert_eq!(
+        greedy_animal(&cpu),
+        greedy_animal(&on_gpu),
+        "greedy tokens, CPU vs GPU"
+    );
 }

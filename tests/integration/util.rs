@@ -35,3 +35,21 @@ pub fn tuna(args: &[&str], envs: &[(&str, &str)]) -> Run {
 pub fn redact(text: &str, dir: &Path) -> String {
     text.replace(&dir.display().to_string(), "<TMP>")
 }
+
+/// SmolLM2's 16 greedy tokens (EOS ignored) for one fixed chat prompt: the tokens two loads
+/// of a model must agree on.
+pub fn greedy_animal(p: &tuna_model::Pretrained) -> Vec<u32> {
+    let prompt = p
+        .tokenizer
+        .encode(
+            "<|im_start|>user\nName a large animal.<|im_end|>\n<|im_start|>assistant\n",
+            false,
+        )
+        .unwrap();
+    let options = tuna_eval::SamplingOptions {
+        max_new_tokens: 16,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    tuna_eval::generate(p, &prompt, &options, |_| {}).unwrap().0
+}

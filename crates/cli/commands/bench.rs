@@ -211,7 +211,7 @@ fn bench_data(args: BenchDataArgs) -> anyhow::Result<()> {
         .as_ref()
         .map_or(0, |(id, _)| *id);
     let (mut rates, mut tokens, mut records, mut batches) = (Vec::new(), 0, 0, 0);
-    for rep in 0..args.reps.max(1) {
+    for rep in 0..args.reps {
         let started = Instant::now();
         let data = Dataset::load(&args.file, &encoder, &fields)?;
         let plan = epoch_plan(&data.examples, &batch_options, 0, rep as u64);

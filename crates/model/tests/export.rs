@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use tuna_model::config::RopeScaling;
 use tuna_model::export::{export, gguf_file_name, GgufQuant};
 use tuna_model::{Kernels, LoadOptions, ModelError, Pretrained};
-use tuna_testkit::{max_abs_diff, tiny_model, write_tiny_gguf, TinySpec};
+use tuna_testkit::{export_temporaries, max_abs_diff, tiny_model, write_tiny_gguf, TinySpec};
 
 fn logits(p: &Pretrained) -> Tensor {
     let ids = Tensor::new(&[3u32, 17, 42, 7, 99, 5], &Device::Cpu)
@@ -14,15 +14,6 @@ fn logits(p: &Pretrained) -> Tensor {
         .unsqueeze(0)
         .unwrap();
     p.model.forward(&ids, Kernels::Differentiable).unwrap()
-}
-
-fn leftovers(parent: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(parent)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".partial-") || n.contains(".old-"))
-        .collect()
 }
 
 #[test]
@@ -58,7 +49,7 @@ fn hf_and_gguf_exports_load_back_with_the_same_logits() {
         // f16 weights: close, not equal.
         let d = max_abs_diff(&logits(&g), &logits(&p));
         assert!(d < 2e-2, "{}: gguf f16 vs f32: {d}", spec.model_type);
-        assert!(leftovers(m.path()).is_empty());
+        assert!(export_temporaries(m.path()).is_empty());
     }
 }
 
@@ -116,13 +107,17 @@ fn an_occupied_target_is_refused_and_a_failed_export_changes_nothing() {
         "mine"
     );
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
-    assert!(leftovers(m.path()).is_empty(), "{:?}", leftovers(m.path()));
+    assert!(
+        export_temporaries(m.path()).is_empty(),
+        "{:?}",
+        export_temporaries(m.path())
+    );
     // With force and a good model, the directory is replaced.
     p.config.rope_scaling = None;
     export(&p, &out, None, true).unwrap();
     assert!(!out.join("keep.txt").exists());
     assert!(out.join("model.safetensors").is_file());
-    assert!(leftovers(m.path()).is_empty());
+    assert!(export_temporaries(m.path()).is_empty());
 }
 
 #[test]
@@ -146,5 +141,9 @@ fn an_export_killed_between_its_renames_gets_the_old_model_back() {
         std::fs::read_to_string(out.join("keep.txt")).unwrap(),
         "mine"
     );
-    assert!(leftovers(m.path()).is_empty(), "{:?}", leftovers(m.path()));
+    assert!(
+        export_temporaries(m.path()).is_empty(),
+        "{:?}",
+        export_temporaries(m.path())
+    );
 }

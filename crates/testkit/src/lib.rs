@@ -296,6 +296,17 @@ pub fn assert_close(a: &Tensor, b: &Tensor, tol: f32) {
 }
 
 /// The repository root (for tests that use the real model in models/).
+/// The export temporaries (`.NAME.partial-PID`, `.NAME.old-PID`) in `dir`: none may be
+/// left once an export has ended, however it ended.
+pub fn export_temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial-") || n.contains(".old-"))
+        .collect()
+}
+
 pub fn repo_root() -> PathBuf {
     // TUNA_REPO_ROOT, else above this crate's source, else above the working directory (a
     // test binary carried to another machine runs from a checkout at another path).
