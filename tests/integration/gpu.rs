@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use tuna_data::{make_batch, Example};
 use tuna_lora::LoraConfig;
 use tuna_model::{Kernels, LoadOptions, Pretrained};
-use tuna_testkit::{max_abs_diff, smollm2_gguf, tiny_model, TinySpec};
+use tuna_testkit::{assert_same_gradient, max_abs_diff, smollm2_gguf, tiny_model, TinySpec};
 
 use crate::util::greedy_animal;
 
@@ -155,19 +155,7 @@ fn gpu_training_pass_equals_the_cpu_pass() {
             "{what}: loss {gpu_loss} on the GPU, {cpu_loss} on the CPU"
         );
         for (k, (a, b)) in gpu_grads.iter().zip(cpu_grads).enumerate() {
-            let size = b
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(size > 0.0, "{what}: tensor {k} has a zero gradient");
-            let d = max_abs_diff(a, b);
-            assert!(
-                d <= 1e-4 * size.max(1e-3),
-                "{what}: tensor {k}: {d} (size {size})"
-            );
+            assert_same_gradient(a, b, &format!("{what}: tensor {k}"));
         }
     }
 }

@@ -289,13 +289,31 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     diff.to_scalar::<f32>().expect("scalar")
 }
 
+/// Asserts `ours` is a non-zero gradient equal to `reference` within 1e-4 of the
+/// reference's largest entry (at least 1e-7); `what` names it in the failure.
+#[track_caller]
+pub fn assert_same_gradient(ours: &Tensor, reference: &Tensor, what: &str) {
+    let size = reference
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(size > 0.0, "{what}: zero gradient");
+    let diff = max_abs_diff(ours, reference);
+    assert!(
+        diff <= 1e-4 * size.max(1e-3),
+        "{what}: gradients differ by {diff} (size {size})"
+    );
+}
+
 #[track_caller]
 pub fn assert_close(a: &Tensor, b: &Tensor, tol: f32) {
     let d = max_abs_diff(a, b);
     assert!(d <= tol, "max |a - b| = {d} > {tol}");
 }
 
-/// The repository root (for tests that use the real model in models/).
 /// The export temporaries (`.NAME.partial-PID`, `.NAME.old-PID`) in `dir`: none may be
 /// left once an export has ended, however it ended.
 pub fn export_temporaries(dir: &Path) -> Vec<String> {
@@ -307,6 +325,7 @@ pub fn export_temporaries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The repository root (for tests that use the real model in models/).
 pub fn repo_root() -> PathBuf {
     // TUNA_REPO_ROOT, else above this crate's source, else above the working directory (a
     // test binary carried to another machine runs from a checkout at another path).

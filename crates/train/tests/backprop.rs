@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor, Var};
 use tuna_data::{make_batch, Batch, Example};
 use tuna_lora::{LoraConfig, TargetModules};
 use tuna_model::{LoadOptions, Pretrained};
-use tuna_testkit::{max_abs_diff, tiny_model, TinySpec};
+use tuna_testkit::{assert_same_gradient, max_abs_diff, tiny_model, TinySpec};
 use tuna_train::loss::{autograd_loss_and_grads, loss_and_grads};
 
 fn examples(vocab: u32) -> Vec<Example> {
@@ -83,19 +83,7 @@ fn assert_passes_agree(spec: TinySpec, what: &str) {
         for (k, v) in vars.iter().enumerate() {
             let ours = fused.grads.get(v.as_tensor()).expect("a gradient");
             let theirs = reference.grads.get(v.as_tensor()).expect("a gradient");
-            let size = theirs
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(size > 0.0, "{what}, batch {i}, tensor {k}: zero gradient");
-            let diff = max_abs_diff(ours, theirs);
-            assert!(
-                diff <= 1e-4 * size.max(1e-3),
-                "{what}, batch {i}, tensor {k}: gradients differ by {diff} (size {size})"
-            );
+            assert_same_gradient(ours, theirs, &format!("{what}, batch {i}, tensor {k}"));
         }
     }
 }
