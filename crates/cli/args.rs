@@ -244,6 +244,30 @@ pub enum BenchCommand {
     /// LoRA training steps on seeded random tokens (the reference's workload): tokens/s,
     /// forward/backward/optimizer split, peak RSS.
     Train(BenchTrainArgs),
+    /// Scoring: the forward (logits and loss of every position) over chunks of seeded
+    /// random tokens, as llama-perplexity and `tuna eval` run it: tokens/s, peak RSS.
+    Score(BenchScoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Tokens per chunk (one forward each).
+    #[arg(long, default_value_t = 512, value_parser = at_least_one)]
+    pub seq: usize,
+    /// Chunks per repetition.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    pub chunks: usize,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    pub reps: usize,
+    /// How the frozen projections are held.
+    #[arg(long, value_enum, default_value = "dense")]
+    pub weights: InferenceWeights,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +288,9 @@ pub struct BenchTrainArgs {
     pub lora_r: usize,
     #[arg(long, default_value_t = 32.0)]
     pub lora_alpha: f64,
+    /// How the frozen projections are held (dense: the load dtype).
+    #[arg(long, value_enum, default_value = "dense")]
+    pub weights: InferenceWeights,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -375,6 +402,10 @@ pub struct TrainArgs {
     /// Start from this adapter with a fresh optimizer (training on new data).
     #[arg(long, conflicts_with = "resume")]
     pub init_adapter: Option<PathBuf>,
+    /// How the frozen projections are held: dense (f32 on the CPU) or bf16 (half the memory;
+    /// AMX tiles where the processor has them) [config: weights; default: dense].
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    pub weights: Option<InferenceWeights>,
     /// Train on this many records of --data (a seeded subset; 0: all).
     #[arg(long)]
     pub train_subset: Option<usize>,
@@ -411,7 +442,10 @@ pub struct TrainModelArgs {
 }
 
 impl TrainModelArgs {
-    pub fn load(&self, weights: InferenceWeights) -> anyhow::Result<tuna_model::Pretrained> {
+    pub fn load_as(
+        &self,
+        weights: tuna_model::WeightFormat,
+    ) -> anyhow::Result<tuna_model::Pretrained> {
         ModelArgs {
             model: self
                 .model
@@ -421,7 +455,7 @@ impl TrainModelArgs {
             dtype: self.dtype.clone(),
             adapter: None,
         }
-        .load(weights)
+        .load_as(weights)
     }
 }
 

@@ -57,6 +57,10 @@ pub enum InferenceWeights {
     F16,
     /// ggml Q8_0 blocks (activations quantized too): fastest, least exact.
     Q8_0,
+    /// bf16 weights through the processor's matrix units (AMX) where it has them, activations
+    /// rounded to bf16 in the products (as under PyTorch's bf16 autocast); half of f32's
+    /// memory; trains too.
+    Bf16,
 }
 
 impl InferenceWeights {
@@ -65,6 +69,7 @@ impl InferenceWeights {
             Self::Dense => WeightFormat::Dense,
             Self::F16 => WeightFormat::F16,
             Self::Q8_0 => WeightFormat::Q8_0,
+            Self::Bf16 => WeightFormat::Bf16,
         }
     }
 }
@@ -76,10 +81,14 @@ impl ModelArgs {
     }
 
     pub fn load(&self, weights: InferenceWeights) -> anyhow::Result<Pretrained> {
+        self.load_as(weights.format())
+    }
+
+    pub fn load_as(&self, weights: WeightFormat) -> anyhow::Result<Pretrained> {
         let options = LoadOptions {
             device: resolve_device(&self.device)?,
             dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
-            weights: weights.format(),
+            weights,
         };
         let mut model = Pretrained::load(&self.model, &options)?;
         if let Some(path) = &self.adapter {

@@ -12,9 +12,9 @@ use anyhow::{bail, Context};
 use tuna_data::{epoch_plan, make_batch, BatchOptions, Dataset, Encoder};
 
 use crate::args::{
-    BenchArgs, BenchCommand, BenchDataArgs, BenchGenerateArgs, BenchTrainArgs, ReferenceArgs,
+    BenchArgs, BenchCommand, BenchDataArgs, BenchGenerateArgs, BenchScoreArgs, BenchTrainArgs,
+    ReferenceArgs,
 };
-use crate::model_args::InferenceWeights;
 
 /// The prompt ../shared/bench/peft_cpu_baseline.py uses, so both tokenize the same text.
 const GEN_PROMPT: &str =
@@ -54,7 +54,85 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Generate(a) => bench_generate(a),
         BenchCommand::Data(a) => bench_data(a),
         BenchCommand::Train(a) => bench_train(a),
+        BenchCommand::Score(a) => bench_score(a),
     }
+}
+
+/// Forward passes over chunks of seeded random tokens, logits and mean next-token loss of
+/// every position (what scoring a text costs), median over repetitions.
+fn bench_score(args: BenchScoreArgs) -> anyhow::Result<()> {
+    use rand::{Rng, SeedableRng};
+
+    let model = args.model.load(args.weights)?;
+    let llama = &model.model;
+    let vocab = model.config.vocab_size as u32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let chunks: Vec<Vec<u32>> = (0..args.chunks)
+        .map(|_| (0..args.seq).map(|_| rng.random_range(0..vocab)).collect())
+        .collect();
+    let mut tps = Vec::new();
+    let mut loss = 0.0;
+    for rep in 0..=args.reps {
+        let started = Instant::now();
+        let mut sum = 0.0;
+        for chunk in &chunks {
+            let ids = candle_core::Tensor::new(chunk.as_slice(), llama.device())?.unsqueeze(0)?;
+            let logits = llama.forward(&ids, tuna_model::Kernels::Fused)?;
+            // (1, t, v): position i predicts token i + 1
+            let logp = tuna_model::decoder::log_softmax(&logits.narrow(1, 0, args.seq - 1)?)?;
+            let next = candle_core::Tensor::new(&chunk[1..], llama.device())?
+                .unsqueeze(0)?
+                .unsqueeze(2)?;
+            sum -= logp
+                .gather(&next, 2)?
+                .to_dtype(candle_core::DType::F64)?
+                .mean_all()?
+                .to_scalar::<f64>()?;
+        }
+        llama.device().synchronize()?;
+        let seconds = started.elapsed().as_secs_f64();
+        loss = sum / chunks.len() as f64;
+        if rep > 0 {
+            tps.push((args.chunks * args.seq) as f64 / seconds);
+        }
+        if !args.json {
+            eprintln!(
+                "rep {rep} ({}): {:.1} tok/s",
+                if rep == 0 { "warm-up" } else { "timed" },
+                (args.chunks * args.seq) as f64 / seconds
+            );
+        }
+    }
+    let result = json!({
+        "bench": "score",
+        "model": args.model.model,
+        "device": device_name(llama.device()),
+        "weights": format!("{:?}", args.weights).to_lowercase(),
+        "kernel": args.weights.format().kernel(),
+        "seq": args.seq,
+        "chunks": args.chunks,
+        "tokens_per_s": median(tps),
+        "loss": loss,
+        "threads": rayon::current_num_threads(),
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "score {} chunks x {} on {} ({} weights, {}): {:.1} tok/s (median of {}); loss {:.4} (random tokens); peak RSS {:.0} MiB",
+            args.chunks,
+            args.seq,
+            result["device"].as_str().unwrap_or("?"),
+            result["weights"].as_str().unwrap_or("?"),
+            result["kernel"].as_str().unwrap_or("?"),
+            result["tokens_per_s"].as_f64().unwrap_or(0.0),
+            args.reps,
+            loss,
+            result["peak_rss_mib"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(())
 }
 
 /// The reference's training workload: LoRA on all 7 projections, AdamW, seeded random-token
@@ -81,7 +159,7 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
             &args.warmup.to_string(),
         ],
     )?;
-    let mut model = args.model.load(InferenceWeights::Dense)?;
+    let mut model = args.model.load(args.weights)?;
     let lora = tuna_lora::LoraConfig {
         r: args.lora_r,
         lora_alpha: args.lora_alpha,
@@ -159,6 +237,8 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         "model": args.model.model,
         "device": device_name(model.model.device()),
         "dtype": format!("{:?}", model.model.dtype()).to_lowercase(),
+        "weights": format!("{:?}", args.weights).to_lowercase(),
+        "kernel": args.weights.format().kernel(),
         "batch": args.batch,
         "seq": args.seq,
         "trainable_params": trainable,
@@ -177,10 +257,12 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         println!("{result}");
     } else {
         println!(
-            "train {}x{} on {}: {:.1} tok/s (median of {}); fwd {:.2} s, bwd {:.2} s, opt {:.3} s per step; peak RSS {:.0} MiB; {} trainable parameters",
+            "train {}x{} on {} ({} weights, {}): {:.1} tok/s (median of {}); fwd {:.2} s, bwd {:.2} s, opt {:.3} s per step; peak RSS {:.0} MiB; {} trainable parameters",
             args.batch,
             args.seq,
             result["device"].as_str().unwrap_or("?"),
+            result["weights"].as_str().unwrap_or("?"),
+            result["kernel"].as_str().unwrap_or("?"),
             result["tokens_per_s"].as_f64().unwrap_or(0.0),
             args.steps,
             result["fwd_s"].as_f64().unwrap_or(0.0),

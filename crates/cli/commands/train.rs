@@ -11,7 +11,6 @@ use tuna_lora::TargetModules;
 use tuna_train::{train, TrainConfig, TrainEvent};
 
 use crate::args::TrainArgs;
-use crate::model_args::InferenceWeights;
 
 /// The config a run uses: the run's own config.toml on --resume; else the -c file (or the
 /// defaults) with the flags on top.
@@ -61,6 +60,9 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(v) = &args.init_adapter {
         c.init_adapter = v.display().to_string();
+    }
+    if let Some(v) = args.weights {
+        c.weights = v.format();
     }
     if let Some(v) = args.train_subset {
         c.data.train_subset = v;
@@ -331,7 +333,7 @@ fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
     let resume = args.resume.is_some();
     let mut model_args = args.model.clone();
     model_args.model = Some(config.model.clone());
-    let mut model = model_args.load(InferenceWeights::Dense)?;
+    let mut model = model_args.load_as(config.weights)?;
 
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();

@@ -174,37 +174,47 @@ impl<'a> Scorer<'a> {
         log_softmax(&last)
     }
 
-    /// Σ log p(candidate tokens | prompt) for each candidate.
+    /// Σ log p(candidate tokens | prompt) for each candidate. The candidates' tokens after
+    /// their first run together in one forward over the cached prompt (each sees the prompt
+    /// and its own tokens only), not one forward each.
     pub fn rank(&mut self, prompt: &[u32], candidates: &[Vec<u32>]) -> Result<Vec<f64>> {
         let started = Instant::now();
         let first = self.feed(prompt)?;
-        let mut scores = Vec::with_capacity(candidates.len());
-        for c in candidates {
-            let Some(&c0) = c.first() else {
-                // An answer with no tokens cannot be scored; it never wins.
-                scores.push(f64::NEG_INFINITY);
-                continue;
-            };
-            let mut score = first[c0 as usize] as f64;
-            if c.len() > 1 {
-                let ids =
-                    Tensor::new(&c[..c.len() - 1], self.model.model.device())?.unsqueeze(0)?;
-                let logits = self.model.model.forward_cached_all(&ids, &mut self.cache)?;
-                let logp = candle_nn::ops::log_softmax(
-                    &logits.squeeze(0)?.to_dtype(DType::F32)?,
-                    D::Minus1,
-                )?;
-                let next = Tensor::new(&c[1..], logp.device())?.unsqueeze(1)?;
-                score += logp
-                    .gather(&next, 1)?
-                    .to_dtype(DType::F64)?
-                    .sum_all()?
-                    .to_scalar::<f64>()?;
-                self.cache.truncate(prompt.len())?;
-                self.usage.computed_tokens += c.len() - 1;
-            }
-            scores.push(score);
+        // A candidate's first token is scored by the prompt's last logits; the rest by the
+        // branch forward, fed every token but the candidate's last.
+        let branches: Vec<&[u32]> = candidates
+            .iter()
+            .filter(|c| c.len() > 1)
+            .map(|c| &c[..c.len() - 1])
+            .collect();
+        let mut rest = Vec::new();
+        if !branches.is_empty() {
+            let logits = self
+                .model
+                .model
+                .forward_branches(&branches, &mut self.cache)?;
+            let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+            let targets: Vec<u32> = candidates
+                .iter()
+                .filter(|c| c.len() > 1)
+                .flat_map(|c| c[1..].iter().copied())
+                .collect();
+            let targets = Tensor::new(targets.as_slice(), logp.device())?.unsqueeze(1)?;
+            rest = logp.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?;
+            self.usage.computed_tokens += rest.len();
         }
+        let mut rest = rest.into_iter();
+        let scores = candidates
+            .iter()
+            .map(|c| match c.first() {
+                // An answer with no tokens cannot be scored; it never wins.
+                None => f64::NEG_INFINITY,
+                Some(&c0) => {
+                    let tail: f64 = rest.by_ref().take(c.len() - 1).map(f64::from).sum();
+                    first[c0 as usize] as f64 + tail
+                }
+            })
+            .collect();
         self.usage.seconds += started.elapsed().as_secs_f64();
         Ok(scores)
     }

@@ -281,6 +281,57 @@ impl Llama {
             .squeeze(1)
     }
 
+    /// Runs several continuations of the prompt in `cache` in one forward: each branch's
+    /// tokens see the whole cached prompt and their own branch's earlier tokens, never another
+    /// branch, and take the positions they would take if run alone after the prompt. Returns
+    /// the logits of every branch token, branches one after another, (Σ len, v). The cache is
+    /// left holding the prompt only.
+    pub fn forward_branches(&self, branches: &[&[u32]], cache: &mut KvCache) -> Result<Tensor> {
+        let start = cache.len();
+        let t: usize = branches.iter().map(|b| b.len()).sum();
+        if t == 0 {
+            candle_core::bail!("forward_branches: no branch tokens");
+        }
+        let s = start + t;
+        let window = self.config.sliding_window.unwrap_or(usize::MAX);
+        let mut mask = vec![f32::NEG_INFINITY; t * s];
+        let mut positions = Vec::with_capacity(t);
+        let mut ids = Vec::with_capacity(t);
+        let mut first = 0;
+        for branch in branches {
+            for i in 0..branch.len() {
+                // query position `q` sees the prompt's keys 0..start and its branch's first..=i
+                let q = start + i;
+                let row = &mut mask[(first + i) * s..(first + i + 1) * s];
+                (0..start)
+                    .filter(|&j| q - j < window)
+                    .for_each(|j| row[j] = 0.0);
+                (0..=i)
+                    .filter(|&j| i - j < window)
+                    .for_each(|j| row[start + first + j] = 0.0);
+                positions.push(q as u32);
+            }
+            ids.extend_from_slice(branch);
+            first += branch.len();
+        }
+        let device = self.device();
+        let mask = Tensor::from_vec(mask, (1, 1, 1, t, s), device)?.to_dtype(self.dtype())?;
+        let (cos, sin) = self.rope.tables_at(&positions, self.dtype())?;
+        let f = self.config.head_dim / 2;
+        let tables = (cos.reshape((1, 1, t, f))?, sin.reshape((1, 1, t, f))?);
+        let ids = Tensor::from_vec(ids, (1, t), device)?;
+        let hidden = self.run_layers(
+            &ids,
+            Some(cache),
+            Some(&mask),
+            Positions::PerToken(&tables),
+            Kernels::Fused,
+        )?;
+        cache.truncate(start)?;
+        // (1, t, d) -> (t, v)
+        self.lm_head.forward(&hidden.squeeze(0)?)
+    }
+
     /// The final-normed hidden states (b, t, d), before the head.
     pub fn hidden_states(
         &self,

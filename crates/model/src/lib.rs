@@ -2,7 +2,9 @@
 //! (config, weights, tokenizer, chat template) from a GGUF file, a Hugging Face directory or
 //! a hub id.
 
+pub mod amx;
 pub mod backprop;
+pub mod bf16_weight;
 pub mod chat;
 pub mod config;
 pub mod decoder;

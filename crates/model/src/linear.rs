@@ -1,5 +1,5 @@
 //! A frozen linear layer, y = x Wᵀ + b, with W in Hugging Face's (out, in) layout.
-//! Dense weights for training and scoring; f16 or 8-bit copies for fast generation.
+//! Dense or bf16 weights for training and scoring; f16 or 8-bit copies for fast generation.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use candle_core::{DType, Module, Result, Tensor};
 
 use tuna_lora::LoraAdapter;
 
+use crate::bf16_weight::{Bf16Product, Bf16Weight, Product};
 use crate::frozen::FrozenLinear;
 use crate::matvec::F16MatVec;
 
@@ -22,6 +23,34 @@ pub enum WeightFormat {
     F16,
     /// ggml Q8_0 blocks through candle's quantized matmul (activations quantized too).
     Q8_0,
+    /// bf16 weights packed for the matrix units (bf16_weight.rs), both products, so training
+    /// runs over them too; activations rounded to bf16 in the products.
+    Bf16,
+}
+
+impl WeightFormat {
+    /// The kernel that multiplies by weights held this way on this processor (CPU).
+    pub fn kernel(self) -> &'static str {
+        match self {
+            Self::Dense if has_avx512() => "gemm-f32-avx512",
+            Self::Dense => "gemm-f32",
+            Self::F16 => "f16-matvec",
+            Self::Q8_0 => "candle-q8_0",
+            Self::Bf16 => crate::bf16_weight::Bf16Kernel::chosen().name(),
+        }
+    }
+}
+
+/// gemm (candle's f32 matmul) runs its AVX-512 kernels where this holds (the `x86-v4`
+/// feature, turned on in Cargo.toml).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx512() -> bool {
+    false
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +60,8 @@ pub enum LinearWeight {
     F16(Tensor),
     /// ggml block-quantized.
     Quantized(QMatMul),
+    /// bf16, packed for both products of a frozen linear.
+    Bf16(Arc<Bf16Weight>),
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +111,11 @@ impl Linear {
                     self.weight = LinearWeight::Quantized(QMatMul::from_arc(Arc::new(q))?);
                 }
             }
+            WeightFormat::Bf16 => {
+                let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let packed = Bf16Weight::from_f32(&values, self.out_features, self.in_features);
+                self.weight = LinearWeight::Bf16(Arc::new(packed));
+            }
         }
         Ok(())
     }
@@ -91,6 +127,11 @@ impl Linear {
             LinearWeight::F16(w) => w.to_dtype(DType::F32),
             LinearWeight::Quantized(QMatMul::QTensor(q)) => q.dequantize(&q.device()),
             LinearWeight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => Ok(w.clone()),
+            LinearWeight::Bf16(w) => Tensor::from_vec(
+                w.to_f32(),
+                (self.out_features, self.in_features),
+                &candle_core::Device::Cpu,
+            ),
         }
     }
 
@@ -104,6 +145,7 @@ impl Linear {
             }
             LinearWeight::F16(w) => self.dense_forward(x, &w.to_dtype(x.dtype())?)?,
             LinearWeight::Quantized(q) => q.forward(x)?,
+            LinearWeight::Bf16(w) => self.bf16_product(x, w, Product::XWt)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -129,6 +171,43 @@ impl Linear {
             self.weight = LinearWeight::Dense(merged);
         }
         Ok(())
+    }
+
+    /// x Wᵀ (.., i) -> (.., o) without bias or adapter, whatever form W is held in; the
+    /// forward product of a frozen linear in training.
+    pub fn frozen_forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(w) => x.matmul(&w.t()?),
+            LinearWeight::Bf16(w) => self.bf16_product(x, w, Product::XWt),
+            _ => candle_core::bail!("training needs dense or bf16 projection weights"),
+        }
+    }
+
+    /// dy W (.., o) -> (.., i): the input gradient of a frozen linear.
+    pub fn frozen_backward(&self, dy: &Tensor) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(w) => dy.matmul(w),
+            LinearWeight::Bf16(w) => self.bf16_product(dy, w, Product::DyW),
+            _ => candle_core::bail!("training needs dense or bf16 projection weights"),
+        }
+    }
+
+    /// Whether training can run through this layer's weight.
+    pub fn trainable_through(&self) -> bool {
+        matches!(self.weight, LinearWeight::Dense(_) | LinearWeight::Bf16(_))
+    }
+
+    fn bf16_product(&self, x: &Tensor, w: &Arc<Bf16Weight>, product: Product) -> Result<Tensor> {
+        let op = Bf16Product {
+            weight: w.clone(),
+            product,
+        };
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        if x.track_op() {
+            x.apply_op1(op)
+        } else {
+            x.apply_op1_no_bwd(&op)
+        }
     }
 
     fn dense_forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {

@@ -502,3 +502,46 @@ fn left_padded_batches_give_each_row_its_own_logits() {
         }
     }
 }
+
+#[test]
+fn branches_after_a_cached_prompt_match_each_branch_run_alone() {
+    // Label ranking runs every candidate answer in one forward after the shared prompt.
+    for (name, spec) in specs() {
+        let m = tiny_model(spec);
+        let p = load(&m);
+        let layers = p.config.num_hidden_layers;
+        let prompt = Tensor::new(&IDS[..6], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let branches: [&[u32]; 3] = [&[7, 9, 11], &[3], &[250, 4]];
+        let mut cache = KvCache::new(layers);
+        p.model.forward_cached(&prompt, &mut cache).unwrap();
+        let together = p.model.forward_branches(&branches, &mut cache).unwrap();
+        assert_eq!(cache.len(), 6, "{name}: the cache keeps the prompt only");
+        let mut first = 0;
+        for (i, branch) in branches.iter().enumerate() {
+            let mut alone = cache.clone();
+            let x = Tensor::new(*branch, &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let want = p.model.forward_cached_all(&x, &mut alone).unwrap();
+            let got = together.narrow(0, first, branch.len()).unwrap();
+            let d = max_abs_diff(&got, &want.squeeze(0).unwrap());
+            assert!(d < 1e-4, "{name}: branch {i}: {d}");
+            first += branch.len();
+        }
+        // The cache still serves the prompt: a branch run after the batched one is unchanged.
+        let x = Tensor::new(branches[0], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let again = p.model.forward_cached_all(&x, &mut cache).unwrap();
+        let d = max_abs_diff(
+            &together.narrow(0, 0, 3).unwrap(),
+            &again.squeeze(0).unwrap(),
+        );
+        assert!(d < 1e-4, "{name}: after the branches: {d}");
+    }
+}

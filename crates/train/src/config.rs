@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tuna_data::{BatchOptions, EncodeOptions, FieldNames};
 use tuna_lora::{LoraConfig, TargetModules};
+use tuna_model::WeightFormat;
 
 use crate::error::TrainError;
 use crate::schedule::ScheduleKind;
@@ -21,6 +22,10 @@ pub struct TrainConfig {
     pub output: PathBuf,
     /// Start from this adapter (fresh optimizer); "" for a new adapter.
     pub init_adapter: String,
+    /// How the frozen projections are held: "dense" (the load dtype, f32 on the CPU) or
+    /// "bf16" (half the memory; the products run on the matrix units where the processor
+    /// has them, activations rounded to bf16 as under PyTorch's bf16 autocast).
+    pub weights: WeightFormat,
     pub data: DataSection,
     pub encoding: EncodeOptions,
     pub fields: FieldNames,
@@ -107,6 +112,7 @@ impl Default for TrainConfig {
             model: "models/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
             output: PathBuf::from("runs/tuna"),
             init_adapter: String::new(),
+            weights: WeightFormat::Dense,
             data: DataSection::default(),
             encoding: EncodeOptions {
                 max_seq_len: 512,
@@ -224,6 +230,12 @@ impl TrainConfig {
         }
         if self.output.as_os_str().is_empty() {
             return bad("output", "is required (--output DIR)");
+        }
+        if !matches!(self.weights, WeightFormat::Dense | WeightFormat::Bf16) {
+            return bad(
+                "weights",
+                "training runs through dense or bf16 weights only (--weights dense|bf16)",
+            );
         }
         if !(0.0..1.0).contains(&self.data.valid_fraction) {
             return bad("data.valid_fraction", "must be in [0, 1)");

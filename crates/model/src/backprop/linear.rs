@@ -8,7 +8,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor};
 use rand::{Rng, SeedableRng};
 
-use crate::linear::{Linear, LinearWeight};
+use crate::linear::Linear;
 
 /// What the backward of one projection needs besides its input.
 pub struct Saved {
@@ -18,21 +18,13 @@ pub struct Saved {
     mask: Option<Tensor>,
 }
 
-fn dense(linear: &Linear) -> Result<&Tensor> {
-    match &linear.weight {
-        LinearWeight::Dense(w) => Ok(w),
-        _ => candle_core::bail!("training needs dense projection weights"),
-    }
-}
-
 /// x (n, i) -> y (n, o). `rng` draws the dropout mask.
 pub fn forward(
     linear: &Linear,
     x: &Tensor,
     rng: &mut rand::rngs::StdRng,
 ) -> Result<(Tensor, Saved)> {
-    let w = dense(linear)?;
-    let mut y = x.matmul(&w.t()?)?;
+    let mut y = linear.frozen_forward(x)?;
     if let Some(b) = &linear.bias {
         y = y.broadcast_add(b)?;
     }
@@ -77,9 +69,8 @@ pub fn backward(
     dy: &Tensor,
     grads: &mut GradStore,
 ) -> Result<Tensor> {
-    let w = dense(linear)?;
     // (n, o) @ (o, i)
-    let dx = dy.matmul(w)?;
+    let dx = linear.frozen_backward(dy)?;
     let (Some(adapter), Some(inner)) = (&linear.adapter, &saved.inner) else {
         return Ok(dx);
     };

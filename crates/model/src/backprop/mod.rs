@@ -28,7 +28,6 @@ use candle_core::{DType, Result, Tensor};
 use rand::SeedableRng;
 
 use crate::decoder::{DecoderLayer, Llama, Packing};
-use crate::linear::LinearWeight;
 use attention::AttentionShape;
 use kernels::{tensor, to_vec, view};
 
@@ -104,12 +103,11 @@ impl Pass {
 }
 
 impl Llama {
-    /// Whether `loss_and_grads` covers this model: f32 on the CPU, dense weights.
+    /// Whether `loss_and_grads` covers this model: f32 on the CPU, dense or bf16 weights.
     pub fn supports_fused_backward(&self) -> bool {
-        let dense = |w: &LinearWeight| matches!(w, LinearWeight::Dense(_));
         self.device().is_cpu()
             && self.dtype() == DType::F32
-            && dense(&self.lm_head.weight)
+            && self.lm_head.trainable_through()
             && self.lm_head.bias.is_none()
             && self.layers.iter().all(|l| {
                 [
@@ -122,7 +120,7 @@ impl Llama {
                     &l.mlp.down_proj,
                 ]
                 .iter()
-                .all(|p| dense(&p.weight))
+                .all(|p| p.trainable_through())
             })
     }
 
@@ -136,7 +134,9 @@ impl Llama {
     ) -> Result<TrainPass> {
         let started = Instant::now();
         if !self.supports_fused_backward() {
-            candle_core::bail!("the fused training pass needs an f32 CPU model with dense weights")
+            candle_core::bail!(
+                "the fused training pass needs an f32 CPU model with dense or bf16 weights"
+            )
         }
         let c = &self.config;
         let (b, t) = (batch.rows, batch.cols);
@@ -212,9 +212,6 @@ impl Llama {
         grad_scale: f64,
     ) -> Result<(f64, Vec<f32>)> {
         let d = self.config.hidden_size;
-        let LinearWeight::Dense(w) = &self.lm_head.weight else {
-            candle_core::bail!("training needs a dense vocabulary projection")
-        };
         let mut loss = 0f64;
         let mut d_rows = Vec::with_capacity(rows.len() * d);
         for chunk in rows.chunks(HEAD_CHUNK_ROWS) {
@@ -224,7 +221,7 @@ impl Llama {
             }
             let h = tensor(h, &[chunk.len(), d])?;
             // (m, d) @ (d, v) -> (m, v)
-            let mut logits = to_vec(&h.matmul(&w.t()?)?)?;
+            let mut logits = to_vec(&self.lm_head.frozen_forward(&h)?)?;
             let targets: Vec<u32> = chunk.iter().map(|&r| batch.targets[r]).collect();
             let weights: Vec<f32> = chunk.iter().map(|&r| batch.weights[r]).collect();
             let scales: Vec<f32> = weights.iter().map(|&x| x * grad_scale as f32).collect();
@@ -236,7 +233,9 @@ impl Llama {
                 .sum::<f64>();
             let v = logits.len() / chunk.len();
             // (m, v) @ (v, d) -> (m, d)
-            let dh = tensor(logits, &[chunk.len(), v])?.matmul(w)?;
+            let dh = self
+                .lm_head
+                .frozen_backward(&tensor(logits, &[chunk.len(), v])?)?;
             d_rows.extend_from_slice(&view(&dh)?);
         }
         Ok((loss, d_rows))

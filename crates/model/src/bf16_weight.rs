@@ -1,0 +1,449 @@
+//! A frozen weight held as bf16 (2 bytes a parameter), laid out for the two products a frozen
+//! linear needs: y = x Wᵀ (forward) and dx = dy W (input gradient), f32 in, f32 out, f32
+//! accumulation; the activations are rounded to bf16 on the way in, as under PyTorch's bf16
+//! autocast.
+//!
+//! Both products are C (n × N) = A (n × K) · B (K × N) with A the activations. Both operands
+//! are laid out as whole 1 KiB tiles, each contiguous, in the order the kernel reads them
+//! (contiguous tile loads keep the hardware prefetchers ahead of the matrix unit):
+//! - B in panels of 32 columns; per panel, per step of 32 along K, two tiles (columns 0..16
+//!   and 16..32), each 16 pair rows × 16 columns of u32 holding the bf16 pair
+//!   (B[2p][n], B[2p + 1][n]), the lower k in the low half: the layout `tdpbf16ps` reads.
+//! - A in blocks of 16 rows; per block, per step of 32 along K, one tile of 16 rows × 32 bf16.
+//!
+//! The forward B (= Wᵀ) is built at load; the backward one (= W) on the first backward, so
+//! inference holds one copy.
+//!
+//! o out features, i in features, n rows, K the summed dimension, N the output columns,
+//! p pairs along K.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::amx;
+
+/// Columns of one panel of B (and rows of one block of C).
+const PANEL: usize = amx::BLOCK;
+/// K covered by one tile step.
+const KSTEP: usize = 32;
+/// u32 words in one B tile, u16 values in one A tile.
+const B_TILE: usize = 256;
+const A_TILE: usize = 512;
+
+/// Where B's pair (B[2p][n], B[2p + 1][n]) sits in the tiled layout with `ks` K steps.
+fn b_index(ks: usize, p: usize, n: usize) -> usize {
+    let (panel, col) = (n / PANEL, n % PANEL);
+    (((panel * ks + p / 16) * 2 + col / 16) * B_TILE) + (p % 16) * 16 + col % 16
+}
+
+/// Where A[row][k] sits in the tiled layout with `ks` K steps.
+fn a_index(ks: usize, row: usize, k: usize) -> usize {
+    ((row / 16) * ks + k / KSTEP) * A_TILE + (row % 16) * KSTEP + k % KSTEP
+}
+
+/// Round to nearest even; NaN stays NaN. Branch-free, so loops over it vectorize.
+fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = (bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() {
+        0x7FC0
+    } else {
+        rounded
+    }
+}
+
+/// The kernels that multiply by a bf16 weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// AMX tiles (Intel Sapphire Rapids and later).
+    Amx,
+    /// Plain Rust over the same layout, on any processor.
+    Portable,
+}
+
+impl Bf16Kernel {
+    /// Every kernel this machine can run, fastest first.
+    pub fn available() -> Vec<Self> {
+        let mut out = Vec::new();
+        if cfg!(target_arch = "x86_64") && amx::available() {
+            out.push(Self::Amx);
+        }
+        out.push(Self::Portable);
+        out
+    }
+
+    /// The kernel used: the fastest available, or `TUNA_KERNEL=amx|portable` where the
+    /// machine can run it (tests and benchmarks force a path this way).
+    pub fn chosen() -> Self {
+        static CHOSEN: OnceLock<Bf16Kernel> = OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let available = Self::available();
+            let forced = std::env::var("TUNA_KERNEL")
+                .ok()
+                .and_then(|v| match v.as_str() {
+                    "amx" => Some(Self::Amx),
+                    "portable" => Some(Self::Portable),
+                    _ => None,
+                });
+            match forced {
+                Some(k) if available.contains(&k) => k,
+                _ => available[0],
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Amx => "amx-bf16",
+            Self::Portable => "portable-bf16",
+        }
+    }
+}
+
+/// Which product of the weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    /// x (n, i) -> x Wᵀ (n, o)
+    XWt,
+    /// dy (n, o) -> dy W (n, i)
+    DyW,
+}
+
+#[derive(Debug)]
+pub struct Bf16Weight {
+    pub out_features: usize,
+    pub in_features: usize,
+    /// B = Wᵀ in panels: [o_pad / 32][i_pad / 2][32].
+    forward: Vec<u32>,
+    /// B = W in panels: [i_pad / 32][o_pad / 2][32].
+    backward: OnceLock<Vec<u32>>,
+}
+
+fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+fn pair(lo: f32, hi: f32) -> u32 {
+    u32::from(bf16_bits(lo)) | (u32::from(bf16_bits(hi)) << 16)
+}
+
+/// B (kp × np, padded) in the tiled layout from `at(k, n)`.
+fn tile_b(kp: usize, np: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<u32> {
+    let ks = kp / KSTEP;
+    let mut out = vec![0u32; kp * np / 2];
+    out.par_chunks_mut(kp / 2 * PANEL)
+        .enumerate()
+        .for_each(|(panel, out)| {
+            let base = b_index(ks, 0, panel * PANEL);
+            for p in 0..kp / 2 {
+                for col in 0..PANEL {
+                    let n = panel * PANEL + col;
+                    out[b_index(ks, p, n) - base] = pair(at(2 * p, n), at(2 * p + 1, n));
+                }
+            }
+        });
+    out
+}
+
+impl Bf16Weight {
+    /// From W (o, i) f32, row-major.
+    pub fn from_f32(w: &[f32], out_features: usize, in_features: usize) -> Self {
+        let (o, i) = (out_features, in_features);
+        assert_eq!(w.len(), o * i, "bf16 weight: {o} x {i} values expected");
+        let (op, ip) = (round_up(o, PANEL), round_up(i, PANEL));
+        // B = Wᵀ: B[k][n] = W[n][k]
+        let forward = tile_b(
+            ip,
+            op,
+            |k, n| if n < o && k < i { w[n * i + k] } else { 0.0 },
+        );
+        Self {
+            out_features: o,
+            in_features: i,
+            forward,
+            backward: OnceLock::new(),
+        }
+    }
+
+    fn padded(&self) -> (usize, usize) {
+        (
+            round_up(self.out_features, PANEL),
+            round_up(self.in_features, PANEL),
+        )
+    }
+
+    /// W[r][c] as held (bf16 widened to f32).
+    fn get(&self, r: usize, c: usize) -> f32 {
+        let (_, ip) = self.padded();
+        let word = self.forward[b_index(ip / KSTEP, c / 2, r)];
+        let bits = if c.is_multiple_of(2) {
+            word as u16
+        } else {
+            (word >> 16) as u16
+        };
+        bf16::from_bits(bits).to_f32()
+    }
+
+    /// W (o, i) as f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let (o, i) = (self.out_features, self.in_features);
+        (0..o * i).map(|x| self.get(x / i, x % i)).collect()
+    }
+
+    fn backward_panels(&self) -> &[u32] {
+        self.backward.get_or_init(|| {
+            let (op, ip) = self.padded();
+            let (o, i) = (self.out_features, self.in_features);
+            // B = W: B[k][n] = W[k][n]
+            tile_b(
+                op,
+                ip,
+                |k, n| if k < o && n < i { self.get(k, n) } else { 0.0 },
+            )
+        })
+    }
+
+    /// The product over `x` (rows × K), row-major; returns rows × N.
+    pub fn product(&self, x: &[f32], product: Product, kernel: Bf16Kernel) -> Vec<f32> {
+        let (op, ip) = self.padded();
+        let (k, n_out, kp, panels) = match product {
+            Product::XWt => (self.in_features, self.out_features, ip, &self.forward[..]),
+            Product::DyW => (
+                self.out_features,
+                self.in_features,
+                op,
+                self.backward_panels(),
+            ),
+        };
+        let rows = x.len() / k;
+        let mut y = vec![0f32; rows * n_out];
+        if rows == 0 {
+            return y;
+        }
+        // A: rows padded to a whole block, K to whole steps, zeros beyond.
+        let ks = kp / KSTEP;
+        let mp = round_up(rows, PANEL);
+        let mut a = vec![0u16; mp * kp];
+        a.par_chunks_mut(16 * kp)
+            .enumerate()
+            .for_each(|(block, dst)| {
+                for r in 0..16 {
+                    let row = block * 16 + r;
+                    if row >= rows {
+                        break;
+                    }
+                    let src = &x[row * k..][..k];
+                    for (j, chunk) in src.chunks(KSTEP).enumerate() {
+                        let at = a_index(ks, r, j * KSTEP);
+                        for (d, &v) in dst[at..at + chunk.len()].iter_mut().zip(chunk) {
+                            *d = bf16_bits(v);
+                        }
+                    }
+                }
+            });
+        // Row chunks (whole blocks) run in parallel; each walks every panel of B.
+        let threads = rayon::current_num_threads().max(1);
+        let chunk_blocks = (mp / PANEL).div_ceil(2 * threads).clamp(1, 4);
+        let chunk_rows = chunk_blocks * PANEL;
+        let panel_len = kp / 2 * PANEL;
+        y.par_chunks_mut(chunk_rows * n_out)
+            .enumerate()
+            .for_each(|(chunk, ys)| {
+                let first = chunk * chunk_rows;
+                let rows_here = ys.len() / n_out;
+                let mut c = [0f32; PANEL * PANEL];
+                #[cfg(target_arch = "x86_64")]
+                if kernel == Bf16Kernel::Amx {
+                    // SAFETY: Amx is only offered when amx::available(); A holds `mp` padded
+                    // rows in whole tiles, each B panel `ks` steps of two tiles, and a block
+                    // is stored either whole inside ys (32 rows and 32 columns left) or into
+                    // `c`.
+                    unsafe {
+                        amx::configure();
+                        for (panel, b) in panels.chunks(panel_len).enumerate() {
+                            for block in (0..rows_here).step_by(PANEL) {
+                                let a = a[(first + block) * kp..].as_ptr();
+                                let whole =
+                                    rows_here - block >= PANEL && n_out - panel * PANEL >= PANEL;
+                                if whole {
+                                    let out = ys[block * n_out + panel * PANEL..].as_mut_ptr();
+                                    amx::block(a, b.as_ptr(), ks, out, n_out * 4);
+                                } else {
+                                    amx::block(a, b.as_ptr(), ks, c.as_mut_ptr(), PANEL * 4);
+                                    scatter(&c, ys, block, panel, rows_here, n_out);
+                                }
+                            }
+                        }
+                        amx::release();
+                    }
+                    return;
+                }
+                for (panel, b) in panels.chunks(panel_len).enumerate() {
+                    for block in (0..rows_here).step_by(PANEL) {
+                        portable_block(&a[(first + block) * kp..], ks, b, &mut c);
+                        scatter(&c, ys, block, panel, rows_here, n_out);
+                    }
+                }
+            });
+        y
+    }
+}
+
+/// Copies the part of block C (32 × 32) that falls inside ys (rows_here × n_out).
+fn scatter(c: &[f32], ys: &mut [f32], block: usize, panel: usize, rows_here: usize, n_out: usize) {
+    let col0 = panel * PANEL;
+    let cols = PANEL.min(n_out - col0);
+    for r in 0..PANEL.min(rows_here - block) {
+        ys[(block + r) * n_out + col0..][..cols].copy_from_slice(&c[r * PANEL..][..cols]);
+    }
+}
+
+/// C = A · B for one 32 × 32 block, the arithmetic of `tdpbf16ps` in plain Rust: A two
+/// 16-row blocks of `ks` tiles, B one panel of `ks` steps.
+fn portable_block(a: &[u16], ks: usize, b: &[u32], c: &mut [f32]) {
+    let widen = |bits: u16| f32::from_bits(u32::from(bits) << 16);
+    for r in 0..PANEL {
+        let mut acc = [0f32; PANEL];
+        for p in 0..ks * KSTEP / 2 {
+            let at = a_index(ks, r, 2 * p);
+            let (x0, x1) = (widen(a[at]), widen(a[at + 1]));
+            if x0 == 0.0 && x1 == 0.0 {
+                continue;
+            }
+            for (col, acc) in acc.iter_mut().enumerate() {
+                let w = b[b_index(ks, p, col)];
+                *acc += x0 * widen(w as u16) + x1 * widen((w >> 16) as u16);
+            }
+        }
+        c[r * PANEL..][..PANEL].copy_from_slice(&acc);
+    }
+}
+
+/// The weight's product as a candle op over f32 activations (.., K) -> (.., N); the forward
+/// product differentiates to the backward one, so autograd reaches x (W gets no gradient).
+#[derive(Clone)]
+pub struct Bf16Product {
+    pub weight: Arc<Bf16Weight>,
+    pub product: Product,
+}
+
+impl CustomOp1 for Bf16Product {
+    fn name(&self) -> &'static str {
+        "bf16-product"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else {
+            candle_core::bail!("bf16-product: expected f32 activations")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("bf16-product: activations must be contiguous")
+        };
+        let w = &self.weight;
+        let (k, n) = match self.product {
+            Product::XWt => (w.in_features, w.out_features),
+            Product::DyW => (w.out_features, w.in_features),
+        };
+        let dims = layout.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("bf16-product: input {dims:?} does not end in {k}")
+        }
+        let y = w.product(&x[start..end], self.product, Bf16Kernel::chosen());
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("x has a last dimension") = n;
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let back = match self.product {
+            Product::XWt => Product::DyW,
+            Product::DyW => Product::XWt,
+        };
+        let op = Self {
+            weight: self.weight.clone(),
+            product: back,
+        };
+        let g = grad_res.contiguous()?.apply_op1_no_bwd(&op)?;
+        Ok(Some(g.reshape(arg.dims())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn round(x: &[f32]) -> Vec<f32> {
+        x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+    }
+
+    /// The f64 product of bf16-rounded operands: what every kernel must reach up to f32
+    /// summation order.
+    fn reference(x: &[f32], w: &[f32], rows: usize, o: usize, i: usize, p: Product) -> Vec<f32> {
+        let (x, w) = (round(x), round(w));
+        let (k, n) = match p {
+            Product::XWt => (i, o),
+            Product::DyW => (o, i),
+        };
+        let mut y = vec![0f32; rows * n];
+        for r in 0..rows {
+            for c in 0..n {
+                let s: f64 = (0..k)
+                    .map(|j| {
+                        let wv = match p {
+                            Product::XWt => w[c * i + j],
+                            Product::DyW => w[j * i + c],
+                        };
+                        x[r * k + j] as f64 * wv as f64
+                    })
+                    .sum();
+                y[r * n + c] = s as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_kernel_matches_the_reference_on_odd_shapes() {
+        // Shapes that are not multiples of a block anywhere, one that is, and one row.
+        for &(rows, o, i) in &[(37, 45, 70), (64, 64, 96), (1, 33, 31), (70, 3, 130)] {
+            let w = values(o * i, 1);
+            let weight = Bf16Weight::from_f32(&w, o, i);
+            assert_eq!(weight.to_f32(), round(&w), "{o}x{i}: bf16 round trip");
+            for product in [Product::XWt, Product::DyW] {
+                let k = if product == Product::XWt { i } else { o };
+                let x = values(rows * k, 2);
+                let want = reference(&x, &w, rows, o, i, product);
+                for kernel in Bf16Kernel::available() {
+                    let got = weight.product(&x, product, kernel);
+                    let worst = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        worst < 1e-5 * k as f32,
+                        "{kernel:?} {product:?} rows {rows}, {o}x{i}: off by {worst}"
+                    );
+                }
+            }
+        }
+    }
+}
