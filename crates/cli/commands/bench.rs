@@ -39,6 +39,17 @@ fn device_name(device: &candle_core::Device) -> String {
     }
 }
 
+/// "cpu (bf16 weights, amx-bf16)": where a result's figures were measured and how.
+fn measured_on(result: &serde_json::Value) -> String {
+    let field = |k: &str| result[k].as_str().unwrap_or("?").to_string();
+    format!(
+        "{} ({} weights, {})",
+        field("device"),
+        field("weights"),
+        field("kernel")
+    )
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len();
@@ -120,12 +131,10 @@ fn bench_score(args: BenchScoreArgs) -> anyhow::Result<()> {
         println!("{result}");
     } else {
         println!(
-            "score {} chunks x {} on {} ({} weights, {}): {:.1} tok/s (median of {}); loss {:.4} (random tokens); peak RSS {:.0} MiB",
+            "score {} chunks x {} on {}: {:.1} tok/s (median of {}); loss {:.4} (random tokens); peak RSS {:.0} MiB",
             args.chunks,
             args.seq,
-            result["device"].as_str().unwrap_or("?"),
-            result["weights"].as_str().unwrap_or("?"),
-            result["kernel"].as_str().unwrap_or("?"),
+            measured_on(&result),
             result["tokens_per_s"].as_f64().unwrap_or(0.0),
             args.reps,
             loss,
@@ -257,12 +266,10 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         println!("{result}");
     } else {
         println!(
-            "train {}x{} on {} ({} weights, {}): {:.1} tok/s (median of {}); fwd {:.2} s, bwd {:.2} s, opt {:.3} s per step; peak RSS {:.0} MiB; {} trainable parameters",
+            "train {}x{} on {}: {:.1} tok/s (median of {}); fwd {:.2} s, bwd {:.2} s, opt {:.3} s per step; peak RSS {:.0} MiB; {} trainable parameters",
             args.batch,
             args.seq,
-            result["device"].as_str().unwrap_or("?"),
-            result["weights"].as_str().unwrap_or("?"),
-            result["kernel"].as_str().unwrap_or("?"),
+            measured_on(&result),
             result["tokens_per_s"].as_f64().unwrap_or(0.0),
             args.steps,
             result["fwd_s"].as_f64().unwrap_or(0.0),

@@ -293,6 +293,13 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// reference's largest entry (at least 1e-7); `what` names it in the failure.
 #[track_caller]
 pub fn assert_same_gradient(ours: &Tensor, reference: &Tensor, what: &str) {
+    assert_gradient_within(ours, reference, 1e-4, what)
+}
+
+/// As `assert_same_gradient`, within `rel` of the reference's largest entry (at least
+/// `rel` · 1e-3).
+#[track_caller]
+pub fn assert_gradient_within(ours: &Tensor, reference: &Tensor, rel: f32, what: &str) {
     let size = reference
         .abs()
         .unwrap()
@@ -303,7 +310,7 @@ pub fn assert_same_gradient(ours: &Tensor, reference: &Tensor, what: &str) {
     assert!(size > 0.0, "{what}: zero gradient");
     let diff = max_abs_diff(ours, reference);
     assert!(
-        diff <= 1e-4 * size.max(1e-3),
+        diff <= rel * size.max(1e-3),
         "{what}: gradients differ by {diff} (size {size})"
     );
 }

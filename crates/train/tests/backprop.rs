@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor, Var};
 use tuna_data::{make_batch, Batch, Example};
 use tuna_lora::{LoraConfig, TargetModules};
 use tuna_model::{LoadOptions, Pretrained, WeightFormat};
-use tuna_testkit::{assert_same_gradient, max_abs_diff, tiny_model, TinySpec};
+use tuna_testkit::{assert_gradient_within, max_abs_diff, tiny_model, TinySpec};
 use tuna_train::loss::{autograd_loss_and_grads, loss_and_grads};
 
 fn examples(vocab: u32) -> Vec<Example> {
@@ -85,13 +85,19 @@ fn assert_passes_agree(spec: TinySpec, what: &str) {
 
 fn assert_passes_agree_over(spec: TinySpec, what: &str, weights: WeightFormat) {
     let (model, vars) = model_with_adapters_over(spec, 0.0, weights);
+    // bf16: activations are rounded on the way into each product, so f32-level differences
+    // between the passes now and then land on the next bf16 value.
+    let (loss_rel, grad_rel) = match weights {
+        WeightFormat::Dense => (1e-4, 1e-4),
+        _ => (1e-3, 1e-2),
+    };
     let vocab = model.model.config.vocab_size as u32;
     for (i, batch) in batches(vocab).iter().enumerate() {
         let scale = 1.0 / batch.n_targets as f64;
         let fused = loss_and_grads(&model.model, batch, scale, 0).unwrap();
         let reference = autograd_loss_and_grads(&model.model, batch, scale).unwrap();
         assert!(
-            (fused.loss - reference.loss).abs() < 1e-4 * reference.loss.abs(),
+            (fused.loss - reference.loss).abs() < loss_rel * reference.loss.abs(),
             "{what}, batch {i}: loss {} vs {}",
             fused.loss,
             reference.loss
@@ -100,24 +106,7 @@ fn assert_passes_agree_over(spec: TinySpec, what: &str, weights: WeightFormat) {
             let ours = fused.grads.get(v.as_tensor()).expect("a gradient");
             let theirs = reference.grads.get(v.as_tensor()).expect("a gradient");
             let what = format!("{what}, batch {i}, tensor {k}");
-            if weights == WeightFormat::Dense {
-                assert_same_gradient(ours, theirs, &what);
-            } else {
-                // Activations are rounded to bf16 on the way into each product, so f32-level
-                // differences between the passes now and then land on the next bf16 value.
-                let size = theirs
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let d = max_abs_diff(ours, theirs);
-                assert!(
-                    d <= 1e-2 * size,
-                    "{what}: gradients differ by {d} (size {size})"
-                );
-            }
+            assert_gradient_within(ours, theirs, grad_rel, &what);
         }
     }
 }
