@@ -138,7 +138,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 4096)]
     pub batch_tokens: usize,
     /// How projection weights are held while scoring.
-    #[arg(long, value_enum, default_value = "dense")]
+    #[arg(long, value_enum, default_value = "f32")]
     pub weights: InferenceWeights,
     /// Task metrics too, per prompting strategy and for the adapter (--strategies or
     /// --metric turns them on; the prompting strategies run on the base model, tuned and
@@ -263,7 +263,7 @@ pub struct BenchScoreArgs {
     #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub reps: usize,
     /// How the frozen projections are held.
-    #[arg(long, value_enum, default_value = "dense")]
+    #[arg(long, value_enum, default_value = "f32")]
     pub weights: InferenceWeights,
     /// Print one JSON object on stdout.
     #[arg(long)]
@@ -289,7 +289,7 @@ pub struct BenchTrainArgs {
     #[arg(long, default_value_t = 32.0)]
     pub lora_alpha: f64,
     /// How the frozen projections are held (dense: the load dtype).
-    #[arg(long, value_enum, default_value = "dense")]
+    #[arg(long, value_enum, default_value = "f32")]
     pub weights: InferenceWeights,
     #[arg(long)]
     pub json: bool,
@@ -402,8 +402,9 @@ pub struct TrainArgs {
     /// Start from this adapter with a fresh optimizer (training on new data).
     #[arg(long, conflicts_with = "resume")]
     pub init_adapter: Option<PathBuf>,
-    /// How the frozen projections are held: dense (f32 on the CPU) or bf16 (half the memory;
-    /// AMX tiles where the processor has them) [config: weights; default: dense].
+    /// How the frozen projections are held: f32, bf16 (AMX tiles where the processor has
+    /// them), q8_0, q4_k, or file (the GGUF's own blocks: QLoRA over the file, memory about
+    /// the file's size) [config: weights; default: f32].
     #[arg(long, value_enum, conflicts_with = "resume")]
     pub weights: Option<InferenceWeights>,
     /// Train on this many records of --data (a seeded subset; 0: all).

@@ -48,19 +48,32 @@ pub fn resolve_device(spec: &str) -> anyhow::Result<candle_core::Device> {
     Ok(parse_device(spec)?)
 }
 
-/// How the projections are held for inference.
+/// How the frozen projection weights are held (`--weights`). Measured costs in accuracy
+/// and speed are in BENCHMARKS.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InferenceWeights {
-    /// The load dtype (f32 on the CPU): exact, what training and scoring use.
+    /// f32 (4 bytes a parameter): exact; what every other form is measured against.
+    #[value(name = "f32", alias = "dense")]
     Dense,
-    /// f16 weights with f32 activations: half the memory traffic per token.
+    /// f16 weights, f32 activations: half the memory traffic per token; generation only.
     F16,
-    /// ggml Q8_0 blocks (activations quantized too): fastest, least exact.
-    Q8_0,
-    /// bf16 weights through the processor's matrix units (AMX) where it has them, activations
-    /// rounded to bf16 in the products (as under PyTorch's bf16 autocast); half of f32's
-    /// memory; trains too.
+    /// bf16 (2 bytes), multiplied on the matrix units (AMX) where the processor has them,
+    /// activations rounded to bf16 in the products as under PyTorch's bf16 autocast
+    /// (text-sample loss within 0.1% of f32); trains.
     Bf16,
+    /// ggml Q8_0 blocks quantized at load (1.06 bytes); trains. Up to 16 rows at a time
+    /// (generation) multiply in f32; bigger batches on AMX multiply the decoded blocks as bf16.
+    #[value(name = "q8_0", alias = "q8-0")]
+    Q8_0,
+    /// ggml Q4_K blocks quantized at load (0.56 bytes; Q5_0 for rows not a multiple of 256,
+    /// as llama-quantize does); the largest accuracy cost; trains (QLoRA).
+    #[value(name = "q4_k", alias = "q4-k")]
+    Q4K,
+    /// The GGUF file's own blocks as loaded, never expanded (a model takes its file's size;
+    /// for the default model its f32 form is these same blocks decoded, so generation is
+    /// exact up to summation order; bigger batches on AMX multiply them as bf16);
+    /// trains (QLoRA over the file). Other sources load as f32.
+    File,
 }
 
 impl InferenceWeights {
@@ -68,8 +81,10 @@ impl InferenceWeights {
         match self {
             Self::Dense => WeightFormat::Dense,
             Self::F16 => WeightFormat::F16,
-            Self::Q8_0 => WeightFormat::Q8_0,
             Self::Bf16 => WeightFormat::Bf16,
+            Self::Q8_0 => WeightFormat::Q8_0,
+            Self::Q4K => WeightFormat::Q4K,
+            Self::File => WeightFormat::File,
         }
     }
 }

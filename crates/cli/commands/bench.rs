@@ -151,23 +151,24 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
     use tuna_data::{Batch, Example};
     use tuna_train::optim::{AdamW, AdamWParams};
 
-    // The reference runs first: a child inherits the parent's RSS high-water mark on Linux.
-    let reference = run_reference(
-        &args.reference,
-        &args.model.model,
-        &[
-            "--mode",
-            "train",
-            "--batch",
-            &args.batch.to_string(),
-            "--seq",
-            &args.seq.to_string(),
-            "--steps",
-            &args.steps.to_string(),
-            "--warmup",
-            &args.warmup.to_string(),
-        ],
-    )?;
+    // The references run first (a child inherits the parent's RSS high-water mark on
+    // Linux): PyTorch fp32, then under bf16 autocast, the faster of which is the peer.
+    let (batch_s, seq_s, steps_s, warmup_s) = (
+        args.batch.to_string(),
+        args.seq.to_string(),
+        args.steps.to_string(),
+        args.warmup.to_string(),
+    );
+    let mode = [
+        "--mode", "train", "--batch", &batch_s, "--seq", &seq_s, "--steps", &steps_s, "--warmup",
+        &warmup_s,
+    ];
+    let reference = run_reference(&args.reference, &args.model.model, &mode)?;
+    let autocast: Vec<&str> = mode.iter().copied().chain(["--autocast", "bf16"]).collect();
+    let reference_bf16 = match reference {
+        Some(_) => run_reference(&args.reference, &args.model.model, &autocast)?,
+        None => None,
+    };
     let mut model = args.model.load(args.weights)?;
     let lora = tuna_lora::LoraConfig {
         r: args.lora_r,
@@ -262,6 +263,18 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
     if let Some(reference) = reference {
         attach_reference(&mut result, &reference);
     }
+    if let Some(bf16) = reference_bf16 {
+        let theirs = bf16["tokens_per_sec_median"].as_f64().unwrap_or(f64::NAN);
+        let ours = result["tokens_per_s"].as_f64().unwrap_or(0.0);
+        let fp32 = result["reference"]["tokens_per_s"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        result["reference_bf16_autocast"] = json!({
+            "tokens_per_s": theirs,
+            "peak_rss_mib": bf16["peak_rss_mib"],
+        });
+        result["speedup_vs_faster_reference"] = json!(ours / theirs.max(fp32));
+    }
     if args.json {
         println!("{result}");
     } else {
@@ -279,6 +292,14 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
             trainable
         );
         print_reference(&result);
+        if let Some(speedup) = result["speedup_vs_faster_reference"].as_f64() {
+            let r = &result["reference_bf16_autocast"];
+            println!(
+                "reference under bf16 autocast: {:.1} tok/s, peak RSS {:.0} MiB; tuna / the faster reference = {speedup:.2}x speed",
+                r["tokens_per_s"].as_f64().unwrap_or(0.0),
+                r["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            );
+        }
     }
     Ok(())
 }

@@ -17,13 +17,14 @@
 //! o out features, i in features, n rows, K the summed dimension, N the output columns,
 //! p pairs along K.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
 use crate::amx;
+use crate::compact::CompactWeight;
+pub use crate::compact::Product;
 
 /// Columns of one panel of B (and rows of one block of C).
 const PANEL: usize = amx::BLOCK;
@@ -103,15 +104,6 @@ impl Bf16Kernel {
     }
 }
 
-/// Which product of the weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Product {
-    /// x (n, i) -> x Wᵀ (n, o)
-    XWt,
-    /// dy (n, o) -> dy W (n, i)
-    DyW,
-}
-
 #[derive(Debug)]
 pub struct Bf16Weight {
     pub out_features: usize,
@@ -130,36 +122,14 @@ fn pair(lo: f32, hi: f32) -> u32 {
     u32::from(bf16_bits(lo)) | (u32::from(bf16_bits(hi)) << 16)
 }
 
-/// B (kp × np, padded) in the tiled layout from `at(k, n)`.
-fn tile_b(kp: usize, np: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<u32> {
-    let ks = kp / KSTEP;
-    let mut out = vec![0u32; kp * np / 2];
-    out.par_chunks_mut(kp / 2 * PANEL)
-        .enumerate()
-        .for_each(|(panel, out)| {
-            let base = b_index(ks, 0, panel * PANEL);
-            for p in 0..kp / 2 {
-                for col in 0..PANEL {
-                    let n = panel * PANEL + col;
-                    out[b_index(ks, p, n) - base] = pair(at(2 * p, n), at(2 * p + 1, n));
-                }
-            }
-        });
-    out
-}
-
 impl Bf16Weight {
     /// From W (o, i) f32, row-major.
     pub fn from_f32(w: &[f32], out_features: usize, in_features: usize) -> Self {
         let (o, i) = (out_features, in_features);
         assert_eq!(w.len(), o * i, "bf16 weight: {o} x {i} values expected");
-        let (op, ip) = (round_up(o, PANEL), round_up(i, PANEL));
-        // B = Wᵀ: B[k][n] = W[n][k]
-        let forward = tile_b(
-            ip,
-            op,
-            |k, n| if n < o && k < i { w[n * i + k] } else { 0.0 },
-        );
+        let rows =
+            |first: usize, out: &mut [f32]| out.copy_from_slice(&w[first * i..][..out.len()]);
+        let forward = tile_transposed_rows(&rows, o, i);
         Self {
             out_features: o,
             in_features: i,
@@ -195,101 +165,217 @@ impl Bf16Weight {
 
     fn backward_panels(&self) -> &[u32] {
         self.backward.get_or_init(|| {
-            let (op, ip) = self.padded();
-            let (o, i) = (self.out_features, self.in_features);
-            // B = W: B[k][n] = W[k][n]
-            tile_b(
-                op,
-                ip,
-                |k, n| if k < o && n < i { self.get(k, n) } else { 0.0 },
-            )
+            let i = self.in_features;
+            let rows = |first: usize, out: &mut [f32]| {
+                for (r, row) in out.chunks_mut(i).enumerate() {
+                    for (c, v) in row.iter_mut().enumerate() {
+                        *v = self.get(first + r, c);
+                    }
+                }
+            };
+            tile_rows(&rows, self.out_features, i)
         })
     }
 
     /// The product over `x` (rows × K), row-major; returns rows × N.
     pub fn product(&self, x: &[f32], product: Product, kernel: Bf16Kernel) -> Vec<f32> {
         let (op, ip) = self.padded();
-        let (k, n_out, kp, panels) = match product {
-            Product::XWt => (self.in_features, self.out_features, ip, &self.forward[..]),
-            Product::DyW => (
+        match product {
+            Product::XWt => run(
+                x,
+                self.in_features,
+                self.out_features,
+                ip,
+                &self.forward,
+                kernel,
+            ),
+            Product::DyW => run(
+                x,
                 self.out_features,
                 self.in_features,
                 op,
                 self.backward_panels(),
+                kernel,
             ),
-        };
-        let rows = x.len() / k;
-        let mut y = vec![0f32; rows * n_out];
-        if rows == 0 {
-            return y;
         }
-        // A: rows padded to a whole block, K to whole steps, zeros beyond.
-        let ks = kp / KSTEP;
-        let mp = round_up(rows, PANEL);
-        let mut a = vec![0u16; mp * kp];
-        a.par_chunks_mut(16 * kp)
-            .enumerate()
-            .for_each(|(block, dst)| {
-                for r in 0..16 {
-                    let row = block * 16 + r;
-                    if row >= rows {
-                        break;
-                    }
-                    let src = &x[row * k..][..k];
-                    for (j, chunk) in src.chunks(KSTEP).enumerate() {
-                        let at = a_index(ks, r, j * KSTEP);
-                        for (d, &v) in dst[at..at + chunk.len()].iter_mut().zip(chunk) {
-                            *d = bf16_bits(v);
+    }
+}
+
+/// The product of `x` with a weight W (o, i) that `rows` decodes (`rows(first, out)` fills
+/// whole rows first.. into out), through bf16 tiles made for this call only: the weight
+/// stays in whatever compact form its owner holds, and each row is decoded once.
+pub fn product_of_rows(
+    rows: &(dyn Fn(usize, &mut [f32]) + Sync),
+    out_features: usize,
+    in_features: usize,
+    x: &[f32],
+    product: Product,
+    kernel: Bf16Kernel,
+) -> Vec<f32> {
+    let (o, i) = (out_features, in_features);
+    let (op, ip) = (round_up(o, PANEL), round_up(i, PANEL));
+    match product {
+        Product::XWt => run(x, i, o, ip, &tile_transposed_rows(rows, o, i), kernel),
+        Product::DyW => run(x, o, i, op, &tile_rows(rows, o, i), kernel),
+    }
+}
+
+/// B = Wᵀ tiled (K = i, N = o): 32 rows of W are one panel, contiguous.
+fn tile_transposed_rows(rows: &(dyn Fn(usize, &mut [f32]) + Sync), o: usize, i: usize) -> Vec<u32> {
+    let (op, ip) = (round_up(o, PANEL), round_up(i, PANEL));
+    let ks = ip / KSTEP;
+    let mut out = vec![0u32; ip * op / 2];
+    out.par_chunks_mut(ip / 2 * PANEL)
+        .enumerate()
+        .for_each(|(panel, out)| {
+            let n0 = panel * PANEL;
+            let here = PANEL.min(o - n0);
+            let mut w = vec![0f32; PANEL * ip];
+            let mut row = vec![0f32; i];
+            for c in 0..here {
+                rows(n0 + c, &mut row);
+                w[c * ip..][..i].copy_from_slice(&row);
+            }
+            // Tile (s, half): 16 pair rows p of 16 columns; column c is W's row half·16 + c.
+            for s in 0..ks {
+                for half in 0..2 {
+                    let tile = &mut out[(s * 2 + half) * B_TILE..][..B_TILE];
+                    for c in 0..16 {
+                        let src = &w[(half * 16 + c) * ip + s * KSTEP..][..KSTEP];
+                        for p in 0..16 {
+                            tile[p * 16 + c] = pair(src[2 * p], src[2 * p + 1]);
                         }
                     }
                 }
-            });
-        // Row chunks (whole blocks) run in parallel; each walks every panel of B.
-        let threads = rayon::current_num_threads().max(1);
-        let chunk_blocks = (mp / PANEL).div_ceil(2 * threads).clamp(1, 4);
-        let chunk_rows = chunk_blocks * PANEL;
-        let panel_len = kp / 2 * PANEL;
-        y.par_chunks_mut(chunk_rows * n_out)
-            .enumerate()
-            .for_each(|(chunk, ys)| {
-                let first = chunk * chunk_rows;
-                let rows_here = ys.len() / n_out;
-                let mut c = [0f32; PANEL * PANEL];
-                #[cfg(target_arch = "x86_64")]
-                if kernel == Bf16Kernel::Amx {
-                    // SAFETY: Amx is only offered when amx::available(); A holds `mp` padded
-                    // rows in whole tiles, each B panel `ks` steps of two tiles, and a block
-                    // is stored either whole inside ys (32 rows and 32 columns left) or into
-                    // `c`.
-                    unsafe {
-                        amx::configure();
-                        for (panel, b) in panels.chunks(panel_len).enumerate() {
-                            for block in (0..rows_here).step_by(PANEL) {
-                                let a = a[(first + block) * kp..].as_ptr();
-                                let whole =
-                                    rows_here - block >= PANEL && n_out - panel * PANEL >= PANEL;
-                                if whole {
-                                    let out = ys[block * n_out + panel * PANEL..].as_mut_ptr();
-                                    amx::block(a, b.as_ptr(), ks, out, n_out * 4);
-                                } else {
-                                    amx::block(a, b.as_ptr(), ks, c.as_mut_ptr(), PANEL * 4);
-                                    scatter(&c, ys, block, panel, rows_here, n_out);
-                                }
+            }
+        });
+    out
+}
+
+/// B = W tiled (K = o, N = i): 32 rows of W are one step along K of every panel.
+fn tile_rows(rows: &(dyn Fn(usize, &mut [f32]) + Sync), o: usize, i: usize) -> Vec<u32> {
+    let (op, ip) = (round_up(o, PANEL), round_up(i, PANEL));
+    let ks = op / KSTEP;
+    let panels = ip / PANEL;
+    let mut out = vec![0u32; op * ip / 2];
+    // Each K step writes its two tiles in every panel: disjoint, strided ranges.
+    let base = SendPtr(out.as_mut_ptr());
+    (0..ks).into_par_iter().for_each(|s| {
+        let base = &base;
+        let r0 = s * KSTEP;
+        let here = KSTEP.min(o.saturating_sub(r0));
+        let mut w = vec![0f32; KSTEP * ip];
+        for r in 0..here {
+            rows(r0 + r, &mut w[r * ip..][..i]);
+        }
+        let mut tile = [0u32; B_TILE];
+        for panel in 0..panels {
+            for half in 0..2 {
+                let n0 = panel * PANEL + half * 16;
+                for p in 0..16 {
+                    let (lo, hi) = (
+                        &w[2 * p * ip + n0..][..16],
+                        &w[(2 * p + 1) * ip + n0..][..16],
+                    );
+                    for c in 0..16 {
+                        tile[p * 16 + c] = pair(lo[c], hi[c]);
+                    }
+                }
+                let at = ((panel * ks + s) * 2 + half) * B_TILE;
+                // SAFETY: tile (panel, s, half) is written by step s alone, and lies inside
+                // `out` (op · ip / 2 words = panels · ks · 2 tiles).
+                unsafe { std::ptr::copy_nonoverlapping(tile.as_ptr(), base.0.add(at), B_TILE) };
+            }
+        }
+    });
+    out
+}
+
+/// A pointer that rayon tasks may share; every use says why its writes are disjoint.
+struct SendPtr(*mut u32);
+// SAFETY: only used for disjoint writes (see tile_rows).
+unsafe impl Sync for SendPtr {}
+
+/// C (rows × n_out) = x (rows × k) · B, B tiled with `kp` (k padded) rows.
+fn run(
+    x: &[f32],
+    k: usize,
+    n_out: usize,
+    kp: usize,
+    panels: &[u32],
+    kernel: Bf16Kernel,
+) -> Vec<f32> {
+    let rows = x.len() / k;
+    let mut y = vec![0f32; rows * n_out];
+    if rows == 0 {
+        return y;
+    }
+    // A: rows padded to a whole block, K to whole steps, zeros beyond.
+    let ks = kp / KSTEP;
+    let mp = round_up(rows, PANEL);
+    let mut a = vec![0u16; mp * kp];
+    a.par_chunks_mut(16 * kp)
+        .enumerate()
+        .for_each(|(block, dst)| {
+            for r in 0..16 {
+                let row = block * 16 + r;
+                if row >= rows {
+                    break;
+                }
+                let src = &x[row * k..][..k];
+                for (j, chunk) in src.chunks(KSTEP).enumerate() {
+                    let at = a_index(ks, r, j * KSTEP);
+                    for (d, &v) in dst[at..at + chunk.len()].iter_mut().zip(chunk) {
+                        *d = bf16_bits(v);
+                    }
+                }
+            }
+        });
+    // Row chunks (whole blocks) run in parallel; each walks every panel of B.
+    let threads = rayon::current_num_threads().max(1);
+    let chunk_blocks = (mp / PANEL).div_ceil(2 * threads).clamp(1, 4);
+    let chunk_rows = chunk_blocks * PANEL;
+    let panel_len = kp / 2 * PANEL;
+    y.par_chunks_mut(chunk_rows * n_out)
+        .enumerate()
+        .for_each(|(chunk, ys)| {
+            let first = chunk * chunk_rows;
+            let rows_here = ys.len() / n_out;
+            let mut c = [0f32; PANEL * PANEL];
+            #[cfg(target_arch = "x86_64")]
+            if kernel == Bf16Kernel::Amx {
+                // SAFETY: Amx is only offered when amx::available(); A holds `mp` padded
+                // rows in whole tiles, each B panel `ks` steps of two tiles, and a block
+                // is stored either whole inside ys (32 rows and 32 columns left) or into
+                // `c`.
+                unsafe {
+                    amx::configure();
+                    for (panel, b) in panels.chunks(panel_len).enumerate() {
+                        for block in (0..rows_here).step_by(PANEL) {
+                            let a = a[(first + block) * kp..].as_ptr();
+                            let whole =
+                                rows_here - block >= PANEL && n_out - panel * PANEL >= PANEL;
+                            if whole {
+                                let out = ys[block * n_out + panel * PANEL..].as_mut_ptr();
+                                amx::block(a, b.as_ptr(), ks, out, n_out * 4);
+                            } else {
+                                amx::block(a, b.as_ptr(), ks, c.as_mut_ptr(), PANEL * 4);
+                                scatter(&c, ys, block, panel, rows_here, n_out);
                             }
                         }
-                        amx::release();
                     }
-                    return;
+                    amx::release();
                 }
-                for (panel, b) in panels.chunks(panel_len).enumerate() {
-                    for block in (0..rows_here).step_by(PANEL) {
-                        portable_block(&a[(first + block) * kp..], ks, b, &mut c);
-                        scatter(&c, ys, block, panel, rows_here, n_out);
-                    }
+                return;
+            }
+            for (panel, b) in panels.chunks(panel_len).enumerate() {
+                for block in (0..rows_here).step_by(PANEL) {
+                    portable_block(&a[(first + block) * kp..], ks, b, &mut c);
+                    scatter(&c, ys, block, panel, rows_here, n_out);
                 }
-            });
-        y
-    }
+            }
+        });
+    y
 }
 
 /// Copies the part of block C (32 × 32) that falls inside ys (rows_here × n_out).
@@ -322,52 +408,17 @@ fn portable_block(a: &[u16], ks: usize, b: &[u32], c: &mut [f32]) {
     }
 }
 
-/// The weight's product as a candle op over f32 activations (.., K) -> (.., N); the forward
-/// product differentiates to the backward one, so autograd reaches x (W gets no gradient).
-#[derive(Clone)]
-pub struct Bf16Product {
-    pub weight: Arc<Bf16Weight>,
-    pub product: Product,
-}
-
-impl CustomOp1 for Bf16Product {
-    fn name(&self) -> &'static str {
-        "bf16-product"
+impl CompactWeight for Bf16Weight {
+    fn out_features(&self) -> usize {
+        self.out_features
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else {
-            candle_core::bail!("bf16-product: expected f32 activations")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("bf16-product: activations must be contiguous")
-        };
-        let w = &self.weight;
-        let (k, n) = match self.product {
-            Product::XWt => (w.in_features, w.out_features),
-            Product::DyW => (w.out_features, w.in_features),
-        };
-        let dims = layout.shape().dims();
-        if dims.last() != Some(&k) {
-            candle_core::bail!("bf16-product: input {dims:?} does not end in {k}")
-        }
-        let y = w.product(&x[start..end], self.product, Bf16Kernel::chosen());
-        let mut out = dims.to_vec();
-        *out.last_mut().expect("x has a last dimension") = n;
-        Ok((CpuStorage::F32(y), Shape::from(out)))
+    fn in_features(&self) -> usize {
+        self.in_features
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let back = match self.product {
-            Product::XWt => Product::DyW,
-            Product::DyW => Product::XWt,
-        };
-        let op = Self {
-            weight: self.weight.clone(),
-            product: back,
-        };
-        let g = grad_res.contiguous()?.apply_op1_no_bwd(&op)?;
-        Ok(Some(g.reshape(arg.dims())?))
+    fn product(&self, x: &[f32], product: Product) -> Vec<f32> {
+        Bf16Weight::product(self, x, product, Bf16Kernel::chosen())
     }
 }
 

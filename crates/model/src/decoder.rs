@@ -81,56 +81,70 @@ impl Llama {
         let c = config;
         let (d, hd, ff, v) = (c.hidden_size, c.head_dim, c.intermediate_size, c.vocab_size);
         let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
-        let mut get = |name: &str, shape: &[usize]| weights.tensor(name, shape, dtype, device);
+        // The file's own blocks for projections, where asked and the file is GGUF on the CPU.
+        let file_blocks = format == WeightFormat::File && device.is_cpu();
+        let linear = |weights: &mut WeightSource,
+                      name: &str,
+                      out: usize,
+                      inp: usize,
+                      bias: Option<&str>|
+         -> std::result::Result<Linear, ModelError> {
+            let b = match bias {
+                Some(b) => Some(weights.tensor(b, &[out], dtype, device)?),
+                None => None,
+            };
+            if file_blocks {
+                if let Some(q) = weights.blocks(name, &[out, inp])? {
+                    return Ok(Linear::from_quant(q, b));
+                }
+            }
+            let mut linear = Linear::new(weights.tensor(name, &[out, inp], dtype, device)?, b)?;
+            linear.convert(format)?;
+            Ok(linear)
+        };
 
-        let embed_tokens = get("model.embed_tokens.weight", &[v, d])?;
+        let embed_tokens = weights.tensor("model.embed_tokens.weight", &[v, d], dtype, device)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let mut linear = |module: &str,
-                              out: usize,
-                              inp: usize,
-                              bias: bool|
-             -> std::result::Result<Linear, ModelError> {
-                let w = get(&format!("{p}.{module}.weight"), &[out, inp])?;
-                let b = if bias {
-                    Some(get(&format!("{p}.{module}.bias"), &[out])?)
-                } else {
-                    None
-                };
-                let mut linear = Linear::new(w, b)?;
-                linear.convert(format)?;
-                Ok(linear)
+            let mut proj = |module: &str, out: usize, inp: usize, bias: bool| {
+                let weight = format!("{p}.{module}.weight");
+                let bias = bias.then(|| format!("{p}.{module}.bias"));
+                linear(weights, &weight, out, inp, bias.as_deref())
             };
             let self_attn = Attention {
-                q_proj: linear("self_attn.q_proj", q_out, d, c.attention_bias)?,
-                k_proj: linear("self_attn.k_proj", kv_out, d, c.attention_bias)?,
-                v_proj: linear("self_attn.v_proj", kv_out, d, c.attention_bias)?,
-                o_proj: linear("self_attn.o_proj", d, q_out, c.o_proj_bias)?,
+                q_proj: proj("self_attn.q_proj", q_out, d, c.attention_bias)?,
+                k_proj: proj("self_attn.k_proj", kv_out, d, c.attention_bias)?,
+                v_proj: proj("self_attn.v_proj", kv_out, d, c.attention_bias)?,
+                o_proj: proj("self_attn.o_proj", d, q_out, c.o_proj_bias)?,
             };
             let mlp = Mlp {
-                gate_proj: linear("mlp.gate_proj", ff, d, c.mlp_bias)?,
-                up_proj: linear("mlp.up_proj", ff, d, c.mlp_bias)?,
-                down_proj: linear("mlp.down_proj", d, ff, c.mlp_bias)?,
+                gate_proj: proj("mlp.gate_proj", ff, d, c.mlp_bias)?,
+                up_proj: proj("mlp.up_proj", ff, d, c.mlp_bias)?,
+                down_proj: proj("mlp.down_proj", d, ff, c.mlp_bias)?,
             };
+            let mut norm =
+                |name: &str| weights.tensor(&format!("{p}.{name}.weight"), &[d], dtype, device);
             layers.push(DecoderLayer {
-                input_layernorm: get(&format!("{p}.input_layernorm.weight"), &[d])?,
+                input_layernorm: norm("input_layernorm")?,
                 self_attn,
-                post_attention_layernorm: get(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    &[d],
-                )?,
+                post_attention_layernorm: norm("post_attention_layernorm")?,
                 mlp,
             });
         }
-        let norm = get("model.norm.weight", &[d])?;
-        let head = if c.tie_word_embeddings {
-            embed_tokens.clone()
+        let norm = weights.tensor("model.norm.weight", &[d], dtype, device)?;
+        let lm_head = if c.tie_word_embeddings && !file_blocks {
+            let mut head = Linear::new(embed_tokens.clone(), None)?;
+            head.convert(format)?;
+            head
         } else {
-            get("lm_head.weight", &[v, d])?
+            let name = if c.tie_word_embeddings {
+                "model.embed_tokens.weight"
+            } else {
+                "lm_head.weight"
+            };
+            linear(weights, name, v, d, None)?
         };
-        let mut lm_head = Linear::new(head, None)?;
-        lm_head.convert(format)?;
         Ok(Self {
             config: c.clone(),
             embed_tokens,

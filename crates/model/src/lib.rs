@@ -5,7 +5,9 @@
 pub mod amx;
 pub mod backprop;
 pub mod bf16_weight;
+pub mod block_dot;
 pub mod chat;
+pub mod compact;
 pub mod config;
 pub mod decoder;
 pub mod device;
@@ -19,6 +21,7 @@ pub mod lora;
 pub mod matvec;
 pub mod ops;
 pub mod pretrained;
+pub mod quant_weight;
 pub mod rope;
 pub mod source;
 pub mod tokenizer;

@@ -3,41 +3,70 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Result, Tensor};
 
 use tuna_lora::LoraAdapter;
 
-use crate::bf16_weight::{Bf16Product, Bf16Weight, Product};
+use crate::bf16_weight::Bf16Weight;
+use crate::compact::{CompactProduct, CompactWeight, Product};
 use crate::frozen::FrozenLinear;
 use crate::matvec::F16MatVec;
+use crate::quant_weight::{self, QuantWeight};
 
-/// How a linear layer holds its weight for inference.
+/// How a linear layer holds its frozen weight. Every form but `F16` trains (both products of
+/// a frozen linear); LoRA weights, norms, softmax and the loss stay f32 whatever the form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightFormat {
-    /// The load dtype (f32 on the CPU): exact; what training and scoring use.
+    /// The load dtype (f32 on the CPU): exact.
     #[default]
+    #[serde(alias = "f32")]
     Dense,
-    /// f16 weights, f32 activations and accumulation (CPU generation).
+    /// f16 weights, f32 activations and accumulation (CPU generation only).
     F16,
-    /// ggml Q8_0 blocks through candle's quantized matmul (activations quantized too).
-    Q8_0,
-    /// bf16 weights packed for the matrix units (bf16_weight.rs), both products, so training
-    /// runs over them too; activations rounded to bf16 in the products.
+    /// bf16 weights packed for the matrix units (bf16_weight.rs); activations rounded to bf16
+    /// in the products.
     Bf16,
+    /// ggml Q8_0 blocks quantized at load (quant_weight.rs).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// ggml Q4_K blocks quantized at load; rows that are not whole 256-value blocks fall back
+    /// to Q5_0, as llama-quantize does.
+    #[serde(rename = "q4_k")]
+    Q4K,
+    /// The GGUF file's own blocks as loaded (Q4_1 for the default model), never expanded;
+    /// other sources load dense.
+    File,
 }
 
 impl WeightFormat {
-    /// The kernel that multiplies by weights held this way on this processor (CPU).
+    /// The kernel that multiplies by weights held this way on this processor (CPU), for
+    /// batches of rows (training, scoring).
     pub fn kernel(self) -> &'static str {
+        use crate::bf16_weight::Bf16Kernel;
         match self {
             Self::Dense if has_avx512() => "gemm-f32-avx512",
             Self::Dense => "gemm-f32",
             Self::F16 => "f16-matvec",
-            Self::Q8_0 => "candle-q8_0",
-            Self::Bf16 => crate::bf16_weight::Bf16Kernel::chosen().name(),
+            Self::Bf16 => Bf16Kernel::chosen().name(),
+            Self::Q8_0 | Self::Q4K | Self::File => match Bf16Kernel::chosen() {
+                Bf16Kernel::Amx => "blocks-decoded+amx-bf16",
+                Bf16Kernel::Portable if has_avx512() => "blocks-decoded+gemm-f32-avx512",
+                Bf16Kernel::Portable => "blocks-decoded+gemm-f32",
+            },
         }
+    }
+
+    /// The ggml block type a dense weight of `in_features` columns is quantized to.
+    fn block_type(self, in_features: usize) -> Option<GgmlDType> {
+        let want = match self {
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q4K if quant_weight::fits(GgmlDType::Q4K, in_features) => GgmlDType::Q4K,
+            Self::Q4K => GgmlDType::Q5_0,
+            _ => return None,
+        };
+        quant_weight::fits(want, in_features).then_some(want)
     }
 }
 
@@ -58,10 +87,10 @@ pub enum LinearWeight {
     Dense(Tensor),
     /// (out, in) f16; rows of f32 activations go through `F16MatVec`.
     F16(Tensor),
-    /// ggml block-quantized.
-    Quantized(QMatMul),
     /// bf16, packed for both products of a frozen linear.
     Bf16(Arc<Bf16Weight>),
+    /// ggml blocks, both products.
+    Quant(Arc<QuantWeight>),
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +108,17 @@ pub struct Linear {
 const F16_MATVEC_MAX_ROWS: usize = 64;
 
 impl Linear {
+    /// A layer over weight blocks as loaded (`WeightFormat::File`).
+    pub fn from_quant(weight: QuantWeight, bias: Option<Tensor>) -> Self {
+        Self {
+            in_features: weight.in_features,
+            out_features: weight.out_features,
+            weight: LinearWeight::Quant(Arc::new(weight)),
+            bias,
+            adapter: None,
+        }
+    }
+
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let (out_features, in_features) = weight.dims2()?;
         Ok(Self {
@@ -102,15 +142,13 @@ impl Linear {
         match format {
             WeightFormat::Dense => {}
             WeightFormat::F16 => self.weight = LinearWeight::F16(w.to_dtype(DType::F16)?),
-            WeightFormat::Q8_0 => {
-                if self
-                    .in_features
-                    .is_multiple_of(GgmlDType::Q8_0.block_size())
-                {
-                    let q = QTensor::quantize(&w.to_dtype(DType::F32)?, GgmlDType::Q8_0)?;
-                    self.weight = LinearWeight::Quantized(QMatMul::from_arc(Arc::new(q))?);
+            WeightFormat::Q8_0 | WeightFormat::Q4K => {
+                if let Some(dtype) = format.block_type(self.in_features) {
+                    self.weight = LinearWeight::Quant(Arc::new(QuantWeight::quantize(w, dtype)?));
                 }
             }
+            // The file's blocks are taken at load (Llama::load); a dense weight stays dense.
+            WeightFormat::File => {}
             WeightFormat::Bf16 => {
                 let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 let packed = Bf16Weight::from_f32(&values, self.out_features, self.in_features);
@@ -125,9 +163,12 @@ impl Linear {
         match &self.weight {
             LinearWeight::Dense(w) => Ok(w.clone()),
             LinearWeight::F16(w) => w.to_dtype(DType::F32),
-            LinearWeight::Quantized(QMatMul::QTensor(q)) => q.dequantize(&q.device()),
-            LinearWeight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => Ok(w.clone()),
             LinearWeight::Bf16(w) => Tensor::from_vec(
+                w.to_f32(),
+                (self.out_features, self.in_features),
+                &candle_core::Device::Cpu,
+            ),
+            LinearWeight::Quant(w) => Tensor::from_vec(
                 w.to_f32(),
                 (self.out_features, self.in_features),
                 &candle_core::Device::Cpu,
@@ -144,8 +185,8 @@ impl Linear {
                 x.contiguous()?.apply_op2_no_bwd(w, &F16MatVec)?
             }
             LinearWeight::F16(w) => self.dense_forward(x, &w.to_dtype(x.dtype())?)?,
-            LinearWeight::Quantized(q) => q.forward(x)?,
-            LinearWeight::Bf16(w) => self.bf16_product(x, w, Product::XWt)?,
+            LinearWeight::Bf16(w) => compact_product(x, w.clone(), Product::XWt)?,
+            LinearWeight::Quant(w) => compact_product(x, w.clone(), Product::XWt)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -178,8 +219,9 @@ impl Linear {
     pub fn frozen_forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.weight {
             LinearWeight::Dense(w) => x.matmul(&w.t()?),
-            LinearWeight::Bf16(w) => self.bf16_product(x, w, Product::XWt),
-            _ => candle_core::bail!("training needs dense or bf16 projection weights"),
+            LinearWeight::Bf16(w) => compact_product(x, w.clone(), Product::XWt),
+            LinearWeight::Quant(w) => compact_product(x, w.clone(), Product::XWt),
+            LinearWeight::F16(_) => candle_core::bail!("training cannot run through f16 weights"),
         }
     }
 
@@ -187,26 +229,27 @@ impl Linear {
     pub fn frozen_backward(&self, dy: &Tensor) -> Result<Tensor> {
         match &self.weight {
             LinearWeight::Dense(w) => dy.matmul(w),
-            LinearWeight::Bf16(w) => self.bf16_product(dy, w, Product::DyW),
-            _ => candle_core::bail!("training needs dense or bf16 projection weights"),
+            LinearWeight::Bf16(w) => compact_product(dy, w.clone(), Product::DyW),
+            LinearWeight::Quant(w) => compact_product(dy, w.clone(), Product::DyW),
+            LinearWeight::F16(_) => candle_core::bail!("training cannot run through f16 weights"),
         }
     }
 
     /// Whether training can run through this layer's weight.
     pub fn trainable_through(&self) -> bool {
-        matches!(self.weight, LinearWeight::Dense(_) | LinearWeight::Bf16(_))
+        !matches!(self.weight, LinearWeight::F16(_))
     }
 
-    fn bf16_product(&self, x: &Tensor, w: &Arc<Bf16Weight>, product: Product) -> Result<Tensor> {
-        let op = Bf16Product {
-            weight: w.clone(),
-            product,
-        };
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        if x.track_op() {
-            x.apply_op1(op)
-        } else {
-            x.apply_op1_no_bwd(&op)
+    /// Bytes the frozen weight takes as held.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(w) | LinearWeight::F16(w) => {
+                w.elem_count() * w.dtype().size_in_bytes()
+            }
+            LinearWeight::Bf16(_) => {
+                self.out_features.next_multiple_of(32) * self.in_features.next_multiple_of(32) * 2
+            }
+            LinearWeight::Quant(w) => w.storage_bytes(),
         }
     }
 
@@ -231,5 +274,16 @@ impl Linear {
             .last_mut()
             .expect("a tensor with at least one dimension") = self.out_features;
         y.reshape(out_dims)
+    }
+}
+
+/// `x` (.., K) times a compact weight, differentiable to x when x tracks gradients.
+fn compact_product(x: &Tensor, weight: Arc<dyn CompactWeight>, product: Product) -> Result<Tensor> {
+    let op = CompactProduct { weight, product };
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    if x.track_op() {
+        x.apply_op1(op)
+    } else {
+        x.apply_op1_no_bwd(&op)
     }
 }

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::gguf::{gguf_name, GgufFile};
+use crate::quant_weight::QuantWeight;
 
 pub enum WeightSource {
     Safetensors {
@@ -131,6 +132,58 @@ impl WeightSource {
         }
         Ok(tensor.to_dtype(dtype)?.to_device(device)?)
     }
+}
+
+impl WeightSource {
+    /// `hf_name` as the file's own blocks, q/k rows in Hugging Face order; None when the
+    /// source is not a GGUF file (safetensors hold dense tensors).
+    pub fn blocks(&mut self, hf_name: &str, shape: &[usize]) -> Result<Option<QuantWeight>> {
+        let path = self.path().to_path_buf();
+        let Self::Gguf {
+            gguf,
+            permuted_heads,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let bad = |reason: String| ModelError::BadTensor {
+            path: path.clone(),
+            name: hf_name.into(),
+            reason,
+        };
+        let name = gguf_name(hf_name).ok_or_else(|| bad("no GGUF equivalent".into()))?;
+        let q = gguf
+            .content
+            .tensor(&mut gguf.file, &name, &Device::Cpu)
+            .map_err(|e| bad(format!("(GGUF `{name}`) {e}")))?;
+        if q.shape().dims() != shape {
+            return Err(bad(format!(
+                "shape {:?}, expected {:?}",
+                q.shape().dims(),
+                shape
+            )));
+        }
+        let w = QuantWeight::from_qtensor(&q).map_err(|e| bad(format!("(GGUF `{name}`) {e}")))?;
+        let heads = match permuted_heads {
+            Some((heads, _)) if name.contains(".attn_q.") => *heads,
+            Some((_, kv_heads)) if name.contains(".attn_k.") => *kv_heads,
+            _ => return Ok(Some(w)),
+        };
+        Ok(Some(w.reorder_rows(&unpermuted_order(shape[0], heads))))
+    }
+}
+
+/// For each Hugging Face q/k row, the GGUF row it is stored in (see `unpermute_rows`):
+/// within a head, HF row a·hd/2 + j is GGUF row 2j + a.
+fn unpermuted_order(out: usize, heads: usize) -> Vec<usize> {
+    let hd = out / heads;
+    (0..out)
+        .map(|r| {
+            let (h, within) = (r / hd, r % hd);
+            let (a, j) = (within / (hd / 2), within % (hd / 2));
+            h * hd + 2 * j + a
+        })
+        .collect()
 }
 
 /// Undoes llama.cpp's `permute` of q/k rows (convert_hf_to_gguf.py, LlamaModel.permute):

@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use tuna_model::config::RopeScaling;
 use tuna_model::export::{export, gguf_file_name, GgufQuant};
-use tuna_model::{Kernels, LoadOptions, ModelError, Pretrained};
+use tuna_model::{Kernels, LoadOptions, ModelError, Pretrained, WeightFormat};
 use tuna_testkit::{export_temporaries, max_abs_diff, tiny_model, write_tiny_gguf, TinySpec};
 
 fn logits(p: &Pretrained) -> Tensor {
@@ -78,6 +78,66 @@ fn a_gguf_source_keeps_its_tokenizer_metadata_and_q8_0_loads() {
         .unwrap();
     let d = max_abs_diff(&logits(&g), &reference);
     assert!(d < 0.02 * range, "gguf q8_0 vs f32: {d} (range {range})");
+}
+
+#[test]
+fn file_blocks_give_the_logits_of_the_same_blocks_decoded() {
+    // A Q8_0 GGUF (q/k rows permuted as llama.cpp stores them) loaded two ways: decoded to
+    // f32 (dense) and kept as the file's blocks. One token goes row by row against the blocks
+    // (f32 activations: equal up to summation order); a longer sequence through the decoded
+    // copy (bf16 tiles on AMX: within bf16 rounding).
+    for spec in [
+        TinySpec::default(),
+        TinySpec {
+            model_type: "qwen2",
+            attention_bias: true,
+            tie_word_embeddings: false,
+            ..TinySpec::default()
+        },
+    ] {
+        let m = tiny_model(spec.clone());
+        let p = Pretrained::load(&m.path_str(), &LoadOptions::default()).unwrap();
+        let out = m.path().join("export");
+        export(&p, &out, Some(GgufQuant::Q8_0), false).unwrap();
+        let gguf = out.join(gguf_file_name(GgufQuant::Q8_0));
+        let load = |weights| {
+            let options = LoadOptions {
+                weights,
+                ..LoadOptions::default()
+            };
+            Pretrained::load(gguf.to_str().unwrap(), &options).unwrap()
+        };
+        let (dense, file) = (load(WeightFormat::Dense), load(WeightFormat::File));
+        let held = file.model.layers[0].self_attn.q_proj.weight_bytes();
+        assert!(
+            held < dense.model.layers[0].self_attn.q_proj.weight_bytes() / 3,
+            "{held} bytes"
+        );
+        for (len, tol) in [(1, 1e-4), (24, 3e-2)] {
+            let ids: Vec<u32> = (0..len).map(|i| (i * 5 + 1) % 16).collect();
+            let logits = |p: &Pretrained| {
+                let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                p.model.forward(&x, Kernels::Differentiable).unwrap()
+            };
+            let reference = logits(&dense);
+            let range = reference
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = max_abs_diff(&logits(&file), &reference);
+            assert!(
+                d < tol * range.max(1.0),
+                "{} {len} tokens: {d} (range {range})",
+                spec.model_type
+            );
+        }
+    }
 }
 
 #[test]

@@ -231,10 +231,10 @@ impl TrainConfig {
         if self.output.as_os_str().is_empty() {
             return bad("output", "is required (--output DIR)");
         }
-        if !matches!(self.weights, WeightFormat::Dense | WeightFormat::Bf16) {
+        if self.weights == WeightFormat::F16 {
             return bad(
                 "weights",
-                "training runs through dense or bf16 weights only (--weights dense|bf16)",
+                "training cannot run through f16 weights (f32, bf16, q8_0, q4_k or file)",
             );
         }
         if !(0.0..1.0).contains(&self.data.valid_fraction) {

@@ -157,6 +157,23 @@ fn fused_pass_equals_autograd_over_bf16_weights() {
 }
 
 #[test]
+fn fused_pass_equals_autograd_over_block_quantized_weights() {
+    // Q8_0, and Q4_K (rows of 32 and 64 values are not whole 256-blocks: Q5_0, as
+    // llama-quantize falls back); the batches here are > 16 rows, so the products go through
+    // the decoded copy (bf16 tiles on AMX, f32 gemm elsewhere) in both passes.
+    let untied = TinySpec {
+        model_type: "qwen2",
+        attention_bias: true,
+        tie_word_embeddings: false,
+        ..TinySpec::default()
+    };
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+        assert_passes_agree_over(TinySpec::default(), &format!("llama {format:?}"), format);
+        assert_passes_agree_over(untied.clone(), &format!("qwen2 {format:?}"), format);
+    }
+}
+
+#[test]
 fn fused_pass_equals_autograd_on_qwen2_bias_untied_head_and_mha() {
     assert_passes_agree(
         TinySpec {

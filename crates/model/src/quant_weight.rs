@@ -1,0 +1,392 @@
+//! A frozen weight kept as ggml blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, ...,
+//! or f16/bf16/f32 rows): the GGUF file's own tensors as loaded, or a dense weight quantized
+//! at load. Never expanded to a resident f32 copy, so a model takes about its file's size.
+//!
+//! The two products of a frozen linear (compact.rs), by how many rows come in:
+//! - a few rows (generation, a short prompt): each weight row is decoded into an f32 buffer
+//!   and dotted with every activation row; activations stay f32, so the result is the f32
+//!   product of the dequantized weight up to summation order (candle's quantized matmul
+//!   quantizes the activations to 8 bits as well);
+//! - many rows (scoring, prefill, training): the weight is decoded for this call only and
+//!   multiplied on the matrix units in bf16 where the processor has them (bf16_weight.rs),
+//!   or by candle's f32 matmul elsewhere. Decoding costs O(o·i), the product O(n·o·i).
+//!
+//! n rows, o out features, i in features.
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
+use candle_core::quantized::{GgmlDType, GgmlType, QTensor};
+use candle_core::{Device, Result, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::bf16_weight::{product_of_rows, Bf16Kernel};
+use crate::block_dot;
+use crate::compact::{CompactWeight, Product};
+use crate::matvec::dot_f32;
+
+/// Up to this many rows are multiplied row by row against the blocks; more go through a
+/// decoded copy made for the call.
+pub const MATVEC_MAX_ROWS: usize = 16;
+
+/// Output rows computed per parallel task in the row-by-row product.
+const ROW_BLOCK: usize = 32;
+
+#[derive(Debug)]
+pub struct QuantWeight {
+    pub dtype: GgmlDType,
+    pub out_features: usize,
+    pub in_features: usize,
+    row_bytes: usize,
+    /// o rows of `row_bytes` each, in u64 words so that every block type's alignment holds
+    /// (block sizes are even; f32 rows are 4·i bytes).
+    words: Vec<u64>,
+}
+
+/// Whether `dtype` can hold rows of `in_features` values (whole blocks).
+pub fn fits(dtype: GgmlDType, in_features: usize) -> bool {
+    in_features.is_multiple_of(dtype.block_size())
+}
+
+impl QuantWeight {
+    /// A 2-D quantized tensor (o, i), its blocks copied as they are.
+    pub fn from_qtensor(q: &QTensor) -> Result<Self> {
+        let (o, i) = q.shape().dims2()?;
+        let dtype = q.dtype();
+        if !fits(dtype, i) {
+            candle_core::bail!("{dtype:?} rows of {i} values are not whole blocks")
+        }
+        let row_bytes = i / dtype.block_size() * dtype.type_size();
+        let data = q.data()?;
+        if data.len() != o * row_bytes {
+            candle_core::bail!(
+                "{dtype:?} tensor ({o}, {i}) holds {} bytes, expected {}",
+                data.len(),
+                o * row_bytes
+            )
+        }
+        Ok(Self::from_bytes(dtype, o, i, &data))
+    }
+
+    fn from_bytes(dtype: GgmlDType, o: usize, i: usize, data: &[u8]) -> Self {
+        let row_bytes = i / dtype.block_size() * dtype.type_size();
+        let mut words = vec![0u64; (o * row_bytes).div_ceil(8)];
+        bytes_mut(&mut words)[..data.len()].copy_from_slice(data);
+        Self {
+            dtype,
+            out_features: o,
+            in_features: i,
+            row_bytes,
+            words,
+        }
+    }
+
+    /// Quantizes a dense weight (o, i) into `dtype` with ggml's own rounding (candle's
+    /// `from_float`, the code llama-quantize runs without an importance matrix).
+    pub fn quantize(w: &Tensor, dtype: GgmlDType) -> Result<Self> {
+        let w = w
+            .to_dtype(candle_core::DType::F32)?
+            .to_device(&Device::Cpu)?;
+        Self::from_qtensor(&QTensor::quantize(&w, dtype)?)
+    }
+
+    /// The same weight with its rows reordered: row r of the result is row `order[r]`.
+    pub fn reorder_rows(&self, order: &[usize]) -> Self {
+        let bytes = self.bytes();
+        let mut data = Vec::with_capacity(bytes.len());
+        for &r in order {
+            data.extend_from_slice(&bytes[r * self.row_bytes..][..self.row_bytes]);
+        }
+        Self::from_bytes(self.dtype, self.out_features, self.in_features, &data)
+    }
+
+    /// Bytes held (the blocks).
+    pub fn storage_bytes(&self) -> usize {
+        self.out_features * self.row_bytes
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &bytes(&self.words)[..self.storage_bytes()]
+    }
+
+    /// Decodes rows first.. into `out` (whole rows of i values).
+    pub fn dequantize_rows(&self, first: usize, out: &mut [f32]) {
+        let i = self.in_features;
+        let bytes = self.bytes();
+        for (r, row) in out.chunks_mut(i).enumerate() {
+            let src = &bytes[(first + r) * self.row_bytes..][..self.row_bytes];
+            decode_row(self.dtype, src, row);
+        }
+    }
+
+    /// W (o, i) as f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let i = self.in_features;
+        let mut out = vec![0f32; self.out_features * i];
+        out.par_chunks_mut(ROW_BLOCK * i)
+            .enumerate()
+            .for_each(|(b, rows)| self.dequantize_rows(b * ROW_BLOCK, rows));
+        out
+    }
+
+    /// y = x Wᵀ for a few rows, weight rows decoded one at a time.
+    fn rows_times_wt(&self, x: &[f32]) -> Vec<f32> {
+        let (o, i) = (self.out_features, self.in_features);
+        let n = x.len() / i;
+        // (o, n), filled in blocks of output rows, then transposed to (n, o).
+        let mut yt = vec![0f32; o * n];
+        if n == 1 && block_dot::fused(self.dtype) {
+            let bytes = self.bytes();
+            // A few long contiguous streams of rows, one or two per thread.
+            let chunk = o.div_ceil(2 * rayon::current_num_threads()).max(ROW_BLOCK);
+            yt.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+                for (j, y) in out.iter_mut().enumerate() {
+                    let row = c * chunk + j;
+                    *y = block_dot::dot(
+                        self.dtype,
+                        &bytes[row * self.row_bytes..][..self.row_bytes],
+                        x,
+                    );
+                }
+            });
+            return yt;
+        }
+        yt.par_chunks_mut(ROW_BLOCK * n)
+            .enumerate()
+            .for_each(|(block, out)| {
+                let mut w = vec![0f32; i];
+                for (j, out_row) in out.chunks_mut(n).enumerate() {
+                    self.dequantize_rows(block * ROW_BLOCK + j, &mut w);
+                    for (r, y) in out_row.iter_mut().enumerate() {
+                        *y = dot_f32(&w, &x[r * i..][..i]);
+                    }
+                }
+            });
+        if n == 1 {
+            return yt;
+        }
+        let mut y = vec![0f32; n * o];
+        for (c, col) in yt.chunks(n).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                y[r * o + c] = v;
+            }
+        }
+        y
+    }
+}
+
+impl CompactWeight for QuantWeight {
+    fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    fn product(&self, x: &[f32], product: Product) -> Vec<f32> {
+        let (o, i) = (self.out_features, self.in_features);
+        let k = if product == Product::XWt { i } else { o };
+        let n = x.len() / k;
+        if product == Product::XWt && n <= MATVEC_MAX_ROWS {
+            return self.rows_times_wt(x);
+        }
+        match Bf16Kernel::chosen() {
+            Bf16Kernel::Amx => {
+                let rows = |first: usize, out: &mut [f32]| self.dequantize_rows(first, out);
+                product_of_rows(&rows, o, i, x, product, Bf16Kernel::Amx)
+            }
+            Bf16Kernel::Portable => dense_product(self.to_f32(), o, i, x, product)
+                .expect("f32 matmul of CPU tensors with matching shapes"),
+        }
+    }
+}
+
+/// The product through candle's f32 matmul (gemm), for processors without matrix units.
+fn dense_product(w: Vec<f32>, o: usize, i: usize, x: &[f32], product: Product) -> Result<Vec<f32>> {
+    let w = Tensor::from_vec(w, (o, i), &Device::Cpu)?;
+    let k = if product == Product::XWt { i } else { o };
+    let x = Tensor::from_slice(x, (x.len() / k, k), &Device::Cpu)?;
+    let y = match product {
+        // (n, i) @ (i, o) -> (n, o)
+        Product::XWt => x.matmul(&w.t()?)?,
+        // (n, o) @ (o, i) -> (n, i)
+        Product::DyW => x.matmul(&w)?,
+    };
+    y.flatten_all()?.to_vec1()
+}
+
+/// Decodes one row of blocks of `dtype` into `out`.
+fn decode_row(dtype: GgmlDType, src: &[u8], out: &mut [f32]) {
+    fn blocks<T: GgmlType>(src: &[u8], out: &mut [f32]) {
+        let n = src.len() / std::mem::size_of::<T>();
+        assert!(
+            src.as_ptr().align_offset(std::mem::align_of::<T>()) == 0
+                && n * std::mem::size_of::<T>() == src.len(),
+            "quantized rows are aligned whole blocks"
+        );
+        // SAFETY: checked above: `src` is aligned for T and holds exactly n values of T,
+        // plain-old-data types (f16 scales and byte arrays) for which any bits are valid.
+        let xs = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const T, n) };
+        T::to_float(xs, out);
+    }
+    match dtype {
+        GgmlDType::F32 => blocks::<f32>(src, out),
+        GgmlDType::F16 => blocks::<f16>(src, out),
+        GgmlDType::BF16 => blocks::<bf16>(src, out),
+        GgmlDType::Q4_0 => blocks::<BlockQ4_0>(src, out),
+        GgmlDType::Q4_1 => blocks::<BlockQ4_1>(src, out),
+        GgmlDType::Q5_0 => blocks::<BlockQ5_0>(src, out),
+        GgmlDType::Q5_1 => blocks::<BlockQ5_1>(src, out),
+        GgmlDType::Q8_0 => blocks::<BlockQ8_0>(src, out),
+        GgmlDType::Q8_1 => blocks::<BlockQ8_1>(src, out),
+        GgmlDType::Q2K => blocks::<BlockQ2K>(src, out),
+        GgmlDType::Q3K => blocks::<BlockQ3K>(src, out),
+        GgmlDType::Q4K => blocks::<BlockQ4K>(src, out),
+        GgmlDType::Q5K => blocks::<BlockQ5K>(src, out),
+        GgmlDType::Q6K => blocks::<BlockQ6K>(src, out),
+        GgmlDType::Q8K => blocks::<BlockQ8K>(src, out),
+    }
+}
+
+fn bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: u8 has no alignment or validity requirement; the length covers the words.
+    unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 8) }
+}
+
+fn bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as above, and the borrow is exclusive.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, words.len() * 8) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The f64 product over the weight as decoded: what every path must reach, up to f32
+    /// summation order (row by row) or bf16 rounding of both operands (matrix units).
+    fn reference(x: &[f32], w: &[f32], o: usize, i: usize, p: Product) -> Vec<f32> {
+        let (k, n) = if p == Product::XWt { (i, o) } else { (o, i) };
+        let rows = x.len() / k;
+        let mut y = vec![0f32; rows * n];
+        for r in 0..rows {
+            for c in 0..n {
+                let s: f64 = (0..k)
+                    .map(|j| {
+                        let wv = if p == Product::XWt {
+                            w[c * i + j]
+                        } else {
+                            w[j * i + c]
+                        };
+                        x[r * k + j] as f64 * wv as f64
+                    })
+                    .sum();
+                y[r * n + c] = s as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_form_and_path_matches_the_decoded_weight_on_odd_shapes() {
+        let amx = Bf16Kernel::chosen() == Bf16Kernel::Amx;
+        for (dtype, i) in [
+            (GgmlDType::Q8_0, 96),
+            (GgmlDType::Q4_0, 64),
+            (GgmlDType::Q4_1, 160),
+            (GgmlDType::Q5_0, 32),
+            (GgmlDType::Q4K, 256),
+            (GgmlDType::Q6K, 512),
+            (GgmlDType::F16, 45),
+            (GgmlDType::BF16, 33),
+        ] {
+            let o = 37;
+            let dense = Tensor::from_vec(values(o * i, 3), (o, i), &Device::Cpu).unwrap();
+            let q = QuantWeight::quantize(&dense, dtype).unwrap();
+            let w = q.to_f32();
+            // Decoding agrees with candle's own dequantize of the same blocks.
+            let theirs = QTensor::quantize(&dense, dtype)
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(w, theirs, "{dtype:?}: decoded weight");
+            for product in [Product::XWt, Product::DyW] {
+                let k = if product == Product::XWt { i } else { o };
+                for rows in [1, 3, MATVEC_MAX_ROWS + 1, 70] {
+                    let x = values(rows * k, rows as u64);
+                    let want = reference(&x, &w, o, i, product);
+                    let got = q.product(&x, product);
+                    let batched = !(product == Product::XWt && rows <= MATVEC_MAX_ROWS);
+                    // bf16 rounding of both operands: 2^-8 relative each, on k terms ≤ 1.
+                    let tol = if batched && amx {
+                        8e-3 * (k as f32).sqrt()
+                    } else {
+                        1e-5 * k as f32
+                    };
+                    let worst = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        worst < tol,
+                        "{dtype:?} {product:?} {rows}x{k}: off by {worst}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_block_dots_match_decode_then_dot() {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1] {
+            if !block_dot::fused(dtype) {
+                continue;
+            }
+            let i = 32 * 19;
+            let dense = Tensor::from_vec(values(3 * i, 5), (3, i), &Device::Cpu).unwrap();
+            let q = QuantWeight::quantize(&dense, dtype).unwrap();
+            let w = q.to_f32();
+            let x = values(i, 6);
+            for r in 0..3 {
+                let row = &q.bytes()[r * q.row_bytes..][..q.row_bytes];
+                let want: f64 = (0..i).map(|j| w[r * i + j] as f64 * x[j] as f64).sum();
+                let got = block_dot::dot(dtype, row, &x);
+                assert!(
+                    (got as f64 - want).abs() < 1e-4,
+                    "{dtype:?} row {r}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reordered_rows_decode_to_the_reordered_weight() {
+        let (o, i) = (4, 64);
+        let dense = Tensor::from_vec(values(o * i, 9), (o, i), &Device::Cpu).unwrap();
+        let q = QuantWeight::quantize(&dense, GgmlDType::Q4_1).unwrap();
+        let w = q.to_f32();
+        let r = q.reorder_rows(&[2, 0, 3, 1]).to_f32();
+        for (new, old) in [2, 0, 3, 1].iter().enumerate() {
+            assert_eq!(r[new * i..][..i], w[old * i..][..i]);
+        }
+    }
+}
