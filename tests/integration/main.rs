@@ -1,5 +1,6 @@
 //! tuna's integration tests: one binary (ripgrep's layout), one module per concern.
 
+mod big_model;
 mod cli;
 mod compare;
 mod data;

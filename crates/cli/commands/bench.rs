@@ -204,6 +204,7 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
     let batch = Batch::from_rows(&rows, 0, 1);
     let tokens = args.batch * args.seq;
     let (mut fwd, mut bwd, mut opt, mut tps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut losses = Vec::new();
     for step in 0..args.warmup + args.steps {
         let pass = tuna_train::loss::loss_and_grads(
             &model.model,
@@ -225,6 +226,7 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         model.model.device().synchronize()?;
         let (f, b, o) = (pass.forward_s, pass.backward_s, t2.elapsed().as_secs_f64());
         let loss = pass.loss / batch.n_targets as f64;
+        losses.push(loss);
         let timed = step >= args.warmup;
         if !args.json {
             eprintln!(
@@ -257,6 +259,7 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         "fwd_s": median(fwd),
         "bwd_s": median(bwd),
         "opt_s": median(opt),
+        "losses": losses,
         "threads": rayon::current_num_threads(),
         "peak_rss_mib": peak_rss_mib(),
     });

@@ -444,7 +444,11 @@ fn add_tensor(dir: &std::path::Path, key: &str, shape: &[usize]) {
 fn unsupported_peft_features_are_refused_naming_the_field() {
     let layer0 = "base_model.model.model.layers.0";
     // (config field, its value, and for a tensor-shape case the tensor and its shape)
-    type Case = (&'static str, serde_json::Value, Option<(String, Vec<usize>)>);
+    type Case = (
+        &'static str,
+        serde_json::Value,
+        Option<(String, Vec<usize>)>,
+    );
     let cases: Vec<Case> = vec![
         (
             "use_dora",

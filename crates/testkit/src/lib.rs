@@ -146,8 +146,17 @@ pub fn tiny_vocab_size() -> usize {
 
 /// Random weights with Hugging Face names for `spec`, seeded.
 pub fn tiny_weights(spec: &TinySpec, vocab: usize) -> HashMap<String, Tensor> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
     let mut tensors = HashMap::new();
+    for_each_weight(spec, vocab, |name, t| {
+        tensors.insert(name, t);
+    });
+    tensors
+}
+
+/// The weights of `tiny_weights`, one tensor at a time (a 1B-parameter shape never holds
+/// all of them as f32 at once).
+pub fn for_each_weight(spec: &TinySpec, vocab: usize, mut emit: impl FnMut(String, Tensor)) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
     let mut rand_tensor = |shape: &[usize], center: f32, scale: f32| -> Tensor {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = (0..n)
@@ -162,7 +171,7 @@ pub fn tiny_weights(spec: &TinySpec, vocab: usize) -> HashMap<String, Tensor> {
         spec.num_key_value_heads * hd,
         spec.intermediate_size,
     );
-    tensors.insert(
+    emit(
         "model.embed_tokens.weight".into(),
         rand_tensor(&[vocab, d], 0.0, 1.0),
     );
@@ -179,7 +188,7 @@ pub fn tiny_weights(spec: &TinySpec, vocab: usize) -> HashMap<String, Tensor> {
             ("mlp.down_proj", lin(d, ff)),
         ];
         for (name, (out, inp, scale)) in linears.drain(..) {
-            tensors.insert(
+            emit(
                 format!("{p}.{name}.weight"),
                 rand_tensor(&[out, inp], 0.0, scale),
             );
@@ -189,23 +198,22 @@ pub fn tiny_weights(spec: &TinySpec, vocab: usize) -> HashMap<String, Tensor> {
                     "self_attn.q_proj" | "self_attn.k_proj" | "self_attn.v_proj"
                 )
             {
-                tensors.insert(format!("{p}.{name}.bias"), rand_tensor(&[out], 0.0, 0.5));
+                emit(format!("{p}.{name}.bias"), rand_tensor(&[out], 0.0, 0.5));
             }
         }
-        tensors.insert(
+        emit(
             format!("{p}.input_layernorm.weight"),
             rand_tensor(&[d], 1.0, 0.2),
         );
-        tensors.insert(
+        emit(
             format!("{p}.post_attention_layernorm.weight"),
             rand_tensor(&[d], 1.0, 0.2),
         );
     }
-    tensors.insert("model.norm.weight".into(), rand_tensor(&[d], 1.0, 0.2));
+    emit("model.norm.weight".into(), rand_tensor(&[d], 1.0, 0.2));
     if !spec.tie_word_embeddings {
-        tensors.insert("lm_head.weight".into(), rand_tensor(&[vocab, d], 0.0, 0.3));
+        emit("lm_head.weight".into(), rand_tensor(&[vocab, d], 0.0, 0.3));
     }
-    tensors
 }
 
 /// Writes config.json, model.safetensors, tokenizer.json, tokenizer_config.json and
@@ -418,16 +426,55 @@ fn gguf_tensor_name(hf: &str) -> String {
 /// `llama.*` metadata, q/k rows permuted, F32 tensors, the tiny tokenizer's vocabulary and
 /// merges with pre-tokenizer `pre`, ChatML template.
 pub fn write_tiny_gguf(spec: &TinySpec, path: &Path, pre: &str) {
+    write_gguf(
+        spec,
+        path,
+        pre,
+        candle_core::quantized::GgmlDType::F32,
+        tiny_vocab_size(),
+    );
+}
+
+/// TinyLlama-1.1B's shape (2048 wide, 22 layers, 32 heads over 4 KV heads, 5632 MLP,
+/// untied head; its vocabulary of 32000 is `TINYLLAMA_VOCAB`), random weights: for the
+/// speed and memory tests of a model ten times the default's size.
+pub fn tinyllama_shape() -> TinySpec {
+    TinySpec {
+        hidden_size: 2048,
+        intermediate_size: 5632,
+        num_hidden_layers: 22,
+        num_attention_heads: 32,
+        num_key_value_heads: 4,
+        tie_word_embeddings: false,
+        ..TinySpec::default()
+    }
+}
+
+pub const TINYLLAMA_VOCAB: usize = 32000;
+
+/// `write_tiny_gguf` with the matrices stored as `dtype` blocks (norms stay F32, as
+/// llama-quantize leaves them) and the vocabulary padded to `vocab` entries with plain
+/// tokens no merge produces. Tensors are made and quantized one at a time, so a
+/// 1B-parameter shape peaks near the file's size.
+pub fn write_gguf(
+    spec: &TinySpec,
+    path: &Path,
+    pre: &str,
+    dtype: candle_core::quantized::GgmlDType,
+    vocab: usize,
+) {
     use candle_core::quantized::gguf_file::{self, Value as G};
     use candle_core::quantized::{GgmlDType, QTensor};
 
-    let vocab = tiny_vocab_size();
+    let tiny = tiny_vocab_size();
+    assert!(vocab >= tiny, "the vocabulary holds the tiny tokenizer's");
     let hd = spec.hidden_size / spec.num_attention_heads;
     let tok_json = tiny_tokenizer_json(true);
-    let mut tokens = vec![String::new(); vocab];
+    let mut tokens = vec![String::new(); tiny];
     for (t, id) in tok_json["model"]["vocab"].as_object().expect("vocab") {
         tokens[id.as_u64().expect("id") as usize] = t.clone();
     }
+    tokens.extend((tiny..vocab).map(|i| format!("<pad{i}>")));
     let types: Vec<G> = (0..vocab)
         .map(|i| G::I32(if i < SPECIAL_TOKENS.len() { 3 } else { 1 }))
         .collect();
@@ -464,22 +511,19 @@ pub fn write_tiny_gguf(spec: &TinySpec, path: &Path, pre: &str) {
         ("tokenizer.ggml.add_bos_token", G::Bool(false)),
         ("tokenizer.chat_template", G::String(CHATML_TEMPLATE.into())),
     ];
-    let mut tensors: Vec<(String, QTensor)> = tiny_weights(spec, vocab)
-        .into_iter()
-        .map(|(name, t)| {
-            let t = if name.contains("q_proj") {
-                llama_cpp_permute(&t, spec.num_attention_heads)
-            } else if name.contains("k_proj") {
-                llama_cpp_permute(&t, spec.num_key_value_heads)
-            } else {
-                t
-            };
-            (
-                gguf_tensor_name(&name),
-                QTensor::quantize(&t, GgmlDType::F32).expect("f32 qtensor"),
-            )
-        })
-        .collect();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for_each_weight(spec, vocab, |name, t| {
+        let t = if name.contains("q_proj") {
+            llama_cpp_permute(&t, spec.num_attention_heads)
+        } else if name.contains("k_proj") {
+            llama_cpp_permute(&t, spec.num_key_value_heads)
+        } else {
+            t
+        };
+        let blocks = if t.rank() == 2 { dtype } else { GgmlDType::F32 };
+        let q = QTensor::quantize(&t, blocks).expect("quantize a tensor");
+        tensors.push((gguf_tensor_name(&name), q));
+    });
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let md: Vec<(&str, &G)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
