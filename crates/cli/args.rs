@@ -114,9 +114,10 @@ pub struct GenerateArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// How projection weights are held while generating.
-    #[arg(long, value_enum, default_value = "f16")]
-    pub weights: InferenceWeights,
+    /// How projection weights are held while generating (default: file for a .gguf model,
+    /// its own blocks; f16 for other sources).
+    #[arg(long, value_enum)]
+    pub weights: Option<InferenceWeights>,
     /// Print the stats as one JSON object on stderr.
     #[arg(long)]
     pub json: bool,
@@ -166,6 +167,10 @@ pub struct CompareArgs {
     /// Score the first N test examples.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// How the frozen projections are held, for every arm alike (default: f32 for the
+    /// scoring; with --prompt, generation's default: file for a .gguf model, else f16).
+    #[arg(long, value_enum)]
+    pub weights: Option<InferenceWeights>,
     /// A file of instruction variants separated by lines of `---`: each is tried zero-shot on
     /// the valid split and the best words every prompting strategy (prompting's fair shot).
     #[arg(long)]
@@ -214,6 +219,10 @@ pub struct ExportArgs {
     /// Also write OUTPUT/model-<quant>.gguf for llama.cpp and Ollama.
     #[arg(long)]
     pub gguf: bool,
+    /// Write only OUTPUT/adapter.gguf: the adapter unmerged, as the GGUF LoRA that llama.cpp
+    /// loads over the same base file (`llama-cli -m BASE.gguf --lora OUTPUT/adapter.gguf`).
+    #[arg(long, conflicts_with_all = ["gguf", "merge"])]
+    pub lora_gguf: bool,
     /// GGUF tensor encoding: f16, q8_0 or q4_k (q4_k falls back to q8_0 for rows not a
     /// multiple of 256 wide).
     #[arg(long, default_value = "f16", requires = "gguf")]
@@ -288,7 +297,7 @@ pub struct BenchTrainArgs {
     pub lora_r: usize,
     #[arg(long, default_value_t = 32.0)]
     pub lora_alpha: f64,
-    /// How the frozen projections are held (dense: the load dtype).
+    /// How the frozen projections are held (f32: the load dtype).
     #[arg(long, value_enum, default_value = "f32")]
     pub weights: InferenceWeights,
     #[arg(long)]
@@ -326,8 +335,9 @@ pub struct BenchGenerateArgs {
     /// Timed repetitions after one warm-up.
     #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub reps: usize,
-    #[arg(long, value_enum, default_value = "f16")]
-    pub weights: InferenceWeights,
+    /// How projection weights are held (default: file for a .gguf model, f16 otherwise).
+    #[arg(long, value_enum)]
+    pub weights: Option<InferenceWeights>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,

@@ -77,6 +77,24 @@ pub enum InferenceWeights {
 }
 
 impl InferenceWeights {
+    /// Generation's default, chosen by measurement (BENCHMARKS.md): a GGUF model keeps its
+    /// file's blocks (batch-1 products in f32 over the decoded blocks: the f32 model's
+    /// tokens, the fastest form), any other source f16 (half of f32's memory traffic).
+    pub fn for_generation(chosen: Option<Self>, model: &str) -> Self {
+        chosen.unwrap_or(if model.to_ascii_lowercase().ends_with(".gguf") {
+            Self::File
+        } else {
+            Self::F16
+        })
+    }
+
+    /// The value's name as the command line spells it.
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+
     pub fn format(self) -> WeightFormat {
         match self {
             Self::Dense => WeightFormat::Dense,

@@ -15,6 +15,7 @@ use crate::args::{
     BenchArgs, BenchCommand, BenchDataArgs, BenchGenerateArgs, BenchScoreArgs, BenchTrainArgs,
     ReferenceArgs,
 };
+use crate::model_args::InferenceWeights;
 
 /// The prompt ../shared/bench/peft_cpu_baseline.py uses, so both tokenize the same text.
 const GEN_PROMPT: &str =
@@ -118,7 +119,7 @@ fn bench_score(args: BenchScoreArgs) -> anyhow::Result<()> {
         "bench": "score",
         "model": args.model.model,
         "device": device_name(llama.device()),
-        "weights": format!("{:?}", args.weights).to_lowercase(),
+        "weights": args.weights.name(),
         "kernel": args.weights.format().kernel(),
         "seq": args.seq,
         "chunks": args.chunks,
@@ -249,7 +250,7 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         "model": args.model.model,
         "device": device_name(model.model.device()),
         "dtype": format!("{:?}", model.model.dtype()).to_lowercase(),
-        "weights": format!("{:?}", args.weights).to_lowercase(),
+        "weights": args.weights.name(),
         "kernel": args.weights.format().kernel(),
         "batch": args.batch,
         "seq": args.seq,
@@ -383,8 +384,9 @@ fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
             &args.reps.to_string(),
         ],
     )?;
+    let weights = InferenceWeights::for_generation(args.weights, &args.model.model);
     let load_started = Instant::now();
-    let model = args.model.load(args.weights)?;
+    let model = args.model.load(weights)?;
     let load_seconds = load_started.elapsed().as_secs_f64();
     let mut ids = model.tokenizer.encode(GEN_PROMPT, true)?;
     ids.truncate(args.prompt_tokens);
@@ -418,9 +420,9 @@ fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
         "bench": "generate",
         "model": args.model.model,
         "device": device_name(model.model.device()),
-        // f16 and q8_0 weights are CPU kernels: a GPU runs the dense weights.
+        // The compact forms are CPU kernels: a GPU runs the dense weights.
         "weights": if model.model.device().is_cpu() {
-            format!("{:?}", args.weights).to_lowercase()
+            weights.name()
         } else {
             format!("dense {:?}", model.model.dtype()).to_lowercase()
         },

@@ -79,11 +79,12 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         .map(read_instructions)
         .transpose()?;
     eprintln!("loading {}", base_args.model);
-    let base = base_args.load(InferenceWeights::Dense)?;
+    let scoring = args.weights.unwrap_or(InferenceWeights::Dense);
+    let base = base_args.load(scoring)?;
     let tuned = match &adapter {
         Some(_) => {
             eprintln!("loading {} with the adapter", base_args.model);
-            Some(tuned_args.load(InferenceWeights::Dense)?)
+            Some(tuned_args.load(scoring)?)
         }
         None => None,
     };
@@ -211,7 +212,7 @@ fn score_adapter(
 ) -> anyhow::Result<(compare::StrategyRow, Option<RunInfo>)> {
     let mut model_args = args.model.clone();
     model_args.adapter = Some(dir.to_path_buf());
-    let model = model_args.load(InferenceWeights::Dense)?;
+    let model = model_args.load(args.weights.unwrap_or(InferenceWeights::Dense))?;
     let info = run_dir::run_dir_of(dir)
         .map(|d| run_dir::read(&d))
         .transpose()?;
@@ -341,7 +342,10 @@ fn side_by_side(args: &CompareArgs, prompt: &str, run: Option<&RunInfo>) -> anyh
         models.push((format!("tuned ({})", extra.display()), extra_args));
     }
     for (label, model_args) in &models {
-        let model = model_args.load(InferenceWeights::F16)?;
+        let model = model_args.load(InferenceWeights::for_generation(
+            args.weights,
+            &model_args.model,
+        ))?;
         let ids = spec.encode(&model)?;
         println!("== {label}");
         let mut out = std::io::stdout();

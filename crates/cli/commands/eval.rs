@@ -12,7 +12,6 @@ use tuna_model::Pretrained;
 use tuna_train::run_dir::{self, RunInfo};
 
 use crate::args::EvalArgs;
-use crate::model_args::InferenceWeights;
 use crate::task_args::adapter_facts;
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
@@ -195,18 +194,14 @@ fn task_metrics(
         run,
         defaults,
     )?;
-    let dense = args.weights == InferenceWeights::Dense;
+    // The strategies run on the weights the loss ran on (--weights), the prompting ones on
+    // the base model, tuned and hybrid on base + adapter.
     let (base, tuned) = match adapter {
-        None if dense => (loaded, None),
-        None => (args.model.load(InferenceWeights::Dense)?, None),
+        None => (loaded, None),
         Some(_) => {
             let mut base_args = args.model.clone();
             base_args.adapter = None;
-            let tuned = match dense {
-                true => loaded,
-                false => args.model.load(InferenceWeights::Dense)?,
-            };
-            (base_args.load(InferenceWeights::Dense)?, Some(tuned))
+            (base_args.load(args.weights)?, Some(loaded))
         }
     };
     let facts = adapter

@@ -17,6 +17,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         })?),
         false => None,
     };
+    if args.lora_gguf && args.model.adapter.is_none() {
+        anyhow::bail!("--lora-gguf: there is no adapter to write (pass --adapter DIR)");
+    }
     if args.merge && args.model.adapter.is_none() {
         anyhow::bail!("--merge: there is no adapter to fold in (pass --adapter DIR)");
     }
@@ -39,6 +42,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let mut model_args = args.model.clone();
     model_args.device = "cpu".into();
     let mut model = model_args.load(InferenceWeights::Dense)?;
+    if args.lora_gguf {
+        export::export_lora_gguf(&mut model, &args.output, args.force)?;
+        println!("{}", args.output.join(export::LORA_GGUF_FILE).display());
+        return Ok(());
+    }
     if args.model.adapter.is_some() {
         model.model.merge_lora()?;
     } else {

@@ -6,6 +6,7 @@ use anyhow::Context;
 use tuna_eval::{generate, PromptSpec, SamplingOptions};
 
 use crate::args::{GenerateArgs, SamplingArgs};
+use crate::model_args::InferenceWeights;
 
 impl SamplingArgs {
     pub fn options(&self) -> SamplingOptions {
@@ -50,7 +51,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if spec.text.trim().is_empty() {
         return Err(tuna_eval::EvalError::EmptyPrompt.into());
     }
-    let model = args.model.load(args.weights)?;
+    let model = args.model.load(InferenceWeights::for_generation(
+        args.weights,
+        &args.model.model,
+    ))?;
     let ids = spec.encode(&model)?;
     let mut stdout = std::io::stdout().lock();
     let (_, stats) = generate(&model, &ids, &options, |piece| {

@@ -187,6 +187,124 @@ fn recover_interrupted(dir: &Path) {
 /// must be absent or empty unless `force`; the old contents are replaced only once the new
 /// directory is complete.
 pub fn export(model: &Pretrained, dir: &Path, gguf: Option<GgufQuant>, force: bool) -> Result<()> {
+    // transformers' config.json has no per-frequency rope factors (a GGUF's rope_freqs):
+    // such a model goes out as GGUF only.
+    let hf = !matches!(model.config.rope_scaling, Some(RopeScaling::Factors { .. }));
+    if !hf && gguf.is_none() {
+        return Err(ModelError::bad_config(
+            model.source.path(),
+            "rope_freqs",
+            "per-frequency rope factors have no config.json form; export with --gguf (the GGUF keeps them)",
+        ));
+    }
+    publish(dir, force, |tmp| {
+        if hf {
+            fill_hf_dir(model, tmp)?;
+        }
+        match gguf {
+            Some(q) => fill_gguf(model, &tmp.join(gguf_file_name(q)), q),
+            None => Ok(()),
+        }
+    })
+}
+
+/// The file `export_lora_gguf` writes inside its directory.
+pub const LORA_GGUF_FILE: &str = "adapter.gguf";
+
+/// Writes the model's LoRA adapters alone as `dir/adapter.gguf`, the GGUF LoRA layout
+/// llama.cpp loads over the same base (`llama-cli -m BASE.gguf --lora dir/adapter.gguf`):
+/// `general.type = adapter`, `adapter.type = lora`, per projection `blk.N.<module>.weight.lora_a`
+/// (PEFT's A, r × in) and `.lora_b` (B, out × r), f32, B's q/k rows in llama.cpp's rotary
+/// order for Llama-architecture bases. llama.cpp scales each pair by alpha / r with one
+/// alpha for the file: a uniform scale is written as that alpha, per-module scales are folded
+/// into B (alpha 0, which llama.cpp reads as scale 1). Same publication rules as `export`.
+pub fn export_lora_gguf(model: &mut Pretrained, dir: &Path, force: bool) -> Result<()> {
+    let source = model.source.path().to_path_buf();
+    let c = model.config.clone();
+    let arch = gguf_arch(&c.model_type);
+    let adapters: Vec<(String, Tensor, Tensor, f64)> = model
+        .model
+        .projections_mut()
+        .into_iter()
+        .filter_map(|(m, _, _, l)| {
+            l.adapter
+                .as_ref()
+                .map(|a| (m, a.a.as_tensor().clone(), a.b.as_tensor().clone(), a.scale))
+        })
+        .collect();
+    if adapters.is_empty() {
+        return Err(ModelError::BadExportTarget {
+            path: dir.into(),
+            reason: "the model has no adapter to write (pass --adapter DIR)".into(),
+        });
+    }
+    // alpha = scale · r when every module shares it; otherwise each B carries its scale.
+    let alphas: Vec<f64> = adapters
+        .iter()
+        .map(|(_, a, _, scale)| scale * a.dim(0).unwrap_or(0) as f64)
+        .collect();
+    let uniform = alphas
+        .iter()
+        .all(|x| (x - alphas[0]).abs() <= 1e-9 * alphas[0].abs());
+    publish(dir, force, |tmp| {
+        let path = tmp.join(LORA_GGUF_FILE);
+        let mut tensors: Vec<(String, QTensor)> = Vec::new();
+        for (module, a, b, scale) in &adapters {
+            let weight = format!("{module}.weight");
+            let name = gguf_name(&weight).ok_or_else(|| ModelError::BadTensor {
+                path: source.clone(),
+                name: weight.clone(),
+                reason: "has no GGUF name".into(),
+            })?;
+            let a = a
+                .to_dtype(DType::F32)
+                .and_then(|t| t.to_device(&Device::Cpu));
+            let mut b = b
+                .to_dtype(DType::F32)
+                .and_then(|t| t.to_device(&Device::Cpu));
+            if !uniform {
+                b = b.and_then(|t| t.affine(*scale, 0.0));
+            }
+            let (a, mut b) = (a.map_err(candle(&path))?, b.map_err(candle(&path))?);
+            if arch == "llama" {
+                if module.ends_with("self_attn.q_proj") {
+                    b = permute_rows(&b, c.num_attention_heads).map_err(candle(&path))?;
+                } else if module.ends_with("self_attn.k_proj") {
+                    b = permute_rows(&b, c.num_key_value_heads).map_err(candle(&path))?;
+                }
+            }
+            for (suffix, t) in [("lora_a", a), ("lora_b", b)] {
+                let q = QTensor::quantize(&t, GgmlDType::F32).map_err(candle(&path))?;
+                tensors.push((format!("{name}.{suffix}"), q));
+            }
+        }
+        let alpha = if uniform { alphas[0] as f32 } else { 0.0 };
+        let metadata: Vec<(&str, Value)> = vec![
+            ("general.architecture", Value::String(arch.into())),
+            ("general.type", Value::String("adapter".into())),
+            ("general.name", Value::String("tuna LoRA adapter".into())),
+            ("adapter.type", Value::String("lora".into())),
+            ("adapter.lora.alpha", Value::F32(alpha)),
+        ];
+        let mut file = std::fs::File::create(&path).map_err(io(&path))?;
+        let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        let tens: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        candle_core::quantized::gguf_file::write(&mut file, &meta, &tens).map_err(candle(&path))?;
+        file.flush().map_err(io(&path))
+    })
+}
+
+/// llama.cpp's architecture name: Llama, SmolLM2, TinyLlama and Mistral are all `llama`.
+fn gguf_arch(model_type: &str) -> &'static str {
+    match model_type {
+        "qwen2" => "qwen2",
+        _ => "llama",
+    }
+}
+
+/// Fills a temp directory beside `dir` with `fill`, then swaps it in: `dir` must be absent
+/// or empty unless `force`, and its old contents go only once the new ones are complete.
+fn publish(dir: &Path, force: bool, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if dir.file_name().is_none() {
         return Err(ModelError::BadExportTarget {
             path: dir.into(),
@@ -208,26 +326,10 @@ pub fn export(model: &Pretrained, dir: &Path, gguf: Option<GgufQuant>, force: bo
     if occupied && !force {
         return Err(ModelError::ExportTargetExists { path: dir.into() });
     }
-    // transformers' config.json has no per-frequency rope factors (a GGUF's rope_freqs):
-    // such a model goes out as GGUF only.
-    let hf = !matches!(model.config.rope_scaling, Some(RopeScaling::Factors { .. }));
-    if !hf && gguf.is_none() {
-        return Err(ModelError::bad_config(
-            model.source.path(),
-            "rope_freqs",
-            "per-frequency rope factors have no config.json form; export with --gguf (the GGUF keeps them)",
-        ));
-    }
     let tmp = temp_beside(dir);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let filled = (if hf { fill_hf_dir(model, &tmp) } else { Ok(()) })
-        .and_then(|()| match gguf {
-            Some(q) => fill_gguf(model, &tmp.join(gguf_file_name(q)), q),
-            None => Ok(()),
-        })
-        .and_then(|()| sync_files(&tmp));
-    if let Err(e) = filled {
+    if let Err(e) = fill(&tmp).and_then(|()| sync_files(&tmp)) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
@@ -336,11 +438,7 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 
 fn fill_gguf(model: &Pretrained, path: &Path, quant: GgufQuant) -> Result<()> {
     let c = &model.config;
-    let arch = match c.model_type.as_str() {
-        "qwen2" => "qwen2",
-        // Llama, SmolLM2, TinyLlama and Mistral are all `llama` to llama.cpp.
-        _ => "llama",
-    };
+    let arch = gguf_arch(&c.model_type);
     let permute = arch == "llama";
     let mut metadata: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
