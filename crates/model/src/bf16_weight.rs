@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use crate::amx;
 use crate::compact::CompactWeight;
+use crate::dpbf16;
 pub use crate::compact::Product;
 
 /// Columns of one panel of B (and rows of one block of C).
@@ -61,6 +62,8 @@ fn bf16_bits(x: f32) -> u16 {
 pub enum Bf16Kernel {
     /// AMX tiles (Intel Sapphire Rapids and later).
     Amx,
+    /// AVX512-BF16 dot instructions over the same layout (AMD Zen 4, Intel Cooper Lake).
+    Avx512Bf16,
     /// Plain Rust over the same layout, on any processor.
     Portable,
 }
@@ -72,11 +75,14 @@ impl Bf16Kernel {
         if cfg!(target_arch = "x86_64") && amx::available() {
             out.push(Self::Amx);
         }
+        if cfg!(target_arch = "x86_64") && dpbf16::available() {
+            out.push(Self::Avx512Bf16);
+        }
         out.push(Self::Portable);
         out
     }
 
-    /// The kernel used: the fastest available, or `TUNA_KERNEL=amx|portable` where the
+    /// The kernel used: the fastest available, or `TUNA_KERNEL=amx|avx512bf16|portable` where the
     /// machine can run it (tests and benchmarks force a path this way).
     pub fn chosen() -> Self {
         static CHOSEN: OnceLock<Bf16Kernel> = OnceLock::new();
@@ -86,6 +92,7 @@ impl Bf16Kernel {
                 .ok()
                 .and_then(|v| match v.as_str() {
                     "amx" => Some(Self::Amx),
+                    "avx512bf16" => Some(Self::Avx512Bf16),
                     "portable" => Some(Self::Portable),
                     _ => None,
                 });
@@ -99,6 +106,7 @@ impl Bf16Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Self::Amx => "amx-bf16",
+            Self::Avx512Bf16 => "avx512-bf16",
             Self::Portable => "portable-bf16",
         }
     }
@@ -343,13 +351,21 @@ fn run(
             let rows_here = ys.len() / n_out;
             let mut c = [0f32; PANEL * PANEL];
             #[cfg(target_arch = "x86_64")]
-            if kernel == Bf16Kernel::Amx {
-                // SAFETY: Amx is only offered when amx::available(); A holds `mp` padded
-                // rows in whole tiles, each B panel `ks` steps of two tiles, and a block
-                // is stored either whole inside ys (32 rows and 32 columns left) or into
-                // `c`.
+            if kernel != Bf16Kernel::Portable {
+                type BlockKernel = unsafe fn(*const u16, *const u32, usize, *mut f32, usize);
+                let block_kernel: BlockKernel = match kernel {
+                    Bf16Kernel::Amx => amx::block,
+                    _ => dpbf16::block,
+                };
+                // SAFETY: Amx and Avx512Bf16 are only offered where the processor runs them
+                // (amx::available, dpbf16::available); the AMX tile configuration is loaded
+                // on this thread first. A holds `mp` padded rows in whole tiles, each B panel
+                // `ks` steps of two tiles, and a block is stored either whole inside ys (32
+                // rows and 32 columns left) or into `c`.
                 unsafe {
-                    amx::configure();
+                    if kernel == Bf16Kernel::Amx {
+                        amx::configure();
+                    }
                     for (panel, b) in panels.chunks(panel_len).enumerate() {
                         for block in (0..rows_here).step_by(PANEL) {
                             let a = a[(first + block) * kp..].as_ptr();
@@ -357,14 +373,16 @@ fn run(
                                 rows_here - block >= PANEL && n_out - panel * PANEL >= PANEL;
                             if whole {
                                 let out = ys[block * n_out + panel * PANEL..].as_mut_ptr();
-                                amx::block(a, b.as_ptr(), ks, out, n_out * 4);
+                                block_kernel(a, b.as_ptr(), ks, out, n_out * 4);
                             } else {
-                                amx::block(a, b.as_ptr(), ks, c.as_mut_ptr(), PANEL * 4);
+                                block_kernel(a, b.as_ptr(), ks, c.as_mut_ptr(), PANEL * 4);
                                 scatter(&c, ys, block, panel, rows_here, n_out);
                             }
                         }
                     }
-                    amx::release();
+                    if kernel == Bf16Kernel::Amx {
+                        amx::release();
+                    }
                 }
                 return;
             }

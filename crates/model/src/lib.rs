@@ -11,6 +11,7 @@ pub mod compact;
 pub mod config;
 pub mod decoder;
 pub mod device;
+pub mod dpbf16;
 pub mod error;
 pub mod export;
 pub mod frozen;

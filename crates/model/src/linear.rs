@@ -52,6 +52,7 @@ impl WeightFormat {
             Self::Bf16 => Bf16Kernel::chosen().name(),
             Self::Q8_0 | Self::Q4K | Self::File => match Bf16Kernel::chosen() {
                 Bf16Kernel::Amx => "blocks-decoded+amx-bf16",
+                Bf16Kernel::Avx512Bf16 => "blocks-decoded+avx512-bf16",
                 Bf16Kernel::Portable if has_avx512() => "blocks-decoded+gemm-f32-avx512",
                 Bf16Kernel::Portable => "blocks-decoded+gemm-f32",
             },

@@ -194,12 +194,12 @@ impl CompactWeight for QuantWeight {
             return self.rows_times_wt(x);
         }
         match Bf16Kernel::chosen() {
-            Bf16Kernel::Amx => {
-                let rows = |first: usize, out: &mut [f32]| self.dequantize_rows(first, out);
-                product_of_rows(&rows, o, i, x, product, Bf16Kernel::Amx)
-            }
             Bf16Kernel::Portable => dense_product(self.to_f32(), o, i, x, product)
                 .expect("f32 matmul of CPU tensors with matching shapes"),
+            kernel => {
+                let rows = |first: usize, out: &mut [f32]| self.dequantize_rows(first, out);
+                product_of_rows(&rows, o, i, x, product, kernel)
+            }
         }
     }
 }
@@ -303,7 +303,7 @@ mod tests {
 
     #[test]
     fn every_form_and_path_matches_the_decoded_weight_on_odd_shapes() {
-        let amx = Bf16Kernel::chosen() == Bf16Kernel::Amx;
+        let bf16_tiles = Bf16Kernel::chosen() != Bf16Kernel::Portable;
         for (dtype, i) in [
             (GgmlDType::Q8_0, 96),
             (GgmlDType::Q4_0, 64),
@@ -336,7 +336,7 @@ mod tests {
                     let got = q.product(&x, product);
                     let batched = !(product == Product::XWt && rows <= MATVEC_MAX_ROWS);
                     // bf16 rounding of both operands: 2^-8 relative each, on k terms ≤ 1.
-                    let tol = if batched && amx {
+                    let tol = if batched && bf16_tiles {
                         8e-3 * (k as f32).sqrt()
                     } else {
                         1e-5 * k as f32
