@@ -374,3 +374,141 @@ fn a_file_as_the_output_is_refused_before_any_work() {
         r.stderr
     );
 }
+
+/// `tuna export --lora-gguf`: the adapter unmerged as llama.cpp's GGUF LoRA. Applied to the
+/// base file's own tensors the way llama.cpp applies it (W + alpha / r · B·A, by tensor name,
+/// in the file's row order), candle-transformers' quantized llama on the result gives tuna's
+/// base + adapter logits.
+#[test]
+fn the_gguf_lora_applied_to_the_base_file_gives_base_plus_adapter() {
+    use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = smollm2_gguf();
+    let mut tuned = Pretrained::load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let config = LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        target_modules: TargetModules::all_linear(),
+        ..Default::default()
+    };
+    tuned.model.attach_lora(&config, 5).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    for (_, _, b) in tuned.model.lora_vars() {
+        let values: Vec<f32> = (0..b.elem_count())
+            .map(|_| rng.random_range(-0.03..0.03))
+            .collect();
+        b.set(&Tensor::from_vec(values, b.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let adapter = tmp.path().join("adapter");
+    tuned.model.save_lora(&adapter, &config).unwrap();
+
+    let out = tmp.path().join("lora");
+    let (model, adapter, output) = (
+        gguf.to_str().unwrap(),
+        adapter.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let refused = tuna(
+        &[
+            "export",
+            "--model",
+            model,
+            "--lora-gguf",
+            "--output",
+            output,
+        ],
+        &[],
+    );
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .starts_with("error: --lora-gguf: there is no adapter to write"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!out.exists(), "a refused export writes nothing");
+    let export = [
+        "export",
+        "--model",
+        model,
+        "--adapter",
+        adapter,
+        "--lora-gguf",
+        "--output",
+        output,
+    ];
+    let r = tuna(&export, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    let mut file = std::fs::File::open(out.join("adapter.gguf")).unwrap();
+    let lora = gguf_file::Content::read(&mut file).unwrap();
+    let text = |k: &str| lora.metadata[k].to_string().unwrap().clone();
+    assert_eq!(text("general.type"), "adapter");
+    assert_eq!(text("adapter.type"), "lora");
+    assert_eq!(text("general.architecture"), "llama");
+    let alpha = lora.metadata["adapter.lora.alpha"].to_f32().unwrap();
+    assert_eq!(alpha, 8.0);
+    let layers = tuned.config.num_hidden_layers;
+    assert_eq!(
+        lora.tensor_infos.len(),
+        layers * 7 * 2,
+        "a and b of 7 projections"
+    );
+    let mut read = |name: &str| {
+        lora.tensor(&mut file, name, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap()
+    };
+    let a = read("blk.0.attn_k.weight.lora_a");
+    let b = read("blk.0.attn_k.weight.lora_b");
+    assert_eq!(a.dims(), [4, 576], "lora_a is r x in");
+    assert_eq!(b.dims(), [192, 4], "lora_b is out x r");
+
+    // The base file with each pair added in, as llama.cpp computes it, written as F32.
+    let mut base_file = std::fs::File::open(&gguf).unwrap();
+    let base = gguf_file::Content::read(&mut base_file).unwrap();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for name in base.tensor_infos.keys() {
+        let mut w = base
+            .tensor(&mut base_file, name, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        if lora.tensor_infos.contains_key(&format!("{name}.lora_a")) {
+            let a = read(&format!("{name}.lora_a"));
+            let b = read(&format!("{name}.lora_b"));
+            let delta = (b.matmul(&a).unwrap() * f64::from(alpha / 4.0)).unwrap();
+            w = (w + delta).unwrap();
+        }
+        tensors.push((name.clone(), QTensor::quantize(&w, GgmlDType::F32).unwrap()));
+    }
+    let applied = tmp.path().join("applied.gguf");
+    let meta: Vec<(&str, &Value)> = base.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tens: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut w = std::fs::File::create(&applied).unwrap();
+    gguf_file::write(&mut w, &meta, &tens).unwrap();
+    drop(w);
+
+    let want = logits(&tuned)
+        .squeeze(0)
+        .unwrap()
+        .get(IDS.len() - 1)
+        .unwrap();
+    let base_model = Pretrained::load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let plain = logits(&base_model)
+        .squeeze(0)
+        .unwrap()
+        .get(IDS.len() - 1)
+        .unwrap();
+    assert!(
+        max_abs_diff(&plain, &want) > 1e-2,
+        "the adapter changes the model"
+    );
+    let d = max_abs_diff(&candle_transformers_logits(&applied), &want);
+    eprintln!("gguf lora applied vs base + adapter: max |diff| {d:e}");
+    assert!(d < 1e-3, "gguf lora applied vs base + adapter: {d}");
+}

@@ -24,8 +24,8 @@ use rayon::prelude::*;
 
 use crate::amx;
 use crate::compact::CompactWeight;
-use crate::dpbf16;
 pub use crate::compact::Product;
+use crate::dpbf16;
 
 /// Columns of one panel of B (and rows of one block of C).
 const PANEL: usize = amx::BLOCK;

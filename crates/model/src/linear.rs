@@ -1,5 +1,6 @@
 //! A frozen linear layer, y = x Wᵀ + b, with W in Hugging Face's (out, in) layout.
-//! Dense or bf16 weights for training and scoring; f16 or 8-bit copies for fast generation.
+//! The frozen weight in any of the forms `WeightFormat` names: f32, f16 (generation only),
+//! bf16, ggml blocks quantized at load, or the GGUF file's own blocks.
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use crate::quant_weight::{self, QuantWeight};
 pub enum WeightFormat {
     /// The load dtype (f32 on the CPU): exact.
     #[default]
-    #[serde(alias = "f32")]
+    #[serde(rename = "f32", alias = "dense")]
     Dense,
     /// f16 weights, f32 activations and accumulation (CPU generation only).
     F16,

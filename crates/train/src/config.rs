@@ -22,9 +22,8 @@ pub struct TrainConfig {
     pub output: PathBuf,
     /// Start from this adapter (fresh optimizer); "" for a new adapter.
     pub init_adapter: String,
-    /// How the frozen projections are held: "dense" (the load dtype, f32 on the CPU) or
-    /// "bf16" (half the memory; the products run on the matrix units where the processor
-    /// has them, activations rounded to bf16 as under PyTorch's bf16 autocast).
+    /// How the frozen projections are held: "f32" (the load dtype, f32 on the CPU), "bf16",
+    /// "q8_0", "q4_k" or "file" (the GGUF's own blocks); see `WeightFormat`.
     pub weights: WeightFormat,
     pub data: DataSection,
     pub encoding: EncodeOptions,
