@@ -281,6 +281,61 @@ fn f16_generation_weights_stay_close_to_f32() {
     }
 }
 
+/// The text sample's NLL teacher-forced one token at a time through the KV cache: the
+/// batch-1 generation path (for the file's blocks, the fused block dots).
+fn one_token_at_a_time_nll(p: &Pretrained, ids: &[u32]) -> f64 {
+    let mut cache = tuna_model::KvCache::new(p.config.num_hidden_layers);
+    let mut nll = 0.0;
+    for pair in ids.windows(2) {
+        let x = Tensor::new(&pair[..1], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = p.model.forward_cached(&x, &mut cache).unwrap();
+        let logp = tuna_model::decoder::log_softmax(&logits.flatten_all().unwrap()).unwrap();
+        nll -= logp
+            .get(pair[1] as usize)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+    }
+    nll / (ids.len() - 1) as f64
+}
+
+#[test]
+fn generation_over_the_file_blocks_keeps_the_loss_within_half_a_percent_of_f32() {
+    let text = std::fs::read_to_string(repo_root().join("data/example/text-sample.jsonl")).unwrap();
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let dense = smollm2();
+    let mut ids = dense.tokenizer.encode(&text.join(" "), false).unwrap();
+    ids.truncate(200);
+    let options = LoadOptions {
+        weights: tuna_model::WeightFormat::File,
+        ..Default::default()
+    };
+    let file = Pretrained::load(smollm2_gguf().to_str().unwrap(), &options).unwrap();
+    let (want, got) = (
+        one_token_at_a_time_nll(dense, &ids),
+        one_token_at_a_time_nll(&file, &ids),
+    );
+    eprintln!(
+        "one token at a time, {} tokens: f32 {want:.5}, file blocks {got:.5}",
+        ids.len()
+    );
+    assert!(
+        (got - want).abs() < 0.005 * want,
+        "file blocks {got} vs f32 {want}"
+    );
+}
+
 #[test]
 fn batched_greedy_generation_equals_one_prompt_at_a_time() {
     let m = smollm2();

@@ -16,7 +16,7 @@ use candle_core::quantized::GgmlDType;
 /// The fused kernels this processor runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockDotKernel {
-    /// AVX-512F (Intel Skylake-SP and later, AMD Zen 4 and later).
+    /// AVX-512F with F16C (Intel Skylake-SP and later, AMD Zen 4 and later).
     Avx512,
     /// No fused kernel: decode, then an f32 dot.
     Decode,
@@ -40,7 +40,7 @@ impl BlockDotKernel {
 
 #[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
+    std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("f16c")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -83,19 +83,19 @@ pub fn dot(dtype: GgmlDType, row: &[u8], x: &[f32]) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use half::f16;
-
     /// Bytes ahead of the block being read that are asked for: the hardware prefetchers stop
     /// at every 4 KiB page, and a thread's rows are one contiguous stream.
     const PREFETCH: usize = 4096;
 
+    /// The f16 at p, widened by the processor (vcvtph2ps) and broadcast.
     #[inline(always)]
     unsafe fn scale(p: *const u8) -> __m512 {
-        _mm512_set1_ps(f16::from_bits(u16::from_le_bytes([*p, *p.add(1)])).to_f32())
+        let bits = _mm_cvtsi32_si128(i32::from(u16::from_le_bytes([*p, *p.add(1)])));
+        _mm512_broadcastss_ps(_mm_cvtph_ps(bits))
     }
 
     /// Q8_0 blocks of 34 bytes.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,f16c")]
     pub unsafe fn q8_0(row: *const u8, blocks: usize, x: *const f32) -> f32 {
         let mut acc = [_mm512_setzero_ps(); 2];
         for b in 0..blocks {
@@ -115,7 +115,7 @@ mod x86 {
     }
 
     /// Q4_1 (20-byte blocks with a minimum) or Q4_0 (18-byte blocks, offset 8).
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,f16c")]
     pub unsafe fn q4(row: *const u8, blocks: usize, x: *const f32, with_min: bool) -> f32 {
         let size = if with_min { 20 } else { 18 };
         let low = _mm512_set1_epi32(0xF);

@@ -485,14 +485,14 @@ impl DecoderLayer {
             .self_attn
             .forward(&h, layer, at, mask, cache, rope, config, kernels)?)?;
         let h = ops::rms_norm(&x, &self.post_attention_layernorm, eps, kernels)?;
-        x + self.mlp.forward(&h)?
+        x + self.mlp.forward(&h, kernels)?
     }
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        self.down_proj.forward(&ops::silu_mul(&gate, &up, kernels)?)
     }
 }
 

@@ -26,6 +26,7 @@ pub mod quant_weight;
 pub mod rope;
 pub mod source;
 pub mod tokenizer;
+pub mod vexp;
 pub mod weights;
 
 pub use backprop::{TrainBatch, TrainPass};

@@ -80,11 +80,8 @@ pub fn forward(
             let max = p[lo..=ti]
                 .iter()
                 .fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
-            let mut sum = 0f32;
-            for s in &mut p[lo..=ti] {
-                *s = (*s * scale - max).exp();
-                sum += *s;
-            }
+            crate::vexp::exp_affine(&mut p[lo..=ti], scale, max);
+            let sum: f32 = p[lo..=ti].iter().sum();
             let inv = 1.0 / sum;
             p[lo..=ti].iter_mut().for_each(|s| *s *= inv);
             p[..lo].fill(0.0);
@@ -117,9 +114,7 @@ pub fn backward(
     p.par_chunks_mut(t).enumerate().for_each(|(row, p)| {
         let (bi, ti) = (row / (h * t), row % t);
         let lo = first[bi * t + ti] as usize;
-        for s in &mut p[lo..=ti] {
-            *s = (*s * scale - lse[row]).exp();
-        }
+        crate::vexp::exp_affine(&mut p[lo..=ti], scale, lse[row]);
         p[..lo].fill(0.0);
         p[ti + 1..].fill(0.0);
     });

@@ -194,8 +194,13 @@ pub fn from_heads(
     out
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// σ(g) = 1 / (1 + e^−g) of each g into `out`.
+fn sigmoid(g: &[f32], out: &mut [f32]) {
+    out.copy_from_slice(g);
+    crate::vexp::exp_affine(out, -1.0, 0.0);
+    for s in out {
+        *s = 1.0 / (1.0 + *s);
+    }
 }
 
 /// The gated MLP's activation: silu(gate) · up.
@@ -205,8 +210,9 @@ pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
         .zip(gate.par_chunks(4096))
         .zip(up.par_chunks(4096))
         .for_each(|((o, g), u)| {
+            sigmoid(g, o);
             for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g * sigmoid(g) * u;
+                *o = g * *o * u;
             }
         });
     out
@@ -222,8 +228,9 @@ pub fn silu_mul_backward(gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec
         .zip(gate.par_chunks(4096))
         .zip(up.par_chunks(4096).zip(dy.par_chunks(4096)))
         .for_each(|(((dg, du), g), (u, dy))| {
+            sigmoid(g, dg);
             for i in 0..g.len() {
-                let s = sigmoid(g[i]);
+                let s = dg[i];
                 du[i] = dy[i] * g[i] * s;
                 dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
             }
@@ -246,11 +253,8 @@ pub fn cross_entropy_rows(logits: &mut [f32], targets: &[u32], scales: &[f32]) -
             let target = target as usize;
             // Before exponentiating: exp of a logit far below the max underflows to 0.
             let target_shifted = (row[target] - max) as f64;
-            let mut sum = 0f64;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x as f64;
-            }
+            crate::vexp::exp_affine(row, 1.0, max);
+            let sum: f64 = row.iter().map(|&x| x as f64).sum();
             // −log p(target) = log Σ exp − (logit − max)
             *nll = sum.ln() - target_shifted;
             let inv = (1.0 / sum) as f32 * scale;

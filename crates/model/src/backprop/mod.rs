@@ -18,7 +18,7 @@
 //! hd head dim, f = hd/2, ff intermediate, v vocab, m target rows.
 
 mod attention;
-mod kernels;
+pub(crate) mod kernels;
 mod linear;
 
 use std::time::Instant;
