@@ -50,7 +50,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, kernels: Kernels) -> Resu
 /// `vexp` (candle-nn's kernel calls the scalar exp, a tenth of a scoring forward).
 pub fn softmax_last_dim(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
     match kernels {
-        Kernels::Fused if x.device().is_cpu() && x.dtype() == DType::F32 => {
+        Kernels::Fused if x.device().is_cpu() && x.dtype() == DType::F32 && x.elem_count() > 0 => {
             let n = x.dim(D::Minus1)?;
             let mut v = x.flatten_all()?.to_vec1::<f32>()?;
             v.par_chunks_mut(n).for_each(|row| {
