@@ -167,8 +167,9 @@ pub struct CompareArgs {
     /// Score the first N test examples.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// How the frozen projections are held, for every arm alike (default: f32 for the
-    /// scoring; with --prompt, generation's default: file for a .gguf model, else f16).
+    /// How the frozen projections are held, for every arm alike (default for the scoring:
+    /// bf16 where the processor has AMX or AVX512-BF16, else f32; with --prompt,
+    /// generation's default: file for a .gguf model, else f16).
     #[arg(long, value_enum)]
     pub weights: Option<InferenceWeights>,
     /// A file of instruction variants separated by lines of `---`: each is tried zero-shot on

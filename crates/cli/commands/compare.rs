@@ -79,7 +79,17 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         .map(read_instructions)
         .transpose()?;
     eprintln!("loading {}", base_args.model);
-    let scoring = args.weights.unwrap_or(InferenceWeights::Dense);
+    let scoring = InferenceWeights::for_scoring(args.weights);
+    eprintln!(
+        "scoring with {} weights ({}){}",
+        scoring.name(),
+        scoring.format().kernel(),
+        if args.weights.is_none() && scoring != InferenceWeights::Dense {
+            "; --weights f32 for the exact form"
+        } else {
+            ""
+        }
+    );
     let base = base_args.load(scoring)?;
     let tuned = match &adapter {
         Some(_) => {
@@ -212,7 +222,7 @@ fn score_adapter(
 ) -> anyhow::Result<(compare::StrategyRow, Option<RunInfo>)> {
     let mut model_args = args.model.clone();
     model_args.adapter = Some(dir.to_path_buf());
-    let model = model_args.load(args.weights.unwrap_or(InferenceWeights::Dense))?;
+    let model = model_args.load(InferenceWeights::for_scoring(args.weights))?;
     let info = run_dir::run_dir_of(dir)
         .map(|d| run_dir::read(&d))
         .transpose()?;
