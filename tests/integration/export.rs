@@ -62,20 +62,18 @@ fn candle_transformers_logits(path: &Path) -> Tensor {
     model.forward(&ids, 0).unwrap().squeeze(0).unwrap()
 }
 
-#[test]
-fn merged_exports_match_base_plus_adapter() {
-    let tmp = tempfile::tempdir().unwrap();
-    let gguf = smollm2_gguf().display().to_string();
-    // An adapter with a real effect: every projection, B random.
-    let mut tuned = Pretrained::load(&gguf, &LoadOptions::default()).unwrap();
+/// `model` with an adapter that has a real effect (r 4, alpha 8, every projection, B random
+/// in ±0.03), saved to `dir`; `seeds` are (A's init, B's values).
+fn random_adapter(model: &str, seeds: (u64, u64), dir: &Path) -> Pretrained {
+    let mut tuned = Pretrained::load(model, &LoadOptions::default()).unwrap();
     let config = LoraConfig {
         r: 4,
         lora_alpha: 8.0,
         target_modules: TargetModules::all_linear(),
         ..Default::default()
     };
-    tuned.model.attach_lora(&config, 3).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    tuned.model.attach_lora(&config, seeds.0).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seeds.1);
     for (_, _, b) in tuned.model.lora_vars() {
         let values: Vec<f32> = (0..b.elem_count())
             .map(|_| rng.random_range(-0.03..0.03))
@@ -83,8 +81,16 @@ fn merged_exports_match_base_plus_adapter() {
         b.set(&Tensor::from_vec(values, b.shape(), &Device::Cpu).unwrap())
             .unwrap();
     }
+    tuned.model.save_lora(dir, &config).unwrap();
+    tuned
+}
+
+#[test]
+fn merged_exports_match_base_plus_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = smollm2_gguf().display().to_string();
     let adapter = tmp.path().join("adapter");
-    tuned.model.save_lora(&adapter, &config).unwrap();
+    let tuned = random_adapter(&gguf, (3, 11), &adapter);
 
     let out = tmp.path().join("merged");
     let r = tuna(
@@ -385,24 +391,8 @@ fn the_gguf_lora_applied_to_the_base_file_gives_base_plus_adapter() {
 
     let tmp = tempfile::tempdir().unwrap();
     let gguf = smollm2_gguf();
-    let mut tuned = Pretrained::load(gguf.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let config = LoraConfig {
-        r: 4,
-        lora_alpha: 8.0,
-        target_modules: TargetModules::all_linear(),
-        ..Default::default()
-    };
-    tuned.model.attach_lora(&config, 5).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-    for (_, _, b) in tuned.model.lora_vars() {
-        let values: Vec<f32> = (0..b.elem_count())
-            .map(|_| rng.random_range(-0.03..0.03))
-            .collect();
-        b.set(&Tensor::from_vec(values, b.shape(), &Device::Cpu).unwrap())
-            .unwrap();
-    }
     let adapter = tmp.path().join("adapter");
-    tuned.model.save_lora(&adapter, &config).unwrap();
+    let tuned = random_adapter(gguf.to_str().unwrap(), (5, 12), &adapter);
 
     let out = tmp.path().join("lora");
     let (model, adapter, output) = (

@@ -75,12 +75,12 @@ impl WeightFormat {
 /// gemm (candle's f32 matmul) runs its AVX-512 kernels where this holds (the `x86-v4`
 /// feature, turned on in Cargo.toml).
 #[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
+pub(crate) fn has_avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn has_avx512() -> bool {
+pub(crate) fn has_avx512() -> bool {
     false
 }
 

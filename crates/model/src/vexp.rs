@@ -14,18 +14,8 @@ fn vectorized() -> bool {
     static VECTORIZED: OnceLock<bool> = OnceLock::new();
     *VECTORIZED.get_or_init(|| {
         let forced_portable = std::env::var("TUNA_KERNEL").is_ok_and(|v| v == "portable");
-        !forced_portable && has_avx512()
+        !forced_portable && crate::linear::has_avx512()
     })
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn has_avx512() -> bool {
-    false
 }
 
 /// x ← exp(x · scale − shift) for every x.
