@@ -25,6 +25,7 @@ pub mod pretrained;
 pub mod quant_weight;
 pub mod rope;
 pub mod source;
+pub mod team;
 pub mod tokenizer;
 pub mod vexp;
 pub mod weights;

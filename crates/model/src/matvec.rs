@@ -10,7 +10,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 use half::f16;
-use rayon::prelude::*;
+
+use crate::team;
 
 /// Output features computed per parallel task.
 const BLOCK: usize = 64;
@@ -46,24 +47,22 @@ impl CustomOp2 for F16MatVec {
         let r = x.len() / k;
         // (n, r), filled in blocks of output features, then transposed to (r, n).
         let mut yt = vec![0f32; n * r];
-        yt.par_chunks_mut(BLOCK * r)
-            .enumerate()
-            .for_each(|(block, out)| {
-                let mut w_f32 = vec![0f32; if r > 1 { k } else { 0 }];
-                for (j, out_row) in out.chunks_mut(r).enumerate() {
-                    let o = block * BLOCK + j;
-                    let w_row = &w[o * k..(o + 1) * k];
-                    if r == 1 {
-                        out_row[0] = dot(w_row, x);
-                        continue;
-                    }
-                    // Several rows: convert the weight row once, then f32 dots.
-                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(w_row, &mut w_f32);
-                    for (row, y) in out_row.iter_mut().enumerate() {
-                        *y = dot_f32(&w_f32, &x[row * k..(row + 1) * k]);
-                    }
+        team::for_each_chunk_mut(&mut yt, BLOCK * r, |block, out| {
+            let mut w_f32 = vec![0f32; if r > 1 { k } else { 0 }];
+            for (j, out_row) in out.chunks_mut(r).enumerate() {
+                let o = block * BLOCK + j;
+                let w_row = &w[o * k..(o + 1) * k];
+                if r == 1 {
+                    out_row[0] = dot(w_row, x);
+                    continue;
                 }
-            });
+                // Several rows: convert the weight row once, then f32 dots.
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(w_row, &mut w_f32);
+                for (row, y) in out_row.iter_mut().enumerate() {
+                    *y = dot_f32(&w_f32, &x[row * k..(row + 1) * k]);
+                }
+            }
+        });
         let y = if r == 1 {
             yt
         } else {

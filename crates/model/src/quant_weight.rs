@@ -26,6 +26,7 @@ use crate::bf16_weight::{product_of_rows, Bf16Kernel};
 use crate::block_dot;
 use crate::compact::{CompactWeight, Product};
 use crate::matvec::dot_f32;
+use crate::team;
 
 /// Up to this many rows are multiplied row by row against the blocks; more go through a
 /// decoded copy made for the call.
@@ -139,9 +140,10 @@ impl QuantWeight {
         let mut yt = vec![0f32; o * n];
         if n == 1 && block_dot::fused(self.dtype) {
             let bytes = self.bytes();
-            // A few long contiguous streams of rows, one or two per thread.
-            let chunk = o.div_ceil(2 * rayon::current_num_threads()).max(ROW_BLOCK);
-            yt.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+            // A few long contiguous streams of rows, a few per thread, on the team that
+            // stays awake between the products of a token.
+            let chunk = o.div_ceil(4 * team::threads()).max(ROW_BLOCK);
+            team::for_each_chunk_mut(&mut yt, chunk, |c, out| {
                 for (j, y) in out.iter_mut().enumerate() {
                     let row = c * chunk + j;
                     *y = block_dot::dot(
@@ -153,17 +155,15 @@ impl QuantWeight {
             });
             return yt;
         }
-        yt.par_chunks_mut(ROW_BLOCK * n)
-            .enumerate()
-            .for_each(|(block, out)| {
-                let mut w = vec![0f32; i];
-                for (j, out_row) in out.chunks_mut(n).enumerate() {
-                    self.dequantize_rows(block * ROW_BLOCK + j, &mut w);
-                    for (r, y) in out_row.iter_mut().enumerate() {
-                        *y = dot_f32(&w, &x[r * i..][..i]);
-                    }
+        team::for_each_chunk_mut(&mut yt, ROW_BLOCK * n, |block, out| {
+            let mut w = vec![0f32; i];
+            for (j, out_row) in out.chunks_mut(n).enumerate() {
+                self.dequantize_rows(block * ROW_BLOCK + j, &mut w);
+                for (r, y) in out_row.iter_mut().enumerate() {
+                    *y = dot_f32(&w, &x[r * i..][..i]);
                 }
-            });
+            }
+        });
         if n == 1 {
             return yt;
         }
