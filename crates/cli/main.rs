@@ -29,8 +29,30 @@ fn keep_freed_memory() {
     }
 }
 
+/// candle's matmul asks for its thread count on every call, and without RAYON_NUM_THREADS
+/// that means reading /proc/cpuinfo (num_cpus::get_physical, uncached in candle-core 0.11):
+/// 7% of the main thread's time in batch-1 generation (perf, BENCHMARKS.md). Pin the count
+/// it would pick in the variable, and build rayon's pool with the count rayon would pick, so
+/// both stay what they were.
+fn pin_thread_counts() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return; // both read it already
+    }
+    let candle_threads = candle_core::utils::get_num_threads();
+    let rayon_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Safety: no other thread exists yet (this runs first in main), so nothing reads the
+    // environment concurrently.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", candle_threads.to_string()) };
+    // An error means a pool exists already, which cannot happen this early; either way
+    // rayon then keeps the pool it has.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon_threads)
+        .build_global();
+}
+
 fn main() {
     keep_freed_memory();
+    pin_thread_counts();
     let cli = args::Cli::parse();
     // Run on a rayon worker: the parallel ops inside then split work by stealing instead of
     // waking the pool from outside and blocking on a latch for every op (measured: f16

@@ -300,9 +300,9 @@ fn tile_rows(rows: &(dyn Fn(usize, &mut [f32]) + Sync), o: usize, i: usize) -> V
 }
 
 /// A pointer that rayon tasks may share; every use says why its writes are disjoint.
-struct SendPtr(*mut u32);
-// SAFETY: only used for disjoint writes (see tile_rows).
-unsafe impl Sync for SendPtr {}
+struct SendPtr<T>(*mut T);
+// SAFETY: only used for disjoint writes (see tile_rows and run).
+unsafe impl<T> Sync for SendPtr<T> {}
 
 /// C (rows × n_out) = x (rows × k) · B, B tiled with `kp` (k padded) rows.
 fn run(
@@ -339,69 +339,101 @@ fn run(
                 }
             }
         });
-    // Row chunks (whole blocks) run in parallel; each walks every panel of B.
+    // Tasks are (row chunk, group of B panels): few rows still spread over every thread.
     let threads = rayon::current_num_threads().max(1);
     let chunk_blocks = (mp / PANEL).div_ceil(2 * threads).clamp(1, 4);
     let chunk_rows = chunk_blocks * PANEL;
+    let row_chunks = rows.div_ceil(chunk_rows);
     let panel_len = kp / 2 * PANEL;
-    y.par_chunks_mut(chunk_rows * n_out)
-        .enumerate()
-        .for_each(|(chunk, ys)| {
-            let first = chunk * chunk_rows;
-            let rows_here = ys.len() / n_out;
-            let mut c = [0f32; PANEL * PANEL];
-            #[cfg(target_arch = "x86_64")]
-            if kernel != Bf16Kernel::Portable {
-                type BlockKernel = unsafe fn(*const u16, *const u32, usize, *mut f32, usize);
-                let block_kernel: BlockKernel = match kernel {
-                    Bf16Kernel::Amx => amx::block,
-                    _ => dpbf16::block,
-                };
-                // SAFETY: Amx and Avx512Bf16 are only offered where the processor runs them
-                // (amx::available, dpbf16::available); the AMX tile configuration is loaded
-                // on this thread first. A holds `mp` padded rows in whole tiles, each B panel
-                // `ks` steps of two tiles, and a block is stored either whole inside ys (32
-                // rows and 32 columns left) or into `c`.
-                unsafe {
-                    if kernel == Bf16Kernel::Amx {
-                        amx::configure();
-                    }
-                    for (panel, b) in panels.chunks(panel_len).enumerate() {
-                        for block in (0..rows_here).step_by(PANEL) {
-                            let a = a[(first + block) * kp..].as_ptr();
-                            let whole =
-                                rows_here - block >= PANEL && n_out - panel * PANEL >= PANEL;
-                            if whole {
-                                let out = ys[block * n_out + panel * PANEL..].as_mut_ptr();
-                                block_kernel(a, b.as_ptr(), ks, out, n_out * 4);
-                            } else {
-                                block_kernel(a, b.as_ptr(), ks, c.as_mut_ptr(), PANEL * 4);
-                                scatter(&c, ys, block, panel, rows_here, n_out);
-                            }
+    let n_panels = panels.len() / panel_len;
+    let per_group = n_panels.div_ceil((2 * threads).div_ceil(row_chunks).clamp(1, n_panels));
+    let groups = n_panels.div_ceil(per_group);
+    let out = SendPtr(y.as_mut_ptr());
+    (0..row_chunks * groups).into_par_iter().for_each(|task| {
+        let out = &out;
+        let (chunk, group) = (task / groups, task % groups);
+        let first = chunk * chunk_rows;
+        let rows_here = chunk_rows.min(rows - first);
+        let panel_range = group * per_group..((group + 1) * per_group).min(n_panels);
+        let mut c = [0f32; PANEL * PANEL];
+        // SAFETY (every write below): task (chunk, group) writes rows first..first +
+        // rows_here and the columns of its own panels only, so tasks write disjoint parts
+        // of y, which outlives the parallel loop.
+        let store = |c: &[f32], block: usize, panel: usize| unsafe {
+            scatter(c, out.0, first + block, panel, rows_here - block, n_out)
+        };
+        #[cfg(target_arch = "x86_64")]
+        if kernel != Bf16Kernel::Portable {
+            type BlockKernel = unsafe fn(*const u16, *const u32, usize, *mut f32, usize);
+            let block_kernel: BlockKernel = match kernel {
+                Bf16Kernel::Amx => amx::block,
+                _ => dpbf16::block,
+            };
+            // SAFETY: Amx and Avx512Bf16 are only offered where the processor runs them
+            // (amx::available, dpbf16::available); the AMX tile configuration is loaded on
+            // this thread first. A holds `mp` padded rows in whole tiles, each B panel `ks`
+            // steps of two tiles, and a block is stored either whole inside y (32 rows and
+            // 32 columns left, inside this task's part) or into `c`.
+            unsafe {
+                if kernel == Bf16Kernel::Amx {
+                    amx::configure();
+                }
+                for panel in panel_range {
+                    let b = panels[panel * panel_len..].as_ptr();
+                    for block in (0..rows_here).step_by(PANEL) {
+                        let a = a[(first + block) * kp..].as_ptr();
+                        let whole = rows_here - block >= PANEL && n_out - panel * PANEL >= PANEL;
+                        if whole {
+                            let at = (first + block) * n_out + panel * PANEL;
+                            block_kernel(a, b, ks, out.0.add(at), n_out * 4);
+                        } else {
+                            block_kernel(a, b, ks, c.as_mut_ptr(), PANEL * 4);
+                            store(&c, block, panel);
                         }
                     }
-                    if kernel == Bf16Kernel::Amx {
-                        amx::release();
-                    }
                 }
-                return;
-            }
-            for (panel, b) in panels.chunks(panel_len).enumerate() {
-                for block in (0..rows_here).step_by(PANEL) {
-                    portable_block(&a[(first + block) * kp..], ks, b, &mut c);
-                    scatter(&c, ys, block, panel, rows_here, n_out);
+                if kernel == Bf16Kernel::Amx {
+                    amx::release();
                 }
             }
-        });
+            return;
+        }
+        for panel in panel_range {
+            let b = &panels[panel * panel_len..][..panel_len];
+            for block in (0..rows_here).step_by(PANEL) {
+                portable_block(&a[(first + block) * kp..], ks, b, &mut c);
+                store(&c, block, panel);
+            }
+        }
+    });
     y
 }
 
-/// Copies the part of block C (32 × 32) that falls inside ys (rows_here × n_out).
-fn scatter(c: &[f32], ys: &mut [f32], block: usize, panel: usize, rows_here: usize, n_out: usize) {
+/// Copies the part of block C (32 × 32) that falls inside y (rows × n_out, row-major): rows
+/// row0.. (at most `rows_left` of them), the columns of `panel`.
+///
+/// # Safety
+/// `y` must hold rows row0 + min(32, rows_left) of n_out values, and no one else may access
+/// those cells meanwhile.
+unsafe fn scatter(
+    c: &[f32],
+    y: *mut f32,
+    row0: usize,
+    panel: usize,
+    rows_left: usize,
+    n_out: usize,
+) {
     let col0 = panel * PANEL;
     let cols = PANEL.min(n_out - col0);
-    for r in 0..PANEL.min(rows_here - block) {
-        ys[(block + r) * n_out + col0..][..cols].copy_from_slice(&c[r * PANEL..][..cols]);
+    for r in 0..PANEL.min(rows_left) {
+        // SAFETY: inside y by the contract above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                c[r * PANEL..].as_ptr(),
+                y.add((row0 + r) * n_out + col0),
+                cols,
+            )
+        };
     }
 }
 
@@ -491,8 +523,16 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_the_reference_on_odd_shapes() {
-        // Shapes that are not multiples of a block anywhere, one that is, and one row.
-        for &(rows, o, i) in &[(37, 45, 70), (64, 64, 96), (1, 33, 31), (70, 3, 130)] {
+        // Shapes that are not multiples of a block anywhere, one that is, one row, and few
+        // rows over many panels (the panels split across tasks).
+        for &(rows, o, i) in &[
+            (37, 45, 70),
+            (64, 64, 96),
+            (1, 33, 31),
+            (70, 3, 130),
+            (3, 200, 40),
+            (33, 130, 20),
+        ] {
             let w = values(o * i, 1);
             let weight = Bf16Weight::from_f32(&w, o, i);
             assert_eq!(weight.to_f32(), round(&w), "{o}x{i}: bf16 round trip");

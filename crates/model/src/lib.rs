@@ -16,6 +16,7 @@ pub mod error;
 pub mod export;
 pub mod frozen;
 pub mod gguf;
+pub mod int8_rows;
 pub mod kv_cache;
 pub mod linear;
 pub mod lora;

@@ -121,6 +121,17 @@ impl Linear {
         }
     }
 
+    /// Lets the few-row products of a weight held as blocks run on the int8 kernels, which
+    /// round the activations to 8 bits (int8_rows.rs); other weights are left as they are.
+    pub fn allow_int8_products(&mut self) {
+        if let LinearWeight::Quant(w) = &mut self.weight {
+            // Unique at load, the only time this is called; a shared weight stays as it is.
+            if let Some(w) = Arc::get_mut(w) {
+                w.allow_int8_products();
+            }
+        }
+    }
+
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let (out_features, in_features) = weight.dims2()?;
         Ok(Self {

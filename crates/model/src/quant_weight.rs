@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use crate::bf16_weight::{product_of_rows, Bf16Kernel};
 use crate::block_dot;
 use crate::compact::{CompactWeight, Product};
+use crate::int8_rows::{self, Int8Rows};
 use crate::matvec::dot_f32;
 use crate::team;
 
@@ -41,9 +42,18 @@ pub struct QuantWeight {
     pub out_features: usize,
     pub in_features: usize,
     row_bytes: usize,
-    /// o rows of `row_bytes` each, in u64 words so that every block type's alignment holds
-    /// (block sizes are even; f32 rows are 4·i bytes).
-    words: Vec<u64>,
+    blocks: Blocks,
+}
+
+/// How the blocks are held.
+#[derive(Debug)]
+enum Blocks {
+    /// o rows of `row_bytes` each, as ggml lays them out, in u64 words so that every block
+    /// type's alignment holds (block sizes are even; f32 rows are 4·i bytes).
+    Ggml(Vec<u64>),
+    /// Repacked for the int8 dot instructions (Q8_0, Q4_0, Q4_1 where the processor has
+    /// them): the same blocks, 16 rows interleaved.
+    Int8(Int8Rows),
 }
 
 /// Whether `dtype` can hold rows of `in_features` values (whole blocks).
@@ -80,7 +90,21 @@ impl QuantWeight {
             out_features: o,
             in_features: i,
             row_bytes,
-            words,
+            blocks: Blocks::Ggml(words),
+        }
+    }
+
+    /// Repacks the blocks so that the few-row products run on the int8 dot instructions,
+    /// with the activations rounded to 8 bits (int8_rows.rs), where the processor has them
+    /// and the block type is one they take; else leaves the weight as it is.
+    pub fn allow_int8_products(&mut self) {
+        if let Blocks::Ggml(words) = &self.blocks {
+            if int8_rows::packs(self.dtype) {
+                let data = &bytes(words)[..self.out_features * self.row_bytes];
+                let rows =
+                    Int8Rows::from_ggml(self.dtype, self.out_features, self.in_features, data);
+                self.blocks = Blocks::Int8(rows);
+            }
         }
     }
 
@@ -95,30 +119,42 @@ impl QuantWeight {
 
     /// The same weight with its rows reordered: row r of the result is row `order[r]`.
     pub fn reorder_rows(&self, order: &[usize]) -> Self {
-        let bytes = self.bytes();
-        let mut data = Vec::with_capacity(bytes.len());
-        for &r in order {
-            data.extend_from_slice(&bytes[r * self.row_bytes..][..self.row_bytes]);
+        let mut data = vec![0u8; order.len() * self.row_bytes];
+        for (&r, out) in order.iter().zip(data.chunks_mut(self.row_bytes)) {
+            match &self.blocks {
+                Blocks::Ggml(words) => {
+                    out.copy_from_slice(&bytes(words)[r * self.row_bytes..][..self.row_bytes])
+                }
+                Blocks::Int8(rows) => rows.ggml_row(r, out),
+            }
         }
-        Self::from_bytes(self.dtype, self.out_features, self.in_features, &data)
+        let mut reordered =
+            Self::from_bytes(self.dtype, self.out_features, self.in_features, &data);
+        if matches!(self.blocks, Blocks::Int8(_)) {
+            reordered.allow_int8_products();
+        }
+        reordered
     }
 
     /// Bytes held (the blocks).
     pub fn storage_bytes(&self) -> usize {
-        self.out_features * self.row_bytes
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &bytes(&self.words)[..self.storage_bytes()]
+        match &self.blocks {
+            Blocks::Ggml(_) => self.out_features * self.row_bytes,
+            Blocks::Int8(rows) => rows.storage_bytes(),
+        }
     }
 
     /// Decodes rows first.. into `out` (whole rows of i values).
     pub fn dequantize_rows(&self, first: usize, out: &mut [f32]) {
         let i = self.in_features;
-        let bytes = self.bytes();
         for (r, row) in out.chunks_mut(i).enumerate() {
-            let src = &bytes[(first + r) * self.row_bytes..][..self.row_bytes];
-            decode_row(self.dtype, src, row);
+            match &self.blocks {
+                Blocks::Ggml(words) => {
+                    let src = &bytes(words)[(first + r) * self.row_bytes..][..self.row_bytes];
+                    decode_row(self.dtype, src, row)
+                }
+                Blocks::Int8(rows) => rows.decode_row(first + r, row),
+            }
         }
     }
 
@@ -137,9 +173,12 @@ impl QuantWeight {
         let (o, i) = (self.out_features, self.in_features);
         let n = x.len() / i;
         // (o, n), filled in blocks of output rows, then transposed to (n, o).
+        let bytes = match &self.blocks {
+            Blocks::Int8(rows) => return rows.rows_times_wt(x),
+            Blocks::Ggml(words) => bytes(words),
+        };
         let mut yt = vec![0f32; o * n];
         if n == 1 && block_dot::fused(self.dtype) {
-            let bytes = self.bytes();
             // A few long contiguous streams of rows, a few per thread, on the team that
             // stays awake between the products of a token.
             let chunk = o.div_ceil(4 * team::threads()).max(ROW_BLOCK);
@@ -317,7 +356,11 @@ mod tests {
             let o = 37;
             let dense = Tensor::from_vec(values(o * i, 3), (o, i), &Device::Cpu).unwrap();
             let q = QuantWeight::quantize(&dense, dtype).unwrap();
+            // The same blocks repacked for the int8 kernels, where this processor has them.
+            let mut q8 = QuantWeight::quantize(&dense, dtype).unwrap();
+            q8.allow_int8_products();
             let w = q.to_f32();
+            assert_eq!(q8.to_f32(), w, "{dtype:?}: decoded from the int8 layout");
             // Decoding agrees with candle's own dequantize of the same blocks.
             let theirs = QTensor::quantize(&dense, dtype)
                 .unwrap()
@@ -333,23 +376,27 @@ mod tests {
                 for rows in [1, 3, MATVEC_MAX_ROWS + 1, 70] {
                     let x = values(rows * k, rows as u64);
                     let want = reference(&x, &w, o, i, product);
-                    let got = q.product(&x, product);
-                    let batched = !(product == Product::XWt && rows <= MATVEC_MAX_ROWS);
-                    // bf16 rounding of both operands: 2^-8 relative each, on k terms ≤ 1.
-                    let tol = if batched && bf16_tiles {
-                        8e-3 * (k as f32).sqrt()
-                    } else {
-                        1e-5 * k as f32
-                    };
-                    let worst = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
-                    assert!(
+                    for (q, repacked) in [(&q, false), (&q8, true)] {
+                        let got = q.product(&x, product);
+                        let batched = !(product == Product::XWt && rows <= MATVEC_MAX_ROWS);
+                        // bf16 rounding of both operands: 2^-8 relative each, on k terms ≤ 1;
+                        // the int8 kernels round the activations to 8 bits, about as much.
+                        let int8 = repacked && !batched && int8_rows::packs(dtype);
+                        let tol = if (batched && bf16_tiles) || int8 {
+                            8e-3 * (k as f32).sqrt()
+                        } else {
+                            1e-5 * k as f32
+                        };
+                        let worst = got
+                            .iter()
+                            .zip(&want)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0f32, f32::max);
+                        assert!(
                         worst < tol,
-                        "{dtype:?} {product:?} {rows}x{k}: off by {worst}"
+                        "{dtype:?} {product:?} {rows}x{k} (int8 layout: {repacked}): off by {worst}"
                     );
+                    }
                 }
             }
         }
@@ -363,11 +410,15 @@ mod tests {
             }
             let i = 32 * 19;
             let dense = Tensor::from_vec(values(3 * i, 5), (3, i), &Device::Cpu).unwrap();
-            let q = QuantWeight::quantize(&dense, dtype).unwrap();
-            let w = q.to_f32();
+            // The ggml blocks themselves (a QuantWeight may hold them repacked).
+            let q = QTensor::quantize(&dense, dtype).unwrap();
+            let blocks = q.data().unwrap();
+            let w = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap();
+            let w = w.to_vec1::<f32>().unwrap();
             let x = values(i, 6);
+            let row_bytes = blocks.len() / 3;
             for r in 0..3 {
-                let row = &q.bytes()[r * q.row_bytes..][..q.row_bytes];
+                let row = &blocks[r * row_bytes..][..row_bytes];
                 let want: f64 = (0..i).map(|j| w[r * i + j] as f64 * x[j] as f64).sum();
                 let got = block_dot::dot(dtype, row, &x);
                 assert!(
@@ -384,9 +435,13 @@ mod tests {
         let dense = Tensor::from_vec(values(o * i, 9), (o, i), &Device::Cpu).unwrap();
         let q = QuantWeight::quantize(&dense, GgmlDType::Q4_1).unwrap();
         let w = q.to_f32();
-        let r = q.reorder_rows(&[2, 0, 3, 1]).to_f32();
-        for (new, old) in [2, 0, 3, 1].iter().enumerate() {
-            assert_eq!(r[new * i..][..i], w[old * i..][..i]);
+        let mut q8 = QuantWeight::quantize(&dense, GgmlDType::Q4_1).unwrap();
+        q8.allow_int8_products();
+        for q in [q, q8] {
+            let r = q.reorder_rows(&[2, 0, 3, 1]).to_f32();
+            for (new, old) in [2, 0, 3, 1].iter().enumerate() {
+                assert_eq!(r[new * i..][..i], w[old * i..][..i]);
+            }
         }
     }
 }

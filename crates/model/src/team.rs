@@ -186,7 +186,7 @@ impl Team {
                 continue;
             }
             polls += 1;
-            if polls % 256 != 0 || idle_since.elapsed() < SPIN {
+            if !polls.is_multiple_of(256) || idle_since.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }
