@@ -314,31 +314,39 @@ fn run(
     kernel: Bf16Kernel,
 ) -> Vec<f32> {
     let rows = x.len() / k;
-    let mut y = vec![0f32; rows * n_out];
     if rows == 0 {
-        return y;
+        return Vec::new();
     }
+    // Both buffers are filled by the tasks below, every value once, so they are not zeroed
+    // first (zeroing them took 3% of a training step: perf, BENCHMARKS.md).
     // A: rows padded to a whole block, K to whole steps, zeros beyond.
     let ks = kp / KSTEP;
     let mp = round_up(rows, PANEL);
-    let mut a = vec![0u16; mp * kp];
-    a.par_chunks_mut(16 * kp)
-        .enumerate()
-        .for_each(|(block, dst)| {
-            for r in 0..16 {
-                let row = block * 16 + r;
-                if row >= rows {
-                    break;
-                }
-                let src = &x[row * k..][..k];
+    let mut a: Vec<u16> = Vec::with_capacity(mp * kp);
+    let a_out = SendPtr(a.as_mut_ptr());
+    (0..mp / 16).into_par_iter().for_each(|block| {
+        let a_out = &a_out;
+        // SAFETY: block `block` writes its own 16 · kp values (the whole block: zeros
+        // first where any of it is padding), inside the capacity of `a`.
+        unsafe {
+            let dst = a_out.0.add(block * 16 * kp);
+            if block * 16 + 16 > rows || k < kp {
+                std::ptr::write_bytes(dst, 0, 16 * kp);
+            }
+            for r in 0..16.min(rows.saturating_sub(block * 16)) {
+                let src = &x[(block * 16 + r) * k..][..k];
                 for (j, chunk) in src.chunks(KSTEP).enumerate() {
-                    let at = a_index(ks, r, j * KSTEP);
-                    for (d, &v) in dst[at..at + chunk.len()].iter_mut().zip(chunk) {
-                        *d = bf16_bits(v);
+                    let at = dst.add(a_index(ks, r, j * KSTEP));
+                    for (c, &v) in chunk.iter().enumerate() {
+                        at.add(c).write(bf16_bits(v));
                     }
                 }
             }
-        });
+        }
+    });
+    // SAFETY: every one of the mp · kp values was written above.
+    unsafe { a.set_len(mp * kp) };
+    let mut y: Vec<f32> = Vec::with_capacity(rows * n_out);
     // Tasks are (row chunk, group of B panels): few rows still spread over every thread.
     let threads = rayon::current_num_threads().max(1);
     let chunk_blocks = (mp / PANEL).div_ceil(2 * threads).clamp(1, 4);
@@ -406,6 +414,10 @@ fn run(
             }
         }
     });
+    // SAFETY: the tasks cover every (row, column) of y once: row chunks × panel groups
+    // tile rows × n_out, and each block is stored whole or through `scatter`, which
+    // copies the block's part inside y.
+    unsafe { y.set_len(rows * n_out) };
     y
 }
 
