@@ -253,6 +253,11 @@ impl Linear {
         !matches!(self.weight, LinearWeight::F16(_))
     }
 
+    /// Whether the frozen weight is held compact (bf16 or blocks), not as a dense tensor.
+    pub fn holds_compact_weight(&self) -> bool {
+        matches!(self.weight, LinearWeight::Bf16(_) | LinearWeight::Quant(_))
+    }
+
     /// Bytes the frozen weight takes as held.
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {

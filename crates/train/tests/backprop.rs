@@ -86,10 +86,14 @@ fn assert_passes_agree(spec: TinySpec, what: &str) {
 fn assert_passes_agree_over(spec: TinySpec, what: &str, weights: WeightFormat) {
     let (model, vars) = model_with_adapters_over(spec, 0.0, weights);
     // bf16: activations are rounded on the way into each product, so f32-level differences
-    // between the passes now and then land on the next bf16 value.
+    // between the passes now and then land on the next bf16 value; and over compact weights
+    // the fused pass runs attention's products in bf16 too (where the processor multiplies
+    // bf16 in hardware), the autograd reference in f32. The exact logic of the hand-written
+    // backward is held to 1e-4 by the dense case; attention's bf16 products are checked
+    // against the f32 ones in backprop/attention.rs.
     let (loss_rel, grad_rel) = match weights {
         WeightFormat::Dense => (1e-4, 1e-4),
-        _ => (1e-3, 1e-2),
+        _ => (1e-3, 3e-2),
     };
     let vocab = model.model.config.vocab_size as u32;
     for (i, batch) in batches(vocab).iter().enumerate() {

@@ -11,7 +11,67 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{tensor, to_vec};
+use super::kernels::{tensor, to_vec, view};
+use crate::bf16_weight::{product_of_rows, Bf16Kernel, Product};
+
+/// How attention's five products run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    /// candle's f32 matmul (gemm).
+    F32,
+    /// bf16 operands on the processor's bf16 kernel, f32 accumulation, as under PyTorch's
+    /// bf16 autocast; the softmax, its log-sum-exp and the masking stay f32.
+    Bf16(Bf16Kernel),
+}
+
+impl Products {
+    /// One of the two operands of every product is (b, kvh) batches of `n` rows: the
+    /// product per batch, row-major results concatenated. `x` holds the batches of the left
+    /// operand, `w` those of W (o × i each); `XWt` gives x · Wᵀ (x n × i), `DyW` x · W (x
+    /// n × o). Only for `Bf16`.
+    fn batched(
+        kernel: Bf16Kernel,
+        x: &[f32],
+        w: &[f32],
+        batches: usize,
+        (o, i): (usize, usize),
+        product: Product,
+    ) -> Vec<f32> {
+        let (x_cols, y_cols) = match product {
+            Product::XWt => (i, o),
+            Product::DyW => (o, i),
+        };
+        let n = x.len() / batches / x_cols;
+        let mut y = vec![0f32; batches * n * y_cols];
+        y.par_chunks_mut(n * y_cols)
+            .enumerate()
+            .for_each(|(bi, y)| {
+                let w = &w[bi * o * i..][..o * i];
+                let rows = |first: usize, out: &mut [f32]| {
+                    out.copy_from_slice(&w[first * i..][..out.len()])
+                };
+                let x = &x[bi * n * x_cols..][..n * x_cols];
+                y.copy_from_slice(&product_of_rows(&rows, o, i, x, product, kernel));
+            });
+        y
+    }
+}
+
+/// Each of `batches` (rows × cols) matrices transposed.
+fn transpose_each(x: &[f32], batches: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(rows * cols)
+        .zip(x.par_chunks(rows * cols))
+        .for_each(|(out, x)| {
+            for r in 0..rows {
+                for c in 0..cols {
+                    out[c * rows + r] = x[r * cols + c];
+                }
+            }
+        });
+    debug_assert_eq!(x.len(), batches * rows * cols);
+    out
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {
@@ -65,10 +125,12 @@ pub fn forward(
     v: &Tensor,
     first: &[u32],
     shape: AttentionShape,
+    products: Products,
 ) -> Result<(Tensor, Vec<f32>)> {
-    let AttentionShape { b, t, h, kvh, .. } = shape;
+    let AttentionShape { b, t, h, kvh, hd } = shape;
+    let g = h / kvh;
     // (b, kvh, g·t, hd) @ (b, kvh, hd, t) -> (b, kvh, g·t, t)
-    let mut p = to_vec(&q.matmul(&k.t()?)?)?;
+    let mut p = scores(q, k, shape, products)?;
     let mut lse = vec![0f32; b * h * t];
     let scale = shape.scale();
     p.par_chunks_mut(t)
@@ -88,10 +150,31 @@ pub fn forward(
             p[ti + 1..].fill(0.0);
             *lse = max + sum.ln();
         });
-    let g = h / kvh;
-    let p = tensor(p, &[b, kvh, g * t, t])?;
     // (b, kvh, g·t, t) @ (b, kvh, t, hd) -> (b, kvh, g·t, hd)
-    Ok((p.matmul(v)?, lse))
+    let y = match products {
+        Products::F32 => tensor(p, &[b, kvh, g * t, t])?.matmul(v)?,
+        Products::Bf16(kernel) => {
+            let y = Products::batched(kernel, &p, &view(v)?, b * kvh, (t, hd), Product::DyW);
+            tensor(y, &[b, kvh, g * t, hd])?
+        }
+    };
+    Ok((y, lse))
+}
+
+/// q · kᵀ per (b, kvh): (b, kvh, g·t, t), flat.
+fn scores(q: &Tensor, k: &Tensor, shape: AttentionShape, products: Products) -> Result<Vec<f32>> {
+    let AttentionShape { b, t, kvh, hd, .. } = shape;
+    match products {
+        Products::F32 => to_vec(&q.matmul(&k.t()?)?),
+        Products::Bf16(kernel) => Ok(Products::batched(
+            kernel,
+            &view(q)?,
+            &view(k)?,
+            b * kvh,
+            (t, hd),
+            Product::XWt,
+        )),
+    }
 }
 
 /// Attention backward. `dy` is head-major like y; `delta` holds Σ dy·y per query row.
@@ -106,11 +189,12 @@ pub fn backward(
     dy: &Tensor,
     delta: &[f32],
     shape: AttentionShape,
+    products: Products,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let AttentionShape { b, t, h, kvh, .. } = shape;
+    let AttentionShape { b, t, h, kvh, hd } = shape;
     let g = h / kvh;
     let scale = shape.scale();
-    let mut p = to_vec(&q.matmul(&k.t()?)?)?;
+    let mut p = scores(q, k, shape, products)?;
     p.par_chunks_mut(t).enumerate().for_each(|(row, p)| {
         let (bi, ti) = (row / (h * t), row % t);
         let lo = first[bi * t + ti] as usize;
@@ -118,28 +202,50 @@ pub fn backward(
         p[..lo].fill(0.0);
         p[ti + 1..].fill(0.0);
     });
+    if let Products::Bf16(kernel) = products {
+        let batches = b * kvh;
+        let (dy, v, q, k) = (view(dy)?, view(v)?, view(q)?, view(k)?);
+        // dvᵀ = dyᵀ p: (hd, g·t) @ (g·t, t) -> (hd, t), per batch, then transposed.
+        let dyt = transpose_each(&dy, batches, g * t, hd);
+        let dvt = Products::batched(kernel, &dyt, &p, batches, (g * t, t), Product::DyW);
+        let dv = transpose_each(&dvt, batches, hd, t);
+        // dp = dy vᵀ: (g·t, hd) @ (hd, t)
+        let mut ds = Products::batched(kernel, &dy, &v, batches, (t, hd), Product::XWt);
+        scores_gradient(&mut ds, &p, delta, t, scale);
+        // dq = ds k: (g·t, t) @ (t, hd); dkᵀ = qᵀ ds: (hd, g·t) @ (g·t, t)
+        let dq = Products::batched(kernel, &ds, &k, batches, (t, hd), Product::DyW);
+        let qt = transpose_each(&q, batches, g * t, hd);
+        let dkt = Products::batched(kernel, &qt, &ds, batches, (g * t, t), Product::DyW);
+        let dk = transpose_each(&dkt, batches, hd, t);
+        return Ok((
+            tensor(dq, &[b, kvh, g * t, hd])?,
+            tensor(dk, &[b, kvh, t, hd])?,
+            tensor(dv, &[b, kvh, t, hd])?,
+        ));
+    }
     let p = tensor(p, &[b, kvh, g * t, t])?;
     // dv = pᵀ dy: (b, kvh, t, g·t) @ (b, kvh, g·t, hd)
     let dv = p.t()?.matmul(dy)?;
     // dp = dy vᵀ: (b, kvh, g·t, hd) @ (b, kvh, hd, t)
     let mut ds = to_vec(&dy.matmul(&v.t()?)?)?;
-    {
-        let p = super::kernels::view(&p)?;
-        ds.par_chunks_mut(t)
-            .zip(p.par_chunks(t))
-            .enumerate()
-            .for_each(|(row, (ds, p))| {
-                // ds = p ⊙ (dp − delta) · scale, zero where p is masked.
-                for (ds, p) in ds.iter_mut().zip(p) {
-                    *ds = p * (*ds - delta[row]) * scale;
-                }
-            });
-    }
+    scores_gradient(&mut ds, &view(&p)?, delta, t, scale);
     let ds = tensor(ds, &[b, kvh, g * t, t])?;
     // dq = ds k: (b, kvh, g·t, t) @ (b, kvh, t, hd); dk = dsᵀ q
     let dq = ds.matmul(k)?;
     let dk = ds.t()?.matmul(q)?;
     Ok((dq, dk, dv))
+}
+
+/// ds = p ⊙ (dp − delta) · scale in place of dp, zero where p is masked; rows of t.
+fn scores_gradient(ds: &mut [f32], p: &[f32], delta: &[f32], t: usize, scale: f32) {
+    ds.par_chunks_mut(t)
+        .zip(p.par_chunks(t))
+        .enumerate()
+        .for_each(|(row, (ds, p))| {
+            for (ds, p) in ds.iter_mut().zip(p) {
+                *ds = p * (*ds - delta[row]) * scale;
+            }
+        });
 }
 
 #[cfg(test)]
@@ -217,7 +323,7 @@ mod tests {
             let q = tensor(q.to_vec(), &[b, kvh, h / kvh * t, hd]).unwrap();
             let k = tensor(k.to_vec(), &[b, kvh, t, hd]).unwrap();
             let v = tensor(v.to_vec(), &[b, kvh, t, hd]).unwrap();
-            to_vec(&forward(&q, &k, &v, &first, shape).unwrap().0).unwrap()
+            to_vec(&forward(&q, &k, &v, &first, shape, Products::F32).unwrap().0).unwrap()
         };
         let y = run(&qv, &kv, &vv);
         let want = naive(&qv, &kv, &vv, &first, shape);
@@ -228,14 +334,15 @@ mod tests {
         let q = tensor(qv.clone(), &[b, kvh, h / kvh * t, hd]).unwrap();
         let k = tensor(kv.clone(), &[b, kvh, t, hd]).unwrap();
         let v = tensor(vv.clone(), &[b, kvh, t, hd]).unwrap();
-        let (_, lse) = forward(&q, &k, &v, &first, shape).unwrap();
+        let (_, lse) = forward(&q, &k, &v, &first, shape, Products::F32).unwrap();
         let delta: Vec<f32> = y
             .chunks(hd)
             .zip(probe.chunks(hd))
             .map(|(y, p)| y.iter().zip(p).map(|(a, b)| a * b).sum())
             .collect();
         let dy = tensor(probe.clone(), &[b, kvh, h / kvh * t, hd]).unwrap();
-        let (dq, dk, dv) = backward(&q, &k, &v, &lse, &first, &dy, &delta, shape).unwrap();
+        let (dq, dk, dv) =
+            backward(&q, &k, &v, &lse, &first, &dy, &delta, shape, Products::F32).unwrap();
         let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
             run(q, k, v)
                 .iter()
@@ -265,5 +372,54 @@ mod tests {
         check(&dq, 0);
         check(&dk, 1);
         check(&dv, 2);
+    }
+
+    #[test]
+    fn bf16_products_match_the_f32_ones_within_bf16_rounding() {
+        // Rows and keys across tile boundaries (32), grouped heads, a window and packing.
+        let shape = AttentionShape {
+            b: 2,
+            t: 40,
+            h: 4,
+            kvh: 2,
+            hd: 24,
+        };
+        let AttentionShape { b, t, h, kvh, hd } = shape;
+        let seg: Vec<u32> = (0..b * t).map(|i| (i % t / 17) as u32).collect();
+        let first = first_keys(b, t, Some(&seg), Some(30));
+        let g = h / kvh;
+        let q = tensor(random(b * h * t * hd, 5), &[b, kvh, g * t, hd]).unwrap();
+        let k = tensor(random(b * kvh * t * hd, 6), &[b, kvh, t, hd]).unwrap();
+        let v = tensor(random(b * kvh * t * hd, 7), &[b, kvh, t, hd]).unwrap();
+        let dy = tensor(random(b * h * t * hd, 8), &[b, kvh, g * t, hd]).unwrap();
+        let run = |products| {
+            let (y, lse) = forward(&q, &k, &v, &first, shape, products).unwrap();
+            let delta: Vec<f32> = to_vec(&y)
+                .unwrap()
+                .chunks(hd)
+                .zip(to_vec(&dy).unwrap().chunks(hd))
+                .map(|(y, d)| y.iter().zip(d).map(|(a, b)| a * b).sum())
+                .collect();
+            let (dq, dk, dv) =
+                backward(&q, &k, &v, &lse, &first, &dy, &delta, shape, products).unwrap();
+            [y, dq, dk, dv].map(|t| to_vec(&t).unwrap())
+        };
+        let want = run(Products::F32);
+        for kernel in Bf16Kernel::available() {
+            let got = run(Products::Bf16(kernel));
+            for (name, (got, want)) in ["y", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let worst = got
+                    .iter()
+                    .zip(want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                // bf16 keeps 8 bits: 2^-8 relative per operand, two rounded products deep.
+                assert!(
+                    worst < 3e-2 * scale,
+                    "{kernel:?} {name}: off by {worst} (largest value {scale})"
+                );
+            }
+        }
     }
 }

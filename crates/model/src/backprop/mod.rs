@@ -90,6 +90,7 @@ struct Pass {
     sin: Vec<f32>,
     first: Vec<u32>,
     eps: f64,
+    attention: attention::Products,
 }
 
 impl Pass {
@@ -122,6 +123,23 @@ impl Llama {
                 .iter()
                 .all(|p| p.trainable_through())
             })
+    }
+
+    /// Attention's products follow the frozen weights': bf16 tiles where the weights are
+    /// held compact (bf16, or blocks multiplied through bf16 tiles) and the processor
+    /// multiplies bf16 in hardware, as PyTorch's bf16 autocast runs attention; f32 for f32
+    /// weights, the exact form.
+    fn attention_products(&self) -> attention::Products {
+        use crate::bf16_weight::Bf16Kernel;
+        let compact = self
+            .layers
+            .iter()
+            .all(|l| l.self_attn.q_proj.holds_compact_weight());
+        match Bf16Kernel::chosen() {
+            Bf16Kernel::Portable => attention::Products::F32,
+            kernel if compact => attention::Products::Bf16(kernel),
+            _ => attention::Products::F32,
+        }
     }
 
     /// Σ weight_i · −log p(target_i) over the batch, and the gradients of `grad_scale` times
@@ -161,6 +179,7 @@ impl Llama {
             sin: to_vec(&sin)?,
             first: attention::first_keys(b, t, batch.packing.map(|p| p.segments), c.sliding_window),
             eps: c.rms_norm_eps,
+            attention: self.attention_products(),
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
@@ -271,7 +290,7 @@ impl DecoderLayer {
             kernels::to_heads(&view(&v)?, None, b, t, kvh, hd),
             &[b, kvh, t, hd],
         )?;
-        let (y, lse) = attention::forward(&q, &k, &v, &pass.first, pass.shape)?;
+        let (y, lse) = attention::forward(&q, &k, &v, &pass.first, pass.shape, pass.attention)?;
         let y = tensor(
             kernels::from_heads(&view(&y)?, None, b, t, h, hd),
             &[n, h * hd],
@@ -377,6 +396,7 @@ impl DecoderLayer {
             &dy,
             &delta,
             pass.shape,
+            pass.attention,
         )?;
         drop(dy);
         let dq = tensor(
