@@ -70,6 +70,7 @@ pub struct DataPreviewArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub encoding: DataArgs,
+    #[arg(value_parser = input_file)]
     pub file: PathBuf,
     /// Records to show.
     #[arg(short, default_value_t = 3)]
@@ -104,7 +105,7 @@ pub struct GenerateArgs {
     /// The prompt text (else --prompt-file, else stdin).
     #[arg(long, conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
-    #[arg(long)]
+    #[arg(long, value_parser = input_file)]
     pub prompt_file: Option<PathBuf>,
     /// Render the prompt as a user turn with the model's chat template.
     #[arg(long)]
@@ -128,7 +129,7 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// JSONL file: text, prompt/completion, messages or alpaca records.
-    #[arg(long)]
+    #[arg(long, value_parser = input_file)]
     pub data: PathBuf,
     /// Score at most this many records.
     #[arg(long)]
@@ -157,7 +158,7 @@ pub struct CompareArgs {
     pub model: ModelArgs,
     /// Test JSONL: prompt/completion, instruction/output or messages records (the last
     /// assistant turn is the reference).
-    #[arg(long, required_unless_present = "prompt")]
+    #[arg(value_parser = input_file, long, required_unless_present = "prompt")]
     pub data: Option<PathBuf>,
     /// Report directory (report.md, report.html, report.json).
     #[arg(long, required_unless_present = "prompt")]
@@ -174,11 +175,11 @@ pub struct CompareArgs {
     pub weights: Option<InferenceWeights>,
     /// A file of instruction variants separated by lines of `---`: each is tried zero-shot on
     /// the valid split and the best words every prompting strategy (prompting's fair shot).
-    #[arg(long)]
+    #[arg(long, value_parser = input_file)]
     pub instructions: Option<PathBuf>,
     /// The split the instruction sweep scores (default: the adapter run's valid file, else
     /// valid.jsonl beside the test file).
-    #[arg(long)]
+    #[arg(long, value_parser = input_file)]
     pub valid: Option<PathBuf>,
     /// Valid rows per instruction variant.
     #[arg(long, default_value_t = 100)]
@@ -314,7 +315,7 @@ pub struct BenchDataArgs {
     #[command(flatten)]
     pub encoding: DataArgs,
     /// JSONL file (default: the full VADER train split from scripts/fetch-data.sh).
-    #[arg(default_value = "data/sentiment/train.jsonl")]
+    #[arg(value_parser = input_file, default_value = "data/sentiment/train.jsonl")]
     pub file: PathBuf,
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
@@ -359,15 +360,15 @@ pub struct ReferenceArgs {
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// A TOML config (see configs/smollm2-135m-lora.toml); flags override it.
-    #[arg(short = 'c', long = "config")]
+    #[arg(value_parser = input_file, short = 'c', long = "config")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub model: TrainModelArgs,
     /// Training JSONL (any record kind).
-    #[arg(long)]
+    #[arg(long, value_parser = input_file)]
     pub data: Option<PathBuf>,
     /// Held-out JSONL for evaluation during training.
-    #[arg(long)]
+    #[arg(long, value_parser = input_file)]
     pub valid: Option<PathBuf>,
     /// Hold out this share of --data (by hash of each record) when there is no --valid.
     #[arg(long, allow_negative_numbers = true)]
@@ -416,7 +417,7 @@ pub struct TrainArgs {
     /// How the frozen projections are held: f32, bf16 (AMX tiles where the processor has
     /// them), q8_0, q4_k, or file (the GGUF's own blocks: QLoRA over the file, memory about
     /// the file's size) [config: weights; default: f32].
-    #[arg(long, value_enum, conflicts_with = "resume")]
+    #[arg(long, value_enum)]
     pub weights: Option<InferenceWeights>,
     /// Train on this many records of --data (a seeded subset; 0: all).
     #[arg(long)]
@@ -425,14 +426,11 @@ pub struct TrainArgs {
     /// OUTPUT/size-N/ (e.g. 100,400,1600); `tuna compare --adapter OUTPUT` then charts them.
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["resume", "train_subset"])]
     pub train_sizes: Vec<usize>,
-    /// Continue the run in this directory exactly where its last checkpoint left it.
-    /// (The run's config.toml decides everything else: flags that would change it are
-    /// refused.)
-    #[arg(long, conflicts_with_all = [
-        "config", "data", "valid", "valid_fraction", "output", "max_steps", "epochs", "lr",
-        "batch_size", "grad_accum", "seq_len", "lora_r", "lora_alpha", "target_modules",
-        "seed", "prompt_template", "system_prompt", "train_shots", "train_subset",
-    ])]
+    /// Continue the run in this directory exactly where its last checkpoint left it. The
+    /// run's config.toml decides everything: a flag may repeat what it holds, and
+    /// --max-steps past the last checkpoint continues a finished run to that step; any
+    /// other change is refused.
+    #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Print the resolved config as TOML and exit.
     #[arg(long)]
@@ -449,8 +447,9 @@ pub struct TrainModelArgs {
     pub model: Option<String>,
     #[arg(long, default_value = "auto")]
     pub device: String,
-    #[arg(long)]
-    pub dtype: Option<String>,
+    /// Weight dtype (default: f32 on the CPU, bf16 on a GPU).
+    #[arg(long, value_enum)]
+    pub dtype: Option<crate::model_args::DtypeArg>,
 }
 
 impl TrainModelArgs {
@@ -464,7 +463,7 @@ impl TrainModelArgs {
                 .clone()
                 .unwrap_or_else(|| crate::model_args::DEFAULT_MODEL.into()),
             device: self.device.clone(),
-            dtype: self.dtype.clone(),
+            dtype: self.dtype,
             adapter: None,
         }
         .load_as(weights)
@@ -476,6 +475,44 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A file the command reads, checked as its flag is parsed, so that a missing path or a
+/// directory is reported with the flag's name (clap adds it) and the exit code of a usage
+/// error.
+pub fn input_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    let relative = || match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => {
+            format!(
+                " (relative paths start at the current directory, {})",
+                cwd.display()
+            )
+        }
+        _ => String::new(),
+    };
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() => {
+            let mut jsonl: Vec<String> = std::fs::read_dir(&path)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".jsonl"))
+                .collect();
+            jsonl.sort();
+            let inside = match jsonl.first() {
+                Some(first) => format!(", e.g. {}", path.join(first).display()),
+                None => String::new(),
+            };
+            Err(format!("is a directory; pass a file{inside}"))
+        }
+        Ok(_) => Ok(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("no such file{}", relative()))
+        }
         Err(e) => Err(e.to_string()),
     }
 }

@@ -1,7 +1,7 @@
 //! Flags shared by every command that loads a model.
 
 use clap::{Args, ValueEnum};
-use tuna_model::device::{auto_device, parse_device, parse_dtype};
+use tuna_model::device::{auto_device, parse_device};
 use tuna_model::{LoadOptions, ModelText, Pretrained, WeightFormat};
 
 /// The default model, as scripts/fetch-model.sh lays it out.
@@ -15,13 +15,34 @@ pub struct ModelArgs {
     /// cpu, cuda, cuda:N, metal, or auto (the GPU this binary was built for, when present).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Weight dtype: f32, bf16 or f16 (default: f32 on the CPU, bf16 on a GPU).
-    #[arg(long)]
-    pub dtype: Option<String>,
+    /// Weight dtype (default: f32 on the CPU, bf16 on a GPU).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
     /// A LoRA adapter in PEFT layout (a directory or a hub id, owner/name[@revision]), or a
     /// run directory of tuna train (its adapter/).
     #[arg(long)]
     pub adapter: Option<std::path::PathBuf>,
+}
+
+/// The values of --dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    #[value(alias = "float32")]
+    F32,
+    #[value(alias = "bfloat16")]
+    Bf16,
+    #[value(alias = "float16")]
+    F16,
+}
+
+impl DtypeArg {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::F32 => candle_core::DType::F32,
+            Self::Bf16 => candle_core::DType::BF16,
+            Self::F16 => candle_core::DType::F16,
+        }
+    }
 }
 
 /// The adapter directory `path` names: itself, or a run directory's adapter/.
@@ -137,7 +158,7 @@ impl ModelArgs {
     pub fn load_as(&self, weights: WeightFormat) -> anyhow::Result<Pretrained> {
         let options = LoadOptions {
             device: resolve_device(&self.device)?,
-            dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
+            dtype: self.dtype.map(DtypeArg::dtype),
             weights,
         };
         let mut model = Pretrained::load(&self.model, &options)?;

@@ -29,7 +29,7 @@ pub struct TaskArgs {
     pub strategies: Option<String>,
     /// Where shots, labels and the majority baseline come from (default: the adapter run's
     /// training file, else train.jsonl beside the test file).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::input_file)]
     pub train: Option<PathBuf>,
     /// The record field holding a worked explanation of the answer (for cot-few shots).
     #[arg(long, default_value = tuna_eval::task::RATIONALE_FIELD)]

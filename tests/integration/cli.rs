@@ -22,8 +22,43 @@ fn a_missing_model_names_the_path() {
         &["generate", "--model", missing.to_str().unwrap(), "--prompt", "hi"],
         tmp.path(),
         1,
-        "error: model not found: <TMP>/nope.gguf\n\
+        "error: model not found: <TMP>/nope.gguf (<TMP>/ is empty)\n\
          hint: --model takes a .gguf file, a Hugging Face model directory (config.json + *.safetensors) or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct; scripts/fetch-model.sh fetches the default model into models/\n",
+    );
+}
+
+#[test]
+fn an_unknown_dtype_names_the_flag_and_the_choices() {
+    let tmp = tempfile::tempdir().unwrap();
+    check(
+        &["generate", "--dtype", "f64", "--prompt", "hi"],
+        tmp.path(),
+        2,
+        "error: invalid value 'f64' for '--dtype <DTYPE>'\n  \
+         [possible values: f32, bf16, f16]\n\n\
+         For more information, try '--help'.\n",
+    );
+}
+
+#[test]
+fn a_missing_data_file_or_a_directory_names_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nosuch.jsonl");
+    check(
+        &["eval", "--data", missing.to_str().unwrap()],
+        tmp.path(),
+        2,
+        "error: invalid value '<TMP>/nosuch.jsonl' for '--data <DATA>': no such file\n\n\
+         For more information, try '--help'.\n",
+    );
+    std::fs::write(tmp.path().join("valid.jsonl"), "{}\n").unwrap();
+    check(
+        &["train", "--data", tmp.path().to_str().unwrap()],
+        tmp.path(),
+        2,
+        "error: invalid value '<TMP>' for '--data <DATA>': is a directory; pass a file, e.g. \
+         <TMP>/valid.jsonl\n\n\
+         For more information, try '--help'.\n",
     );
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tuna_testkit::{tiny_vocab_size, write_tiny_model, TinySpec};
 
-use crate::util::{redact, tuna};
+use crate::util::{redact, tuna, tuna_in};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -188,5 +188,88 @@ fn an_adapter_hub_id_loads_from_the_cache_offline() {
         missing.stderr.contains("tuna-test/other-adapter"),
         "{}",
         missing.stderr
+    );
+}
+
+#[test]
+fn a_path_like_model_or_adapter_that_does_not_exist_is_not_sent_to_the_hub() {
+    // `models/` and `runs/` exist here, so `models/SmolLM2` and `runs/nosuch` are mistyped
+    // paths, not hub ids: the error says what the directory holds, and names the flag.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("models")).unwrap();
+    std::fs::write(
+        tmp.path().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        b"",
+    )
+    .unwrap();
+    std::fs::create_dir_all(tmp.path().join("runs/sentiment")).unwrap();
+    let hub = tmp.path().join("hub-cache");
+    let env = [("HF_HUB_CACHE", hub.to_str().unwrap())];
+    let run = tuna_in(
+        tmp.path(),
+        &["generate", "--model", "models/SmolLM2", "--prompt", "hi"],
+        &env,
+    );
+    assert_eq!((run.code, run.stdout.as_str()), (1, ""));
+    assert_eq!(
+        run.stderr,
+        "error: model not found: models/SmolLM2 (models/ holds: SmolLM2-135M-Instruct.Q4_1.gguf)\n\
+         hint: --model takes a .gguf file, a Hugging Face model directory (config.json + *.safetensors) \
+         or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct; scripts/fetch-model.sh fetches the \
+         default model into models/\n"
+    );
+    let model = tmp.path().join("tiny");
+    std::fs::create_dir_all(&model).unwrap();
+    write_tiny_model(&model, &TinySpec::default(), tiny_vocab_size());
+    let run = tuna_in(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            "tiny",
+            "--adapter",
+            "runs/nosuch",
+            "--prompt",
+            "hi",
+        ],
+        &env,
+    );
+    assert_eq!((run.code, run.stdout.as_str()), (1, ""));
+    assert_eq!(
+        run.stderr,
+        "error: adapter not found: runs/nosuch (runs/ holds: sentiment)\n\
+         hint: --adapter takes a run directory of `tuna train` (its adapter/ is used), an adapter \
+         directory (adapter_config.json + adapter_model.safetensors, PEFT layout) or a hub id such as \
+         owner/name\n"
+    );
+}
+
+#[test]
+fn an_adapter_hub_id_missing_offline_names_the_adapter_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = tmp.path().join("hub-cache");
+    std::fs::create_dir_all(&hub).unwrap();
+    write_tiny_model(tmp.path(), &TinySpec::default(), tiny_vocab_size());
+    let run = tuna_in(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            ".",
+            "--adapter",
+            "tuna-test/absent",
+            "--prompt",
+            "hi",
+        ],
+        &[
+            ("HF_HUB_CACHE", hub.to_str().unwrap()),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+    );
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        redact(&run.stderr, tmp.path()),
+        "error: adapter tuna-test/absent is not in the local Hugging Face cache (<TMP>/hub-cache) and the hub is offline\n\
+         hint: unset HF_HUB_OFFLINE to download it, or pass a local path to --adapter\n"
     );
 }

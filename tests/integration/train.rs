@@ -136,7 +136,14 @@ fn bad_configs_and_flags_name_the_key() {
         ),
     ] {
         let run = tuna(
-            &["train", "--data", "x.jsonl", flag, value, "--print-config"],
+            &[
+                "train",
+                "--data",
+                "data/example/sentiment/train.jsonl",
+                flag,
+                value,
+                "--print-config",
+            ],
             &[],
         );
         assert_eq!(run.code, 1, "{flag}");
@@ -149,7 +156,7 @@ fn bad_configs_and_flags_name_the_key() {
         &[
             "train",
             "--data",
-            "x.jsonl",
+            "data/example/sentiment/train.jsonl",
             "--target-modules",
             "qkv",
             "--print-config",
@@ -358,4 +365,82 @@ fn a_moved_run_resumes_where_it_is_and_failed_runs_leave_nothing() {
         r.stderr
     );
     assert!(!failed.exists(), "a failed run leaves no directory");
+}
+
+#[test]
+fn resume_refuses_a_changed_flag_and_continues_a_finished_run_for_more_steps() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let model = m.path_str();
+    let data = dir.join("train.jsonl");
+    write_parity(&data, 0..16);
+    let run = dir.join("run");
+    let run_s = run.to_str().unwrap();
+    let r = tuna(
+        &[
+            "train",
+            "--model",
+            &model,
+            "--data",
+            data.to_str().unwrap(),
+            "--output",
+            run_s,
+            "--max-steps",
+            "2",
+            "--save-every",
+            "1",
+            "--eval-every",
+            "2",
+            "--lora-r",
+            "3",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A flag that repeats the run's config is accepted; one that changes it is refused (it
+    // used to be accepted and ignored).
+    let r = tuna(&["train", "--resume", run_s, "--eval-every", "5"], &[]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        redact(&r.stderr, dir),
+        "error: --eval-every: <TMP>/run/config.toml has train.eval_every = 2, and --resume continues \
+         the run as it was configured; leave --eval-every out (or start a new run with --output)\n"
+    );
+    let r = tuna(&["train", "--resume", run_s, "--max-steps", "1"], &[]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        "error: --max-steps 1: the run's last checkpoint is at step 2 already; pass a larger \
+         --max-steps to continue it, or leave --max-steps out\n"
+    );
+    // A finished run goes on to the new last step, and says how its schedule continues.
+    let r = tuna(
+        &[
+            "train",
+            "--resume",
+            run_s,
+            "--max-steps",
+            "4",
+            "--lora-r",
+            "3",
+            "--quiet",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with(
+            "resume: continuing from step 2 to step 4 (the run was set to 2 steps); the \
+             learning-rate schedule is recomputed over 4 steps: lr "
+        ),
+        "{}",
+        r.stderr
+    );
+    let steps: Vec<usize> = tuna_train::checkpoint::list(&run)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(steps.last(), Some(&4), "checkpoints {steps:?}");
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("max_steps = 4\n"), "{config}");
 }

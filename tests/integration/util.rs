@@ -11,8 +11,14 @@ pub struct Run {
 
 /// Runs `tuna args...` with `envs`, stdin closed, no TUNA_MODEL from the caller's shell.
 pub fn tuna(args: &[&str], envs: &[(&str, &str)]) -> Run {
+    tuna_in(Path::new("."), args, envs)
+}
+
+/// The same, in the working directory `dir`.
+pub fn tuna_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tuna"));
-    cmd.args(args)
+    cmd.current_dir(dir)
+        .args(args)
         .env_remove("TUNA_MODEL")
         .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null());

@@ -12,21 +12,188 @@ use tuna_train::{train, TrainConfig, TrainEvent};
 
 use crate::args::TrainArgs;
 
-/// The config a run uses: the run's own config.toml on --resume; else the -c file (or the
-/// defaults) with the flags on top.
+type Apply<'a> = Box<dyn Fn(&mut TrainConfig) -> anyhow::Result<()> + 'a>;
+
+/// A flag that sets a field of the config: its name, how it sets the field, and how the
+/// field reads (for errors). One table, used to overlay the flags on a config and to check
+/// them against a resumed run's.
+struct FlagSetting<'a> {
+    flag: &'static str,
+    apply: Apply<'a>,
+    show: fn(&TrainConfig) -> String,
+}
+
+/// The config flags the user gave, in the order `--help` lists them.
+fn given_flags(args: &TrainArgs) -> Vec<FlagSetting<'_>> {
+    let mut out = Vec::new();
+    macro_rules! flag {
+        ($name:literal, $value:expr, |$c:ident, $v:ident| $apply:expr, |$s:ident| $show:expr) => {
+            if let Some($v) = $value {
+                out.push(FlagSetting {
+                    flag: $name,
+                    apply: Box::new(move |$c: &mut TrainConfig| {
+                        $apply;
+                        Ok(())
+                    }),
+                    show: |$s: &TrainConfig| $show,
+                });
+            }
+        };
+    }
+    flag!(
+        "--model",
+        args.model.model.clone(),
+        |c, v| c.model = v.clone(),
+        |c| format!("model = {:?}", c.model)
+    );
+    flag!(
+        "--data",
+        args.data.clone(),
+        |c, v| c.data.train = v.clone(),
+        |c| format!("data.train = {:?}", c.data.train)
+    );
+    flag!(
+        "--valid",
+        args.valid.clone(),
+        |c, v| c.data.valid = v.clone(),
+        |c| format!("data.valid = {:?}", c.data.valid)
+    );
+    flag!(
+        "--valid-fraction",
+        args.valid_fraction,
+        |c, v| c.data.valid_fraction = v,
+        |c| format!("data.valid_fraction = {}", c.data.valid_fraction)
+    );
+    flag!(
+        "--output",
+        args.output.clone(),
+        |c, v| c.output = v.clone(),
+        |c| format!("output = {:?}", c.output)
+    );
+    flag!(
+        "--init-adapter",
+        args.init_adapter.as_ref().map(|p| p.display().to_string()),
+        |c, v| c.init_adapter = v.clone(),
+        |c| format!("init_adapter = {:?}", c.init_adapter)
+    );
+    flag!(
+        "--weights",
+        args.weights,
+        |c, v| c.weights = v.format(),
+        |c| format!("weights = {:?}", c.weights)
+    );
+    flag!(
+        "--train-subset",
+        args.train_subset,
+        |c, v| c.data.train_subset = v,
+        |c| format!("data.train_subset = {}", c.data.train_subset)
+    );
+    flag!(
+        "--max-steps",
+        args.max_steps,
+        |c, v| c.train.max_steps = v,
+        |c| format!("train.max_steps = {}", c.train.max_steps)
+    );
+    flag!(
+        "--epochs",
+        args.epochs,
+        |c, v| {
+            c.train.epochs = v;
+            c.train.max_steps = 0
+        },
+        |c| format!(
+            "train.epochs = {} (max_steps {})",
+            c.train.epochs, c.train.max_steps
+        )
+    );
+    flag!(
+        "--batch-size",
+        args.batch_size,
+        |c, v| c.batch.batch_size = v,
+        |c| format!("batch.batch_size = {}", c.batch.batch_size)
+    );
+    flag!(
+        "--grad-accum",
+        args.grad_accum,
+        |c, v| c.train.grad_accum = v,
+        |c| format!("train.grad_accum = {}", c.train.grad_accum)
+    );
+    flag!("--lr", args.lr, |c, v| c.optim.lr = v, |c| format!(
+        "optim.lr = {}",
+        c.optim.lr
+    ));
+    flag!(
+        "--seq-len",
+        args.seq_len,
+        |c, v| c.encoding.max_seq_len = v,
+        |c| format!("encoding.max_seq_len = {}", c.encoding.max_seq_len)
+    );
+    flag!("--lora-r", args.lora_r, |c, v| c.lora.r = v, |c| format!(
+        "lora.r = {}",
+        c.lora.r
+    ));
+    flag!(
+        "--lora-alpha",
+        args.lora_alpha,
+        |c, v| c.lora.lora_alpha = v,
+        |c| format!("lora.lora_alpha = {}", c.lora.lora_alpha)
+    );
+    if let Some(v) = &args.target_modules {
+        out.push(FlagSetting {
+            flag: "--target-modules",
+            apply: Box::new(move |c: &mut TrainConfig| {
+                c.lora.target_modules = TargetModules::parse(v)?;
+                Ok(())
+            }),
+            show: |c| format!("lora.target_modules = {:?}", c.lora.target_modules),
+        });
+    }
+    flag!(
+        "--eval-every",
+        args.eval_every,
+        |c, v| c.train.eval_every = v,
+        |c| format!("train.eval_every = {}", c.train.eval_every)
+    );
+    flag!(
+        "--save-every",
+        args.save_every,
+        |c, v| c.train.save_every = v,
+        |c| format!("train.save_every = {}", c.train.save_every)
+    );
+    flag!("--seed", args.seed, |c, v| c.train.seed = v, |c| format!(
+        "train.seed = {}",
+        c.train.seed
+    ));
+    flag!(
+        "--prompt-template",
+        args.prompt_template.clone(),
+        |c, v| c.encoding.prompt_template = Some(v.clone()),
+        |c| format!(
+            "encoding.prompt_template = {:?}",
+            c.encoding.prompt_template
+        )
+    );
+    flag!(
+        "--system-prompt",
+        args.system_prompt.clone(),
+        |c, v| c.encoding.system = Some(v.clone()),
+        |c| format!("encoding.system = {:?}", c.encoding.system)
+    );
+    flag!(
+        "--train-shots",
+        args.train_shots,
+        |c, v| c.encoding.shots = v,
+        |c| format!("encoding.shots = {}", c.encoding.shots)
+    );
+    out
+}
+
+/// The config a run uses: on --resume, the run's own config.toml, where a flag may only
+/// repeat what it holds or, for --max-steps, go past the run's last checkpoint; else the -c
+/// file (or the defaults) with the flags on top.
 pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(run) = &args.resume {
-        let path = run.join("config.toml");
-        if !path.is_file() {
-            anyhow::bail!(
-                "{}: missing: --resume takes a run directory that tuna train wrote",
-                path.display()
-            );
-        }
-        // The run goes on where it is now, even if it was moved since it started.
-        let mut c = TrainConfig::from_toml_file(&path)?;
-        c.output = run.clone();
-        return Ok(c);
+        return resolve_resumed(args, run);
     }
     if args.init_adapter.is_some() {
         for (flag, set) in [
@@ -43,75 +210,8 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         Some(path) => TrainConfig::from_toml_file(path)?,
         None => TrainConfig::default(),
     };
-    if let Some(v) = &args.model.model {
-        c.model = v.clone();
-    }
-    if let Some(v) = &args.data {
-        c.data.train = v.clone();
-    }
-    if let Some(v) = &args.valid {
-        c.data.valid = v.clone();
-    }
-    if let Some(v) = args.valid_fraction {
-        c.data.valid_fraction = v;
-    }
-    if let Some(v) = &args.output {
-        c.output = v.clone();
-    }
-    if let Some(v) = &args.init_adapter {
-        c.init_adapter = v.display().to_string();
-    }
-    if let Some(v) = args.weights {
-        c.weights = v.format();
-    }
-    if let Some(v) = args.train_subset {
-        c.data.train_subset = v;
-    }
-    if let Some(v) = args.max_steps {
-        c.train.max_steps = v;
-    }
-    if let Some(v) = args.epochs {
-        c.train.epochs = v;
-        c.train.max_steps = 0;
-    }
-    if let Some(v) = args.batch_size {
-        c.batch.batch_size = v;
-    }
-    if let Some(v) = args.grad_accum {
-        c.train.grad_accum = v;
-    }
-    if let Some(v) = args.lr {
-        c.optim.lr = v;
-    }
-    if let Some(v) = args.seq_len {
-        c.encoding.max_seq_len = v;
-    }
-    if let Some(v) = args.lora_r {
-        c.lora.r = v;
-    }
-    if let Some(v) = args.lora_alpha {
-        c.lora.lora_alpha = v;
-    }
-    if let Some(v) = &args.target_modules {
-        c.lora.target_modules = TargetModules::parse(v)?;
-    }
-    if let Some(v) = args.eval_every {
-        c.train.eval_every = v;
-    }
-    if let Some(v) = args.save_every {
-        c.train.save_every = v;
-    }
-    if let Some(v) = args.seed {
-        c.train.seed = v;
-    }
-    if let Some(v) = &args.prompt_template {
-        c.encoding.prompt_template = Some(v.clone());
-    }
-    if let Some(v) = &args.system_prompt {
-        c.encoding.system = Some(v.clone());
-    }
-    if let Some(v) = args.train_shots {
-        c.encoding.shots = v;
+    for setting in given_flags(args) {
+        (setting.apply)(&mut c)?;
     }
     if !c.init_adapter.is_empty() {
         // The run's [lora] is the adapter it starts from, so config.toml says what trained.
@@ -126,6 +226,87 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     c.validate()?;
     Ok(c)
+}
+
+fn resolve_resumed(args: &TrainArgs, run: &std::path::Path) -> anyhow::Result<TrainConfig> {
+    let path = run.join("config.toml");
+    if !path.is_file() {
+        anyhow::bail!(
+            "{}: missing: --resume takes a run directory that tuna train wrote",
+            path.display()
+        );
+    }
+    if args.config.is_some() {
+        anyhow::bail!(
+            "-c/--config: --resume continues the run with its own {}; leave -c out",
+            path.display()
+        );
+    }
+    // The run goes on where it is now, even if it was moved since it started.
+    let mut stored = TrainConfig::from_toml_file(&path)?;
+    stored.output = run.to_path_buf();
+    let mut c = stored.clone();
+    for setting in given_flags(args) {
+        let mut probe = c.clone();
+        (setting.apply)(&mut probe)?;
+        if setting.flag == "--output" {
+            // The same directory by another spelling is the same run.
+            let same = std::fs::canonicalize(&probe.output).ok() == std::fs::canonicalize(run).ok();
+            if same {
+                continue;
+            }
+        }
+        if setting.flag == "--max-steps" {
+            continue_for_more_steps(&stored, &probe, run)?;
+            c = probe;
+            continue;
+        }
+        if probe != c {
+            anyhow::bail!(
+                "{}: {} has {}, and --resume continues the run as it was configured; leave {} out (or start a new run with --output){}",
+                setting.flag,
+                path.display(),
+                (setting.show)(&c),
+                setting.flag,
+                if setting.flag == "--epochs" { "; --max-steps N continues a run to step N" } else { "" }
+            );
+        }
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+/// Checks `--max-steps` on a resumed run and says how the run goes on: to the new last step,
+/// with the learning-rate schedule recomputed over it (as HF Trainer does when a resumed
+/// run's max_steps grows).
+fn continue_for_more_steps(
+    stored: &TrainConfig,
+    wanted: &TrainConfig,
+    run: &std::path::Path,
+) -> anyhow::Result<()> {
+    let steps = wanted.train.max_steps;
+    if steps == stored.train.max_steps {
+        return Ok(());
+    }
+    let at = tuna_train::checkpoint::list(run)
+        .pop()
+        .map_or(0, |(step, _)| step);
+    if steps <= at {
+        anyhow::bail!(
+            "--max-steps {steps}: the run's last checkpoint is at step {at} already; pass a larger --max-steps to continue it, or leave --max-steps out"
+        );
+    }
+    let was = match stored.train.max_steps {
+        0 => format!("{} epochs", stored.train.epochs),
+        n => format!("{n} steps"),
+    };
+    let schedule = tuna_train::trainer::schedule_for(wanted, steps);
+    eprintln!(
+        "resume: continuing from step {at} to step {steps} (the run was set to {was}); the learning-rate schedule is recomputed over {steps} steps: lr {:.3e} at step {}",
+        schedule.lr(at + 1),
+        at + 1
+    );
+    Ok(())
 }
 
 fn fmt_duration(seconds: f64) -> String {

@@ -66,15 +66,3 @@ pub fn default_dtype(device: &Device) -> DType {
         DType::BF16
     }
 }
-
-pub fn parse_dtype(spec: &str) -> Result<DType> {
-    match spec {
-        "f32" | "float32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        "f16" | "float16" => Ok(DType::F16),
-        other => Err(ModelError::Device {
-            device: other.into(),
-            reason: "unknown dtype: expected f32, bf16 or f16".into(),
-        }),
-    }
-}

@@ -11,8 +11,10 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("model not found: {spec}")]
-    NotFound { spec: String },
+    #[error("model not found: {spec}{nearby}")]
+    NotFound { spec: String, nearby: String },
+    #[error("adapter not found: {spec}{nearby}")]
+    AdapterNotFound { spec: String, nearby: String },
     #[error("{path}: not a model file or directory: {reason}")]
     UnknownSource { path: PathBuf, reason: String },
     #[error("{path}: missing {what}")]
@@ -47,18 +49,47 @@ pub enum ModelError {
     BadExportTarget { path: PathBuf, reason: String },
     #[error("chat template: {reason}")]
     ChatTemplate { reason: String },
-    #[error(
-        "model {spec} is not in the local Hugging Face cache ({cache}) and the hub is offline"
-    )]
-    HubOffline { spec: String, cache: PathBuf },
-    #[error("hub download of {spec} failed: {reason}")]
-    Hub { spec: String, reason: String },
+    #[error("{} {spec} is not in the local Hugging Face cache ({cache}) and the hub is offline", .item.noun())]
+    HubOffline {
+        item: HubItem,
+        spec: String,
+        cache: PathBuf,
+    },
+    #[error("hub download of {} {spec} failed: {reason}", .item.noun())]
+    Hub {
+        item: HubItem,
+        spec: String,
+        reason: String,
+    },
     #[error("device `{device}`: {reason}")]
     Device { device: String, reason: String },
     #[error(transparent)]
     Lora(#[from] tuna_lora::LoraError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// What a hub id names, so that errors name the flag the user typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubItem {
+    Model,
+    Adapter,
+}
+
+impl HubItem {
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Adapter => "adapter",
+        }
+    }
+
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Model => "--model",
+            Self::Adapter => "--adapter",
+        }
+    }
 }
 
 impl ModelError {
@@ -106,13 +137,21 @@ impl ModelError {
                 "the file may be truncated or corrupt: download it again (scripts/fetch-model.sh checks the sha256 of the default model)"
                     .into(),
             ),
-            Self::HubOffline { .. } => Some(
-                "unset HF_HUB_OFFLINE to download it, or pass a local path to --model".into(),
-            ),
-            Self::Hub { .. } => Some(
-                "check the network and the model id, or pass a local path to --model; set HF_HUB_OFFLINE=1 to use only the cache"
+            Self::AdapterNotFound { .. } => Some(
+                "--adapter takes a run directory of `tuna train` (its adapter/ is used), an \
+                 adapter directory (adapter_config.json + adapter_model.safetensors, PEFT \
+                 layout) or a hub id such as owner/name"
                     .into(),
             ),
+            Self::HubOffline { item, .. } => Some(format!(
+                "unset HF_HUB_OFFLINE to download it, or pass a local path to {}",
+                item.flag()
+            )),
+            Self::Hub { item, .. } => Some(format!(
+                "check the network and the {} id, or pass a local path to {}; set HF_HUB_OFFLINE=1 to use only the cache",
+                item.noun(),
+                item.flag()
+            )),
             Self::BadConfig { .. } => Some(
                 "the model's config (config.json or GGUF metadata) is inconsistent: fix that field or download the model again"
                     .into(),

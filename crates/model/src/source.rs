@@ -62,7 +62,41 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
     if is_hub_id(spec) {
         return hub::fetch(spec).map(ModelSource::HfDir);
     }
-    Err(ModelError::NotFound { spec: spec.into() })
+    Err(ModelError::NotFound {
+        spec: spec.into(),
+        nearby: nearby(path),
+    })
+}
+
+/// For a path that does not exist: what its parent directory holds, when it exists (a
+/// mistyped name is then easy to spot), as an error message's suffix.
+fn nearby(path: &Path) -> String {
+    // A bare name has no directory the user pointed at: listing the current one is noise.
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => return String::new(),
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return String::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    const SHOWN: usize = 6;
+    let more = names.len().saturating_sub(SHOWN);
+    names.truncate(SHOWN);
+    match (names.is_empty(), more) {
+        (true, _) => format!(" ({}/ is empty)", parent.display()),
+        (false, 0) => format!(" ({}/ holds: {})", parent.display(), names.join(", ")),
+        (false, more) => format!(
+            " ({}/ holds: {}, and {more} more)",
+            parent.display(),
+            names.join(", ")
+        ),
+    }
 }
 
 /// The directory of a LoRA adapter named by `spec`: a local path as it is, or a hub id
@@ -70,14 +104,28 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
 /// adapter_model.safetensors; HF_HUB_OFFLINE=1 reads the cache only).
 pub fn resolve_adapter(spec: &Path) -> Result<PathBuf> {
     let text = spec.to_string_lossy();
-    if spec.exists() || !is_hub_id(&text) {
+    if spec.exists() {
         return Ok(spec.to_path_buf());
+    }
+    if !is_hub_id(&text) {
+        return Err(ModelError::AdapterNotFound {
+            spec: text.into_owned(),
+            nearby: nearby(spec),
+        });
     }
     hub::fetch_files(&text, &["adapter_config.json", "adapter_model.safetensors"])
 }
 
-/// `owner/name`, optionally `@revision`: what the hub accepts, and not a path.
+/// `owner/name`, optionally `@revision`: what the hub accepts, and not a path. A spec whose
+/// first part is a directory here (`runs/nosuch`, `models/SmolLM2`) is a path, mistyped or
+/// not yet made, rather than a hub id: as transformers' from_pretrained decides for an
+/// existing directory.
 fn is_hub_id(spec: &str) -> bool {
+    if let Some((first, _)) = spec.split_once('/') {
+        if Path::new(first).is_dir() {
+            return false;
+        }
+    }
     let id = spec.split('@').next().unwrap_or(spec);
     let parts: Vec<&str> = id.split('/').collect();
     let ok_part = |p: &str| {
@@ -139,7 +187,7 @@ mod hub {
     use hf_hub::{Cache, Repo, RepoType};
 
     use super::{safetensors_files, HF_FILES};
-    use crate::error::{ModelError, Result};
+    use crate::error::{HubItem, ModelError, Result};
 
     pub fn cache_dir() -> PathBuf {
         if let Some(dir) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
@@ -169,6 +217,7 @@ mod hub {
         let Some(config) = cached.get("config.json") else {
             if offline() {
                 return Err(ModelError::HubOffline {
+                    item: HubItem::Model,
                     spec: spec.into(),
                     cache: cache.path().clone(),
                 });
@@ -198,6 +247,7 @@ mod hub {
         }
         if offline() {
             return Err(ModelError::HubOffline {
+                item: HubItem::Adapter,
                 spec: spec.into(),
                 cache: cache.path().clone(),
             });
@@ -206,6 +256,7 @@ mod hub {
             .with_progress(true)
             .build()
             .map_err(|e| ModelError::Hub {
+                item: HubItem::Adapter,
                 spec: spec.into(),
                 reason: e.to_string(),
             })?;
@@ -213,6 +264,7 @@ mod hub {
         let mut dir = PathBuf::new();
         for f in files {
             let path = api.get(f).map_err(|e| ModelError::Hub {
+                item: HubItem::Adapter,
                 spec: spec.into(),
                 reason: format!("{f}: {e}"),
             })?;
@@ -223,6 +275,7 @@ mod hub {
 
     fn download(spec: &str, cache: &Cache, repo: &Repo) -> Result<PathBuf> {
         let hub_err = |e: hf_hub::api::sync::ApiError| ModelError::Hub {
+            item: HubItem::Model,
             spec: spec.into(),
             reason: e.to_string(),
         };

@@ -284,6 +284,22 @@ pub fn accumulate_gradients(
 /// Trains `model` as `config` says; `resume` continues the run in `config.output` exactly.
 /// Setting `interrupt` (Ctrl-C) ends the run after the current step with a resumable
 /// checkpoint and `TrainError::Interrupted`.
+/// The learning-rate schedule of a run of `total_steps` steps under `config`.
+pub fn schedule_for(config: &TrainConfig, total_steps: usize) -> Schedule {
+    let o = &config.optim;
+    let warmup = if o.warmup_steps > 0 {
+        o.warmup_steps
+    } else {
+        (o.warmup_ratio * total_steps as f64).round() as usize
+    };
+    Schedule {
+        kind: o.schedule,
+        peak: o.lr,
+        warmup_steps: warmup,
+        total_steps,
+    }
+}
+
 pub fn train(
     model: &mut Pretrained,
     config: &TrainConfig,
@@ -360,17 +376,7 @@ pub fn train(
         0 => ((config.train.epochs * steps_per_epoch as f64).ceil() as usize).max(1),
         n => n,
     };
-    let warmup = if o.warmup_steps > 0 {
-        o.warmup_steps
-    } else {
-        (o.warmup_ratio * total_steps as f64).round() as usize
-    };
-    let schedule = Schedule {
-        kind: o.schedule,
-        peak: o.lr,
-        warmup_steps: warmup,
-        total_steps,
-    };
+    let schedule = schedule_for(config, total_steps);
 
     let mut state = TrainerState {
         step: 0,
