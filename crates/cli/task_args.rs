@@ -376,7 +376,7 @@ pub fn adapter_facts(
     })
 }
 
-fn parse_strategies(list: &str) -> anyhow::Result<Vec<Strategy>> {
+pub(crate) fn parse_strategies(list: &str) -> anyhow::Result<Vec<Strategy>> {
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let s = Strategy::parse(name).with_context(|| {

@@ -63,6 +63,24 @@ fn a_missing_data_file_or_a_directory_names_the_flag() {
 }
 
 #[test]
+fn a_tuned_strategy_without_an_adapter_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    check(
+        &[
+            "eval",
+            "--data",
+            "data/example/sentiment/valid.jsonl",
+            "--strategies",
+            "zero,tuned",
+        ],
+        tmp.path(),
+        1,
+        "error: --strategies zero,tuned: `tuned` scores the fine-tuned model, and no --adapter was \
+         given; pass --adapter RUN (a run directory of tuna train) or leave `tuned` out\n",
+    );
+}
+
+#[test]
 fn a_truncated_gguf_is_refused_before_loading() {
     let tmp = tempfile::tempdir().unwrap();
     let cut = tmp.path().join("cut.gguf");

@@ -21,6 +21,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(tuna_model::source::resolve_adapter)
         .transpose()?;
+    // A strategy the user named that scores the adapter cannot run without one: refused
+    // before anything loads, not skipped with a note and exit 0.
+    if let (None, Some(list)) = (&adapter, &args.task.strategies) {
+        let named = crate::task_args::parse_strategies(list)?;
+        if let Some(s) = named.iter().find(|s| s.uses_adapter()) {
+            anyhow::bail!(
+                "--strategies {list}: `{}` scores the fine-tuned model, and no --adapter was given; pass --adapter RUN (a run directory of tuna train) or leave `{}` out",
+                s.key(),
+                s.key()
+            );
+        }
+    }
     let run = match adapter.as_deref().and_then(run_dir::run_dir_of) {
         Some(dir) => Some(run_dir::read(&dir)?),
         None => None,
