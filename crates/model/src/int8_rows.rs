@@ -299,16 +299,7 @@ impl Int8Rows {
             }
         });
         yt.truncate(o * n);
-        if n == 1 {
-            return yt;
-        }
-        let mut y = vec![0f32; n * o];
-        for (c, col) in yt.chunks(n).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                y[r * o + c] = v;
-            }
-        }
-        y
+        crate::quant_weight::rows_of_outputs(yt, n)
     }
 }
 

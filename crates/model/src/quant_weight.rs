@@ -203,17 +203,24 @@ impl QuantWeight {
                 }
             }
         });
-        if n == 1 {
-            return yt;
-        }
-        let mut y = vec![0f32; n * o];
-        for (c, col) in yt.chunks(n).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                y[r * o + c] = v;
-            }
-        }
-        y
+        rows_of_outputs(yt, n)
     }
+}
+
+/// (o, n) products, output by output, as (n, o): the row-by-row kernels fill each output's
+/// n values together.
+pub(crate) fn rows_of_outputs(yt: Vec<f32>, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return yt;
+    }
+    let o = yt.len() / n;
+    let mut y = vec![0f32; n * o];
+    for (c, col) in yt.chunks(n).enumerate() {
+        for (r, &v) in col.iter().enumerate() {
+            y[r * o + c] = v;
+        }
+    }
+    y
 }
 
 impl CompactWeight for QuantWeight {

@@ -57,8 +57,8 @@ impl Products {
     }
 }
 
-/// Each of `batches` (rows × cols) matrices transposed.
-fn transpose_each(x: &[f32], batches: usize, rows: usize, cols: usize) -> Vec<f32> {
+/// Each (rows × cols) matrix of `x` transposed.
+fn transpose_each(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(rows * cols)
         .zip(x.par_chunks(rows * cols))
@@ -69,7 +69,6 @@ fn transpose_each(x: &[f32], batches: usize, rows: usize, cols: usize) -> Vec<f3
                 }
             }
         });
-    debug_assert_eq!(x.len(), batches * rows * cols);
     out
 }
 
@@ -206,17 +205,17 @@ pub fn backward(
         let batches = b * kvh;
         let (dy, v, q, k) = (view(dy)?, view(v)?, view(q)?, view(k)?);
         // dvᵀ = dyᵀ p: (hd, g·t) @ (g·t, t) -> (hd, t), per batch, then transposed.
-        let dyt = transpose_each(&dy, batches, g * t, hd);
+        let dyt = transpose_each(&dy, g * t, hd);
         let dvt = Products::batched(kernel, &dyt, &p, batches, (g * t, t), Product::DyW);
-        let dv = transpose_each(&dvt, batches, hd, t);
+        let dv = transpose_each(&dvt, hd, t);
         // dp = dy vᵀ: (g·t, hd) @ (hd, t)
         let mut ds = Products::batched(kernel, &dy, &v, batches, (t, hd), Product::XWt);
         scores_gradient(&mut ds, &p, delta, t, scale);
         // dq = ds k: (g·t, t) @ (t, hd); dkᵀ = qᵀ ds: (hd, g·t) @ (g·t, t)
         let dq = Products::batched(kernel, &ds, &k, batches, (t, hd), Product::DyW);
-        let qt = transpose_each(&q, batches, g * t, hd);
+        let qt = transpose_each(&q, g * t, hd);
         let dkt = Products::batched(kernel, &qt, &ds, batches, (g * t, t), Product::DyW);
-        let dk = transpose_each(&dkt, batches, hd, t);
+        let dk = transpose_each(&dkt, hd, t);
         return Ok((
             tensor(dq, &[b, kvh, g * t, hd])?,
             tensor(dk, &[b, kvh, t, hd])?,
