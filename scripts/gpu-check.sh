@@ -21,8 +21,8 @@ status=0
 model="${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 if [ -f "$model" ] || [ -d "$model" ]; then
   for shape in 4x256 8x128 1x512; do
-    "$bin/tuna" bench train --device cuda --model "$model" --batch "${shape%x*}" \
-      --seq "${shape#*x}" --json || status=1
+    "$bin/tuna" bench train --device cuda --model "$model" --batch-size "${shape%x*}" \
+      --seq-len "${shape#*x}" --json || status=1
   done
 else
   echo "gpu-check: no $model here: bench train left out" >&2

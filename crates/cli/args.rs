@@ -8,10 +8,46 @@ use crate::data_args::DataArgs;
 use crate::model_args::{InferenceWeights, ModelArgs};
 use crate::task_args::TaskArgs;
 
+/// `tuna --version`: the release, the commit it was built from and the GPU backends built in.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TUNA_COMMIT"),
+    "; features: ",
+    features!(),
+    ")"
+);
+
+#[cfg(all(feature = "cuda", feature = "metal"))]
+macro_rules! features {
+    () => {
+        "cuda, metal"
+    };
+}
+#[cfg(all(feature = "cuda", not(feature = "metal")))]
+macro_rules! features {
+    () => {
+        "cuda"
+    };
+}
+#[cfg(all(feature = "metal", not(feature = "cuda")))]
+macro_rules! features {
+    () => {
+        "metal"
+    };
+}
+#[cfg(not(any(feature = "cuda", feature = "metal")))]
+macro_rules! features {
+    () => {
+        "none (CPU only)"
+    };
+}
+use features;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tuna",
-    version,
+    version = VERSION,
     about = "Fine-tune (LoRA) and evaluate Llama-family models locally, and measure prompting against tuning"
 )]
 pub struct Cli {
@@ -23,6 +59,9 @@ pub struct Cli {
 pub enum Command {
     /// Generate text from a prompt (streams to stdout; stats to stderr).
     Generate(GenerateArgs),
+    /// Talk to the model (and the tuned one) turn by turn through its chat template: lines on
+    /// stdin are user turns; /reset, /system TEXT and /quit are commands.
+    Chat(ChatArgs),
     /// Loss and perplexity on a JSONL file (any record kind; the training loss mask), and
     /// with --strategies or --metric task metrics per prompting strategy and for the adapter.
     Eval(Box<EvalArgs>),
@@ -73,8 +112,12 @@ pub struct DataPreviewArgs {
     #[arg(value_parser = input_file)]
     pub file: PathBuf,
     /// Records to show.
-    #[arg(short, default_value_t = 3)]
+    #[arg(long = "limit", short = 'n', default_value_t = 3)]
     pub n: usize,
+    /// One JSON array on stdout: per example its line, token count and runs of (trained,
+    /// text, ids).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +137,7 @@ pub struct SamplingArgs {
     /// > 1 discourages repeating tokens from the last 64.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repetition_penalty: f32,
+    /// Seeds the sampling (with --temperature above 0).
     #[arg(long, default_value_t = 299_792_458)]
     pub seed: u64,
 }
@@ -105,13 +149,19 @@ pub struct GenerateArgs {
     /// The prompt text (else --prompt-file, else stdin).
     #[arg(long, conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
+    /// Read the prompt from this file.
     #[arg(long, value_parser = input_file)]
     pub prompt_file: Option<PathBuf>,
     /// Render the prompt as a user turn with the model's chat template.
     #[arg(long)]
     pub chat: bool,
     /// System message (with --chat).
-    #[arg(long, requires = "chat")]
+    #[arg(
+        long = "system-prompt",
+        alias = "system",
+        value_name = "TEXT",
+        requires = "chat"
+    )]
     pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -119,9 +169,27 @@ pub struct GenerateArgs {
     /// its own blocks; f16 for other sources).
     #[arg(long, value_enum)]
     pub weights: Option<InferenceWeights>,
-    /// Print the stats as one JSON object on stderr.
+    /// Print the text and the stats as one JSON object on stdout (instead of streaming).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Answer every turn with the base model and then the tuned one (--adapter), each
+    /// keeping its own side of the conversation.
+    #[arg(long)]
+    pub compare: bool,
+    /// System message (default: the adapter run's, else none); /system TEXT changes it.
+    #[arg(long, alias = "system", value_name = "TEXT")]
+    pub system_prompt: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// How projection weights are held (default: file for a .gguf model, f16 otherwise).
+    #[arg(long, value_enum)]
+    pub weights: Option<InferenceWeights>,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +268,7 @@ pub struct CompareArgs {
     /// With --prompt: render it through the chat template.
     #[arg(long)]
     pub chat: bool,
+    /// Rename a record field, e.g. --field prompt=question --field completion=answer.
     #[arg(long = "field", value_name = "KIND=NAME")]
     pub fields: Vec<String>,
     /// Print the report as JSON on stdout too.
@@ -227,11 +296,14 @@ pub struct ExportArgs {
     pub lora_gguf: bool,
     /// GGUF tensor encoding: f16, q8_0 or q4_k (q4_k falls back to q8_0 for rows not a
     /// multiple of 256 wide).
-    #[arg(long, default_value = "f16", requires = "gguf")]
-    pub quant: String,
+    #[arg(long, default_value = "f16", requires = "gguf", value_parser = gguf_quant)]
+    pub quant: tuna_model::export::GgufQuant,
     /// Replace an existing non-empty OUTPUT (only once the new export is complete).
     #[arg(long)]
     pub force: bool,
+    /// Print the files written as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -265,7 +337,7 @@ pub struct BenchScoreArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Tokens per chunk (one forward each).
-    #[arg(long, default_value_t = 512, value_parser = at_least_one)]
+    #[arg(long = "seq-len", alias = "seq", value_name = "N", default_value_t = 512, value_parser = at_least_one)]
     pub seq: usize,
     /// Chunks per repetition.
     #[arg(long, default_value_t = 4, value_parser = at_least_one)]
@@ -285,9 +357,11 @@ pub struct BenchScoreArgs {
 pub struct BenchTrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    /// Sequences per step.
+    #[arg(long = "batch-size", alias = "batch", value_name = "N", default_value_t = 4, value_parser = at_least_one)]
     pub batch: usize,
-    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+    /// Tokens per sequence.
+    #[arg(long = "seq-len", alias = "seq", value_name = "N", default_value_t = 256, value_parser = at_least_one)]
     pub seq: usize,
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
@@ -295,13 +369,16 @@ pub struct BenchTrainArgs {
     /// Timed steps.
     #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub steps: usize,
+    /// LoRA rank.
     #[arg(long, default_value_t = 16)]
     pub lora_r: usize,
+    /// LoRA scale numerator: the update is scaled by alpha / r.
     #[arg(long, default_value_t = 32.0)]
     pub lora_alpha: f64,
     /// How the frozen projections are held (f32: the load dtype).
     #[arg(long, value_enum, default_value = "f32")]
     pub weights: InferenceWeights,
+    /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -317,11 +394,13 @@ pub struct BenchDataArgs {
     /// JSONL file (default: the full VADER train split from scripts/fetch-data.sh).
     #[arg(value_parser = input_file, default_value = "data/sentiment/train.jsonl")]
     pub file: PathBuf,
+    /// Examples per batch.
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
     /// Timed repetitions.
     #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub reps: usize,
+    /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -330,9 +409,11 @@ pub struct BenchDataArgs {
 pub struct BenchGenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Prompt length in tokens (seeded random ids).
     #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     pub prompt_tokens: usize,
-    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
+    /// Tokens generated per repetition.
+    #[arg(long = "max-new-tokens", alias = "new-tokens", value_name = "N", default_value_t = 128, value_parser = at_least_one)]
     pub new_tokens: usize,
     /// Timed repetitions after one warm-up.
     #[arg(long, default_value_t = 3, value_parser = at_least_one)]
@@ -376,34 +457,46 @@ pub struct TrainArgs {
     /// The run directory.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Optimizer steps (0: --epochs passes over the data).
     #[arg(long, conflicts_with = "epochs")]
     pub max_steps: Option<usize>,
+    /// Passes over the training data, when --max-steps is 0.
     #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<f64>,
+    /// Examples per micro-batch.
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step (the loss is averaged over all their target tokens).
     #[arg(long)]
     pub grad_accum: Option<usize>,
+    /// Peak learning rate (AdamW, cosine schedule after warmup).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
+    /// Longest example in tokens; longer ones are truncated (text records are windowed).
     #[arg(long)]
     pub seq_len: Option<usize>,
+    /// LoRA rank.
     #[arg(long)]
     pub lora_r: Option<usize>,
+    /// LoRA scale numerator: the update is scaled by alpha / r.
     #[arg(long, allow_negative_numbers = true)]
     pub lora_alpha: Option<f64>,
     /// all-linear, or a list such as q_proj,v_proj.
     #[arg(long)]
     pub target_modules: Option<String>,
+    /// Evaluate on the valid split every N steps (0: only at the end).
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Write a checkpoint every N steps (0: only at the end).
     #[arg(long)]
     pub save_every: Option<usize>,
+    /// Seeds LoRA's initialization, the data order, the valid split and dropout.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Wraps prompts of prompt/completion records, e.g. "Review: {prompt}".
     #[arg(long)]
     pub prompt_template: Option<String>,
+    /// System message for chat records that have none.
     #[arg(long)]
     pub system_prompt: Option<String>,
     /// Worked examples before each prompt: K other records of the same file as earlier
@@ -416,7 +509,7 @@ pub struct TrainArgs {
     pub init_adapter: Option<PathBuf>,
     /// How the frozen projections are held: f32, bf16 (AMX tiles where the processor has
     /// them), q8_0, q4_k, or file (the GGUF's own blocks: QLoRA over the file, memory about
-    /// the file's size) [config: weights; default: f32].
+    /// the file's size).
     #[arg(long, value_enum)]
     pub weights: Option<InferenceWeights>,
     /// Train on this many records of --data (a seeded subset; 0: all).
@@ -438,13 +531,19 @@ pub struct TrainArgs {
     /// No progress lines (metrics.jsonl is still written).
     #[arg(long)]
     pub quiet: bool,
+    /// Print the run as one JSON object on stdout when it ends (one per size with
+    /// --train-sizes): run directory, adapter and final trainer state.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// --model for training: optional, since a config file can name it.
 #[derive(Debug, Clone, Args)]
 pub struct TrainModelArgs {
+    /// A .gguf file, a Hugging Face model directory or a hub id.
     #[arg(long, env = "TUNA_MODEL")]
     pub model: Option<String>,
+    /// cpu, cuda, cuda:N, metal, or auto (a GPU when the build has one).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Weight dtype (default: f32 on the CPU, bf16 on a GPU).
@@ -468,6 +567,11 @@ impl TrainModelArgs {
         }
         .load_as(weights)
     }
+}
+
+/// `--quant`: the same spellings as `--weights` (q8_0 or q8-0).
+fn gguf_quant(s: &str) -> Result<tuna_model::export::GgufQuant, String> {
+    tuna_model::export::GgufQuant::parse(s).ok_or_else(|| "expected f16, q8_0 or q4_k".into())
 }
 
 /// A count that must be at least 1 (a benchmark of nothing has no median).

@@ -7,7 +7,7 @@ mod errors;
 mod model_args;
 mod task_args;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 // A pooling allocator: encoding and training allocate and free many short-lived buffers
 // (measured in BENCHMARKS.md).
@@ -53,12 +53,14 @@ fn pin_thread_counts() {
 fn main() {
     keep_freed_memory();
     pin_thread_counts();
-    let cli = args::Cli::parse();
+    let command = commands::train::help_with_defaults(args::Cli::command());
+    let cli = args::Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     // Run on a rayon worker: the parallel ops inside then split work by stealing instead of
     // waking the pool from outside and blocking on a latch for every op (measured: f16
     // decode 55.6 -> 74.2 tok/s on 2 cores).
     let result = rayon::scope(|_| match cli.command {
         args::Command::Generate(a) => commands::generate::run(a),
+        args::Command::Chat(a) => commands::chat::run(a),
         args::Command::Eval(a) => commands::eval::run(*a),
         args::Command::Compare(a) => commands::compare::run(*a),
         args::Command::Export(a) => commands::export::run(a),

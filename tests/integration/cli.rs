@@ -368,3 +368,320 @@ fn generate_streams_text_and_eval_prints_json() {
     );
     assert!((ppl - loss.exp()).abs() < 1e-9 * ppl);
 }
+
+#[test]
+fn eval_limit_reads_only_the_records_it_scores_and_a_flood_of_errors_is_capped() {
+    let m = tiny_model(TinySpec::default());
+    let data = m.path().join("many.jsonl");
+    let mut text =
+        String::from("{\"text\": \"the cat\"}\n{\"text\": \"a hat\"}\n\n{\"text\": \"at sea\"}\n");
+    for _ in 0..500 {
+        text.push_str("{\"txt\": \"typo\"}\n");
+    }
+    std::fs::write(&data, text).unwrap();
+    let (model, path) = (m.path_str(), data.to_str().unwrap().to_string());
+    let run = tuna(
+        &[
+            "eval", "--model", &model, "--data", &path, "--limit", "3", "--json",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stderr, "");
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v["records"], 3);
+
+    // Without the limit every bad line counts, and the first 20 are shown.
+    let mut want = String::from("error: ");
+    for line in 5..25 {
+        want.push_str(&format!("<TMP>/many.jsonl:{line}: (record): no known record kind: expected `text`, `prompt`+`completion`, `messages` or `instruction`+`output` (found: txt)\n"));
+    }
+    want.push_str("... and 480 more bad lines (500 in all; `tuna data validate --json FILE` lists every one)\n");
+    want.push_str("hint: each line must be one JSON object, e.g. {\"text\": \"...\"}\n");
+    let run = tuna(&["eval", "--model", &model, "--data", &path], &[]);
+    assert_eq!(run.code, 1);
+    assert_eq!(redact(&run.stderr, m.path()), want);
+
+    // data validate --json lists every one.
+    let run = tuna(
+        &["data", "validate", "--model", &model, "--json", &path],
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v[0]["errors"].as_array().unwrap().len(), 500);
+}
+
+#[test]
+fn a_key_given_twice_in_a_record_is_refused() {
+    let m = tiny_model(TinySpec::default());
+    let data = m.path().join("twice.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"2+2\", \"completion\": \"4\", \"completion\": \"5\"}\n",
+    )
+    .unwrap();
+    check(
+        &["eval", "--model", &m.path_str(), "--data", data.to_str().unwrap()],
+        m.path(),
+        1,
+        "error: <TMP>/twice.jsonl:1: (line): invalid JSON: the key `completion` appears twice in one object (JSON keeps only the last) at line 1 column 49\n\
+         hint: each line must be one JSON object, e.g. {\"text\": \"...\"}\n",
+    );
+}
+
+#[test]
+fn a_config_value_of_the_wrong_type_names_its_field() {
+    let m = tiny_model(TinySpec::default());
+    let config = m.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["hidden_size"] = "32".into();
+    write_json(&config, &json);
+    check(
+        &["generate", "--model", &m.path_str(), "--prompt", "hi"],
+        m.path(),
+        1,
+        "error: <TMP>/config.json: field `hidden_size`: invalid type: string \"32\", expected usize\n\
+         hint: the model's config (config.json or GGUF metadata) is inconsistent: fix that field or download the model again\n",
+    );
+}
+
+#[test]
+fn a_config_with_fewer_layers_than_its_weights_is_refused() {
+    let m = tiny_model(TinySpec::default());
+    let config = m.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["num_hidden_layers"] = 1.into();
+    write_json(&config, &json);
+    check(
+        &["generate", "--model", &m.path_str(), "--prompt", "hi"],
+        m.path(),
+        1,
+        "error: <TMP>/config.json: field `num_hidden_layers`: is 1, but <TMP>/model.safetensors holds weights for 2 layers: the config and the weights disagree (a model cut short would run without its last layers)\n\
+         hint: the model's config (config.json or GGUF metadata) is inconsistent: fix that field or download the model again\n",
+    );
+}
+
+#[test]
+fn one_vocabulary_across_subcommands_with_the_old_spellings_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The old spelling reaches the new flag: its error names the new one.
+    for (args, want) in [
+        (
+            &["bench", "train", "--batch", "0"][..],
+            "error: invalid value '0' for '--batch-size <N>': must be at least 1\n",
+        ),
+        (
+            &["bench", "train", "--seq", "0"][..],
+            "error: invalid value '0' for '--seq-len <N>': must be at least 1\n",
+        ),
+        (
+            &["bench", "score", "--seq", "0"][..],
+            "error: invalid value '0' for '--seq-len <N>': must be at least 1\n",
+        ),
+        (
+            &["bench", "generate", "--new-tokens", "0"][..],
+            "error: invalid value '0' for '--max-new-tokens <N>': must be at least 1\n",
+        ),
+        (
+            &["export", "--output", "x", "--gguf", "--quant", "q9"][..],
+            "error: invalid value 'q9' for '--quant <QUANT>': expected f16, q8_0 or q4_k\n",
+        ),
+    ] {
+        check(
+            args,
+            tmp.path(),
+            2,
+            &format!("{want}\nFor more information, try '--help'.\n"),
+        );
+    }
+    let run = tuna(&["generate", "--system", "terse", "--prompt", "hi"], &[]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("--system-prompt <TEXT>") && run.stderr.contains("--chat"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn every_flag_has_help_and_train_shows_its_defaults() {
+    for command in [
+        &["generate"][..],
+        &["eval"],
+        &["compare"],
+        &["export"],
+        &["train"],
+        &["data", "validate"],
+        &["data", "preview"],
+        &["bench", "generate"],
+        &["bench", "data"],
+        &["bench", "train"],
+        &["bench", "score"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let run = tuna(&args, &[]);
+        assert_eq!(run.code, 0, "{command:?}");
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let flag = line.trim_start();
+            if !(flag.starts_with("--") || flag.starts_with('-') && flag.contains(", --")) {
+                continue;
+            }
+            // The description follows on the same line (short help) or the next (long).
+            let same_line = flag.split("  ").filter(|p| !p.trim().is_empty()).count() > 1;
+            let next = lines.get(i + 1).map_or("", |l| l.trim());
+            assert!(
+                same_line || !next.is_empty(),
+                "tuna {} --help: {flag} has no description",
+                command.join(" ")
+            );
+        }
+    }
+    let help = tuna(&["train", "--help"], &[]).stdout;
+    for want in [
+        "[config: optim.lr; default: 0.001]",
+        "[config: encoding.max_seq_len; default: 512]",
+        "[config: lora.r; default: 16]",
+        "[config: train.eval_every; default: 50]",
+        "[config: lora.target_modules; default: \"all-linear\"]",
+    ] {
+        assert!(help.contains(want), "train --help lacks {want}:\n{help}");
+    }
+    let version = tuna(&["--version"], &[]).stdout;
+    assert!(
+        version.starts_with(&format!("tuna {} (commit ", env!("CARGO_PKG_VERSION")))
+            && version.contains("; features: "),
+        "{version}"
+    );
+}
+
+#[test]
+fn json_goes_to_stdout_in_generate_preview_and_export() {
+    let m = tiny_model(TinySpec::default());
+    let model = m.path_str();
+    let run = tuna(
+        &[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "the cat",
+            "--max-new-tokens",
+            "4",
+            "--weights",
+            "f32",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stderr, "");
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert!(
+        v["text"].is_string() && v["generated_tokens"].as_u64().unwrap() <= 4,
+        "{v}"
+    );
+
+    let data = m.path().join("d.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"the cat\", \"completion\": \"hat\"}\n{\"text\": \"at sea\"}\nnot json\n",
+    )
+    .unwrap();
+    let run = tuna(
+        &[
+            "data",
+            "preview",
+            "--model",
+            &model,
+            "--limit",
+            "1",
+            "--json",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    // Only the record shown is read: the bad third line is not an error here.
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["line"], 1);
+    let runs = v[0]["runs"].as_array().unwrap();
+    assert!(runs.iter().any(|r| r["trained"] == true), "{v}");
+    let trained: usize = runs
+        .iter()
+        .filter(|r| r["trained"] == true)
+        .map(|r| r["ids"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(v[0]["trained"], trained);
+
+    let out = m.path().join("export");
+    let run = tuna(
+        &[
+            "export",
+            "--model",
+            &model,
+            "--output",
+            out.to_str().unwrap(),
+            "--gguf",
+            "--quant",
+            "q8-0",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v["model_dir"], out.display().to_string());
+    assert_eq!(v["gguf"], out.join("model-q8_0.gguf").display().to_string());
+}
+
+#[test]
+fn eval_and_data_encode_as_a_training_config_says() {
+    let m = tiny_model(TinySpec::default());
+    let data = m.path().join("d.jsonl");
+    std::fs::write(&data, "{\"question\": \"the cat\", \"answer\": \"hat\"}\n").unwrap();
+    let config = m.path().join("train.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\n[encoding]\nprompt_template = \"Q: {{prompt}}\\nA:\"\nformat = \"raw\"\n[fields]\nprompt = \"question\"\ncompletion = \"answer\"\n",
+            m.path_str()
+        ),
+    )
+    .unwrap();
+    let preview = |extra: &[&str]| {
+        let mut args = vec!["data", "preview", "--json", data.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        tuna(&args, &[])
+    };
+    let run = preview(&["-c", config.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v[0]["runs"][0]["text"], "Q: the cat\nA:");
+    // A flag overrides the file.
+    let run = preview(&[
+        "-c",
+        config.to_str().unwrap(),
+        "--prompt-template",
+        "{prompt} ->",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v[0]["runs"][0]["text"], "the cat ->");
+    let run = tuna(
+        &[
+            "eval",
+            "-c",
+            config.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}

@@ -1,6 +1,7 @@
 //! tuna's integration tests: one binary (ripgrep's layout), one module per concern.
 
 mod big_model;
+mod chat;
 mod cli;
 mod compare;
 mod data;

@@ -118,21 +118,32 @@ fn bad_configs_and_flags_name_the_key() {
         "error: <TMP>/bad.toml:3: (toml): unknown field `rank`, expected one of `r`, `lora_alpha`, `lora_dropout`, `target_modules`, `layers_to_transform`, `use_rslora`\n\
          hint: configs/smollm2-135m-lora.toml lists every key with its meaning; --print-config shows the resolved config\n"
     );
+    // A range error names the flag the user typed, and the key it sets.
     for (flag, value, want) in [
         (
             "--lr",
             "-1",
-            "error: config: optim.lr: must be a number > 0\n",
+            "error: --lr: must be a number > 0 (config key optim.lr)\n",
         ),
         (
             "--batch-size",
             "0",
-            "error: config: batch.batch_size: must be at least 1\n",
+            "error: --batch-size: must be at least 1 (config key batch.batch_size)\n",
         ),
         (
             "--valid-fraction",
             "1.5",
-            "error: config: data.valid_fraction: must be in [0, 1)\n",
+            "error: --valid-fraction: must be in [0, 1) (config key data.valid_fraction)\n",
+        ),
+        (
+            "--seq-len",
+            "1",
+            "error: --seq-len: must be at least 2 (config key encoding.max_seq_len)\n",
+        ),
+        (
+            "--lora-r",
+            "0",
+            "error: --lora-r: must be at least 1 (config key lora.r)\n",
         ),
     ] {
         let run = tuna(
@@ -149,9 +160,28 @@ fn bad_configs_and_flags_name_the_key() {
         assert_eq!(run.code, 1, "{flag}");
         assert_eq!(
             run.stderr,
-            format!("{want}hint: configs/smollm2-135m-lora.toml lists every key with its meaning; --print-config shows the resolved config\n")
+            format!("{want}hint: run the command with --help for the accepted values\n")
         );
     }
+    // The same range error from a -c file names the file and the key.
+    std::fs::write(&cfg, "[encoding]\nmax_seq_len = 1\n").unwrap();
+    let run = tuna(
+        &[
+            "train",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--data",
+            "data/example/sentiment/train.jsonl",
+            "--print-config",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        redact(&run.stderr, tmp.path()),
+        "error: <TMP>/bad.toml: encoding.max_seq_len: must be at least 2\n\
+         hint: configs/smollm2-135m-lora.toml lists every key with its meaning; --print-config shows the resolved config\n"
+    );
     let run = tuna(
         &[
             "train",
@@ -443,4 +473,84 @@ fn resume_refuses_a_changed_flag_and_continues_a_finished_run_for_more_steps() {
     assert_eq!(steps.last(), Some(&4), "checkpoints {steps:?}");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("max_steps = 4\n"), "{config}");
+}
+
+#[test]
+fn json_reports_the_run_and_an_edited_trainer_state_is_refused() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let data = dir.join("train.jsonl");
+    write_parity(&data, 0..8);
+    let run = dir.join("run");
+    let r = tuna(
+        &[
+            "train",
+            "--model",
+            &m.path_str(),
+            "--data",
+            data.to_str().unwrap(),
+            "--output",
+            run.to_str().unwrap(),
+            "--max-steps",
+            "2",
+            "--save-every",
+            "1",
+            "--lora-r",
+            "2",
+            "--quiet",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["run"], run.display().to_string());
+    assert_eq!(v["adapter"], run.join("adapter").display().to_string());
+    assert_eq!(v["state"]["step"], 2);
+    assert_eq!(v["state"]["total_steps"], 2);
+
+    let state_path = run.join("checkpoint-2/trainer_state.json");
+    let good = std::fs::read_to_string(&state_path).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&good).unwrap();
+    for (field, value, why) in [
+        ("step", 99, "step is 99, but this is checkpoint-2"),
+        ("best_step", 7, "best_step 7 is later than step 2"),
+        ("total_steps", 1, "step 2 is past total_steps 1"),
+    ] {
+        let was = state[field].clone();
+        state[field] = value.into();
+        std::fs::write(&state_path, state.to_string()).unwrap();
+        let r = tuna(
+            &[
+                "train",
+                "--resume",
+                run.to_str().unwrap(),
+                "--max-steps",
+                "3",
+            ],
+            &[],
+        );
+        assert_eq!(r.code, 1, "{field}");
+        assert_eq!(
+            redact(&r.stderr, dir),
+            format!(
+                "error: <TMP>/run/checkpoint-2/trainer_state.json: {why}; the file was edited or is corrupt, \
+                 and resuming from it would not continue the run that wrote it\n"
+            )
+        );
+        state[field] = was;
+    }
+    std::fs::write(&state_path, good).unwrap();
+    let r = tuna(
+        &[
+            "train",
+            "--resume",
+            run.to_str().unwrap(),
+            "--max-steps",
+            "3",
+            "--quiet",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
 }

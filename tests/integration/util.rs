@@ -16,20 +16,43 @@ pub fn tuna(args: &[&str], envs: &[(&str, &str)]) -> Run {
 
 /// The same, in the working directory `dir`.
 pub fn tuna_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
+    run_tuna(dir, args, envs, None)
+}
+
+/// `tuna args...` with `input` on its stdin (a pipe, not a terminal).
+pub fn tuna_with_input(args: &[&str], input: &str) -> Run {
+    run_tuna(Path::new("."), args, &[], Some(input))
+}
+
+fn run_tuna(dir: &Path, args: &[&str], envs: &[(&str, &str)], input: Option<&str>) -> Run {
+    use std::io::Write;
+    use std::process::Stdio;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tuna"));
     cmd.current_dir(dir)
         .args(args)
         .env_remove("TUNA_MODEL")
         .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null());
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run tuna");
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .expect("write tuna's stdin");
     }
     let Output {
         status,
         stdout,
         stderr,
-    } = cmd.output().expect("run tuna");
+    } = child.wait_with_output().expect("run tuna");
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),

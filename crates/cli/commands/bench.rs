@@ -310,8 +310,8 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
 
 /// Read + parse + encode (chat template, masks) + one epoch of batches, timed end to end.
 fn bench_data(args: BenchDataArgs) -> anyhow::Result<()> {
-    let model = args.model.load_text()?;
-    let options = args.encoding.encode_options();
+    let model = args.encoding.model_spec(&args.model)?.load_text()?;
+    let options = args.encoding.encode_options()?;
     let fields = args.encoding.field_names()?;
     let encoder = Encoder::from_parts(&model.tokenizer, model.chat_template.as_ref(), &options)?;
     let batch_options = BatchOptions {

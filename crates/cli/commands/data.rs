@@ -4,7 +4,9 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use serde_json::json;
-use tuna_data::{read_jsonl, record::parse_records, Dataset, Encoded, Encoder, Example};
+use tuna_data::{
+    jsonl::read_jsonl_lenient, record::parse_records, Dataset, Encoded, Encoder, Example,
+};
 use tuna_model::ModelText;
 
 use crate::args::{DataCommand, DataPreviewArgs, DataValidateArgs};
@@ -25,8 +27,8 @@ fn percentile(sorted: &[usize], p: f64) -> usize {
 }
 
 fn validate(args: DataValidateArgs) -> anyhow::Result<()> {
-    let model = args.model.load_text()?;
-    let options = args.encoding.encode_options();
+    let model = args.encoding.model_spec(&args.model)?.load_text()?;
+    let options = args.encoding.encode_options()?;
     let fields = args.encoding.field_names()?;
     let encoder = Encoder::from_parts(&model.tokenizer, model.chat_template.as_ref(), &options)?;
     let mut failed = 0;
@@ -43,7 +45,7 @@ fn validate(args: DataValidateArgs) -> anyhow::Result<()> {
             Err(err) => {
                 failed += 1;
                 eprintln!("{err}");
-                reports.push(json!({"file": path.display().to_string(), "error": err.to_string()}));
+                reports.push(json!({"file": path.display().to_string(), "error": err.to_string(), "errors": err.each()}));
             }
         }
     }
@@ -165,16 +167,24 @@ fn render(model: &ModelText, x: &Example, marks: &Marks) -> anyhow::Result<(Stri
 }
 
 fn preview(args: DataPreviewArgs) -> anyhow::Result<()> {
-    let model = args.model.load_text()?;
-    let options = args.encoding.encode_options();
+    let model = args.encoding.model_spec(&args.model)?.load_text()?;
+    let options = args.encoding.encode_options()?;
     let fields = args.encoding.field_names()?;
     let encoder = Encoder::from_parts(&model.tokenizer, model.chat_template.as_ref(), &options)?;
-    let lines = read_jsonl(&args.file)?;
+    // Only the records shown are parsed: a bad line further down is not this command's news.
+    let (mut lines, mut errors) = read_jsonl_lenient(&args.file)?;
+    tuna_data::jsonl::keep_first(&mut lines, &mut errors, args.n);
+    tuna_data::error::collect_errors(errors)?;
     let parsed = parse_records(&args.file, &lines, &fields)?;
     let marks = Marks::detect();
+    let mut shown = Vec::new();
     for r in parsed.records.iter().take(args.n) {
         let kind = r.record.kind().name();
         let examples = match encoder.encode(&args.file, r)? {
+            Encoded::SkippedUntrainable { .. } if args.json => {
+                shown.push(json!({"line": r.line, "kind": kind, "skipped": "truncation left no target token"}));
+                continue;
+            }
             Encoded::SkippedUntrainable { .. } => {
                 println!(
                     "── line {} ({kind}): skipped, truncation left no target token\n",
@@ -185,6 +195,18 @@ fn preview(args: DataPreviewArgs) -> anyhow::Result<()> {
             other => other.into_examples(),
         };
         for x in examples {
+            if args.json {
+                let mut pieces = Vec::new();
+                for (trained, ids) in runs(&x) {
+                    let text = model.tokenizer.decode(&ids, false)?;
+                    pieces.push(json!({"trained": trained, "text": text, "ids": ids}));
+                }
+                shown.push(json!({
+                    "line": r.line, "kind": kind, "tokens": x.ids.len(),
+                    "trained": x.n_trained(), "truncated": x.truncated, "runs": pieces,
+                }));
+                continue;
+            }
             println!(
                 "── line {} ({kind}, {} tokens, {} trained{})",
                 r.line,
@@ -196,6 +218,9 @@ fn preview(args: DataPreviewArgs) -> anyhow::Result<()> {
             println!("{text}");
             println!("ids: {ids}\n");
         }
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(shown));
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         None => None,
     };
     let (options, fields) = encoding(&args, run.as_ref())?;
-    let model = args.model.load(args.weights)?;
+    let model = args.encoding.model_spec(&args.model)?.load(args.weights)?;
     // An adapter trained with shots is scored with shots from its own train split.
     let pool = match run.as_ref().filter(|_| options.shots > 0) {
         Some(run) => Some((
@@ -125,9 +125,10 @@ struct JsonOutput<'a> {
 /// so that the loss is the one training reported. (A run's format or prompt loss is kept
 /// unless --format or --train-on-prompt say otherwise: a flag can only turn them on.)
 fn encoding(args: &EvalArgs, run: Option<&RunInfo>) -> anyhow::Result<(EncodeOptions, FieldNames)> {
-    let mut options = args.encoding.encode_options();
+    let mut options = args.encoding.encode_options()?;
     let mut fields = args.encoding.field_names()?;
-    let Some(run) = run else {
+    // A -c config says how to encode, as a run's config.toml would.
+    let Some(run) = run.filter(|_| args.encoding.config.is_none()) else {
         return Ok((options, fields));
     };
     let trained = &run.config.encoding;

@@ -1,22 +1,13 @@
 //! `tuna export`: the base model with its adapter folded in, as a Hugging Face directory and
 //! optionally a GGUF file.
 
-use anyhow::Context;
-use tuna_model::export::{self, GgufQuant};
+use tuna_model::export;
 
 use crate::args::ExportArgs;
 use crate::model_args::InferenceWeights;
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
-    let quant = match args.gguf {
-        true => Some(GgufQuant::parse(&args.quant).with_context(|| {
-            format!(
-                "--quant: unknown encoding {:?} (f16, q8_0, q4_k)",
-                args.quant
-            )
-        })?),
-        false => None,
-    };
+    let quant = args.gguf.then_some(args.quant);
     if args.lora_gguf && args.model.adapter.is_none() {
         anyhow::bail!("--lora-gguf: there is no adapter to write (pass --adapter DIR)");
     }
@@ -44,7 +35,15 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let mut model = model_args.load(InferenceWeights::Dense)?;
     if args.lora_gguf {
         export::export_lora_gguf(&mut model, &args.output, args.force)?;
-        println!("{}", args.output.join(export::LORA_GGUF_FILE).display());
+        let path = args
+            .output
+            .join(export::LORA_GGUF_FILE)
+            .display()
+            .to_string();
+        match args.json {
+            true => println!("{}", serde_json::json!({ "lora_gguf": path })),
+            false => println!("{path}"),
+        }
         return Ok(());
     }
     if args.model.adapter.is_some() {
@@ -60,11 +59,26 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         eprintln!("the model's per-frequency rope factors have no config.json form: writing the GGUF only");
     }
     export::export(&model, &args.output, quant, args.force)?;
-    if args.output.join("config.json").is_file() {
-        println!("{}", args.output.display());
-    }
-    if let Some(q) = quant {
-        println!("{}", args.output.join(export::gguf_file_name(q)).display());
+    let model_dir = args
+        .output
+        .join("config.json")
+        .is_file()
+        .then(|| args.output.display().to_string());
+    let gguf = quant.map(|q| {
+        args.output
+            .join(export::gguf_file_name(q))
+            .display()
+            .to_string()
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "model_dir": model_dir, "gguf": gguf })
+        );
+    } else {
+        for path in model_dir.iter().chain(&gguf) {
+            println!("{path}");
+        }
     }
     Ok(())
 }

@@ -57,24 +57,31 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     ))?;
     let ids = spec.encode(&model)?;
     let mut stdout = std::io::stdout().lock();
+    let mut text = String::new();
     let (_, stats) = generate(&model, &ids, &options, |piece| {
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
+        if args.json {
+            text.push_str(piece);
+        } else {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
     })?;
-    let _ = writeln!(stdout);
     if args.json {
-        eprintln!("{}", serde_json::to_string(&stats)?);
-    } else {
-        eprintln!(
-            "prompt: {} tokens at {:.1} tok/s; generated: {} tokens at {:.1} tok/s; stop: {}",
-            stats.prompt_tokens,
-            stats.prompt_tokens_per_second(),
-            stats.generated_tokens,
-            stats.generation_tokens_per_second(),
-            serde_json::to_value(stats.stop_reason)?
-                .as_str()
-                .unwrap_or("?"),
-        );
+        let mut out = serde_json::to_value(&stats)?;
+        out["text"] = serde_json::Value::String(text);
+        let _ = writeln!(stdout, "{out}");
+        return Ok(());
     }
+    let _ = writeln!(stdout);
+    eprintln!(
+        "prompt: {} tokens at {:.1} tok/s; generated: {} tokens at {:.1} tok/s; stop: {}",
+        stats.prompt_tokens,
+        stats.prompt_tokens_per_second(),
+        stats.generated_tokens,
+        stats.generation_tokens_per_second(),
+        serde_json::to_value(stats.stop_reason)?
+            .as_str()
+            .unwrap_or("?"),
+    );
     Ok(())
 }

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod chat;
 pub mod compare;
 pub mod data;
 pub mod eval;

@@ -14,178 +14,300 @@ use crate::args::TrainArgs;
 
 type Apply<'a> = Box<dyn Fn(&mut TrainConfig) -> anyhow::Result<()> + 'a>;
 
-/// A flag that sets a field of the config: its name, how it sets the field, and how the
-/// field reads (for errors). One table, used to overlay the flags on a config and to check
-/// them against a resumed run's.
-struct FlagSetting<'a> {
-    flag: &'static str,
-    apply: Apply<'a>,
-    show: fn(&TrainConfig) -> String,
+/// A flag that sets a field of the config: its name, the config key it sets, how it sets it
+/// (when the user gave it) and how the field reads. One table, used to overlay the flags on
+/// a config, to check them against a resumed run's, to name the flag in a range error, and
+/// to show each default in `--help`.
+pub struct FlagSetting<'a> {
+    pub flag: &'static str,
+    pub key: &'static str,
+    apply: Option<Apply<'a>>,
+    pub value: fn(&TrainConfig) -> String,
 }
 
-/// The config flags the user gave, in the order `--help` lists them.
-fn given_flags(args: &TrainArgs) -> Vec<FlagSetting<'_>> {
+impl FlagSetting<'_> {
+    fn show(&self, c: &TrainConfig) -> String {
+        format!("{} = {}", self.key, (self.value)(c))
+    }
+}
+
+/// Every config flag, in the order `--help` lists them; `apply` is set for those given.
+pub fn config_flags(args: &TrainArgs) -> Vec<FlagSetting<'_>> {
     let mut out = Vec::new();
     macro_rules! flag {
-        ($name:literal, $value:expr, |$c:ident, $v:ident| $apply:expr, |$s:ident| $show:expr) => {
-            if let Some($v) = $value {
-                out.push(FlagSetting {
-                    flag: $name,
-                    apply: Box::new(move |$c: &mut TrainConfig| {
+        ($name:literal, $key:literal, $value:expr, |$c:ident, $v:ident| $apply:expr, |$s:ident| $show:expr) => {
+            out.push(FlagSetting {
+                flag: $name,
+                key: $key,
+                apply: $value.map(|$v| -> Apply<'_> {
+                    Box::new(move |$c: &mut TrainConfig| {
                         $apply;
                         Ok(())
-                    }),
-                    show: |$s: &TrainConfig| $show,
-                });
-            }
+                    })
+                }),
+                value: |$s: &TrainConfig| $show,
+            });
         };
     }
     flag!(
         "--model",
+        "model",
         args.model.model.clone(),
         |c, v| c.model = v.clone(),
-        |c| format!("model = {:?}", c.model)
+        |c| format!("{:?}", c.model)
     );
     flag!(
         "--data",
+        "data.train",
         args.data.clone(),
         |c, v| c.data.train = v.clone(),
-        |c| format!("data.train = {:?}", c.data.train)
+        |c| format!("{:?}", c.data.train)
     );
     flag!(
         "--valid",
+        "data.valid",
         args.valid.clone(),
         |c, v| c.data.valid = v.clone(),
-        |c| format!("data.valid = {:?}", c.data.valid)
+        |c| format!("{:?}", c.data.valid)
     );
     flag!(
         "--valid-fraction",
+        "data.valid_fraction",
         args.valid_fraction,
         |c, v| c.data.valid_fraction = v,
-        |c| format!("data.valid_fraction = {}", c.data.valid_fraction)
+        |c| c.data.valid_fraction.to_string()
     );
     flag!(
         "--output",
+        "output",
         args.output.clone(),
         |c, v| c.output = v.clone(),
-        |c| format!("output = {:?}", c.output)
+        |c| format!("{:?}", c.output)
     );
     flag!(
         "--init-adapter",
+        "init_adapter",
         args.init_adapter.as_ref().map(|p| p.display().to_string()),
         |c, v| c.init_adapter = v.clone(),
-        |c| format!("init_adapter = {:?}", c.init_adapter)
+        |c| format!("{:?}", c.init_adapter)
     );
     flag!(
         "--weights",
+        "weights",
         args.weights,
         |c, v| c.weights = v.format(),
-        |c| format!("weights = {:?}", c.weights)
+        |c| toml_value(&c.weights)
     );
     flag!(
         "--train-subset",
+        "data.train_subset",
         args.train_subset,
         |c, v| c.data.train_subset = v,
-        |c| format!("data.train_subset = {}", c.data.train_subset)
+        |c| c.data.train_subset.to_string()
     );
     flag!(
         "--max-steps",
+        "train.max_steps",
         args.max_steps,
         |c, v| c.train.max_steps = v,
-        |c| format!("train.max_steps = {}", c.train.max_steps)
+        |c| c.train.max_steps.to_string()
     );
     flag!(
         "--epochs",
+        "train.epochs",
         args.epochs,
         |c, v| {
             c.train.epochs = v;
             c.train.max_steps = 0
         },
-        |c| format!(
-            "train.epochs = {} (max_steps {})",
-            c.train.epochs, c.train.max_steps
-        )
+        |c| c.train.epochs.to_string()
     );
     flag!(
         "--batch-size",
+        "batch.batch_size",
         args.batch_size,
         |c, v| c.batch.batch_size = v,
-        |c| format!("batch.batch_size = {}", c.batch.batch_size)
+        |c| c.batch.batch_size.to_string()
     );
     flag!(
         "--grad-accum",
+        "train.grad_accum",
         args.grad_accum,
         |c, v| c.train.grad_accum = v,
-        |c| format!("train.grad_accum = {}", c.train.grad_accum)
+        |c| c.train.grad_accum.to_string()
     );
-    flag!("--lr", args.lr, |c, v| c.optim.lr = v, |c| format!(
-        "optim.lr = {}",
-        c.optim.lr
-    ));
+    flag!("--lr", "optim.lr", args.lr, |c, v| c.optim.lr = v, |c| c
+        .optim
+        .lr
+        .to_string());
     flag!(
         "--seq-len",
+        "encoding.max_seq_len",
         args.seq_len,
         |c, v| c.encoding.max_seq_len = v,
-        |c| format!("encoding.max_seq_len = {}", c.encoding.max_seq_len)
+        |c| c.encoding.max_seq_len.to_string()
     );
-    flag!("--lora-r", args.lora_r, |c, v| c.lora.r = v, |c| format!(
-        "lora.r = {}",
-        c.lora.r
-    ));
+    flag!(
+        "--lora-r",
+        "lora.r",
+        args.lora_r,
+        |c, v| c.lora.r = v,
+        |c| c.lora.r.to_string()
+    );
     flag!(
         "--lora-alpha",
+        "lora.lora_alpha",
         args.lora_alpha,
         |c, v| c.lora.lora_alpha = v,
-        |c| format!("lora.lora_alpha = {}", c.lora.lora_alpha)
+        |c| c.lora.lora_alpha.to_string()
     );
-    if let Some(v) = &args.target_modules {
-        out.push(FlagSetting {
-            flag: "--target-modules",
-            apply: Box::new(move |c: &mut TrainConfig| {
+    out.push(FlagSetting {
+        flag: "--target-modules",
+        key: "lora.target_modules",
+        apply: args.target_modules.as_ref().map(|v| -> Apply<'_> {
+            Box::new(move |c: &mut TrainConfig| {
                 c.lora.target_modules = TargetModules::parse(v)?;
                 Ok(())
-            }),
-            show: |c| format!("lora.target_modules = {:?}", c.lora.target_modules),
-        });
-    }
+            })
+        }),
+        value: |c| toml_value(&c.lora.target_modules),
+    });
     flag!(
         "--eval-every",
+        "train.eval_every",
         args.eval_every,
         |c, v| c.train.eval_every = v,
-        |c| format!("train.eval_every = {}", c.train.eval_every)
+        |c| c.train.eval_every.to_string()
     );
     flag!(
         "--save-every",
+        "train.save_every",
         args.save_every,
         |c, v| c.train.save_every = v,
-        |c| format!("train.save_every = {}", c.train.save_every)
+        |c| c.train.save_every.to_string()
     );
-    flag!("--seed", args.seed, |c, v| c.train.seed = v, |c| format!(
-        "train.seed = {}",
-        c.train.seed
-    ));
+    flag!(
+        "--seed",
+        "train.seed",
+        args.seed,
+        |c, v| c.train.seed = v,
+        |c| c.train.seed.to_string()
+    );
     flag!(
         "--prompt-template",
+        "encoding.prompt_template",
         args.prompt_template.clone(),
         |c, v| c.encoding.prompt_template = Some(v.clone()),
-        |c| format!(
-            "encoding.prompt_template = {:?}",
-            c.encoding.prompt_template
-        )
+        |c| format!("{:?}", c.encoding.prompt_template.as_deref().unwrap_or(""))
     );
     flag!(
         "--system-prompt",
+        "encoding.system",
         args.system_prompt.clone(),
         |c, v| c.encoding.system = Some(v.clone()),
-        |c| format!("encoding.system = {:?}", c.encoding.system)
+        |c| format!("{:?}", c.encoding.system.as_deref().unwrap_or(""))
     );
     flag!(
         "--train-shots",
+        "encoding.shots",
         args.train_shots,
         |c, v| c.encoding.shots = v,
-        |c| format!("encoding.shots = {}", c.encoding.shots)
+        |c| c.encoding.shots.to_string()
     );
     out
+}
+
+/// `tuna train --help` with each config flag's config key and default, read from
+/// `TrainConfig::default()`, so the help and the defaults cannot drift apart.
+pub fn help_with_defaults(cli: clap::Command) -> clap::Command {
+    use clap::{Args, FromArgMatches};
+    let Ok(matches) =
+        TrainArgs::augment_args(clap::Command::new("train")).try_get_matches_from(["train"])
+    else {
+        return cli;
+    };
+    let Ok(args) = TrainArgs::from_arg_matches(&matches) else {
+        return cli;
+    };
+    let defaults = TrainConfig::default();
+    let notes: Vec<(String, String)> = config_flags(&args)
+        .iter()
+        .map(|s| {
+            let value = (s.value)(&defaults);
+            let default = match value.as_str() {
+                "\"\"" => String::new(),
+                v => format!("; default: {v}"),
+            };
+            let id = s.flag.trim_start_matches("--").replace('-', "_");
+            (id, format!("[config: {}{default}]", s.key))
+        })
+        .collect();
+    cli.mut_subcommand("train", |mut train| {
+        for (id, note) in notes {
+            train = train.mut_arg(id, |arg| {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let long = arg.get_long_help().map(|h| format!("{h} {note}"));
+                let arg = arg.help(format!("{help} {note}").trim().to_string());
+                match long {
+                    Some(long) => arg.long_help(long),
+                    None => arg,
+                }
+            });
+        }
+        train
+    })
+}
+
+/// A config value as config.toml spells it.
+fn toml_value(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// The config flags the user gave.
+fn given_flags(args: &TrainArgs) -> Vec<FlagSetting<'_>> {
+    config_flags(args)
+        .into_iter()
+        .filter(|s| s.apply.is_some())
+        .collect()
+}
+
+/// Applies a given flag (`given_flags` holds only flags with an `apply`).
+fn apply(setting: &FlagSetting<'_>, c: &mut TrainConfig) -> anyhow::Result<()> {
+    match &setting.apply {
+        Some(apply) => apply(c),
+        None => Ok(()),
+    }
+}
+
+/// A range error about a key the user set with a flag names the flag they typed; one from
+/// the -c file names the file.
+fn name_the_flag(
+    err: tuna_train::TrainError,
+    given: &[FlagSetting<'_>],
+    config_file: Option<&std::path::Path>,
+) -> anyhow::Error {
+    use tuna_train::TrainError;
+    let (field, reason) = match &err {
+        TrainError::BadConfig { field, reason, .. } => (field.clone(), reason.clone()),
+        TrainError::Lora(tuna_lora::LoraError::BadConfig { field, reason }) => {
+            (format!("lora.{field}"), reason.clone())
+        }
+        _ => return err.into(),
+    };
+    let typed = given.iter().find(|s| s.key == field);
+    match (typed, config_file) {
+        (Some(s), _) => tuna_data::DataError::BadOption {
+            field: s.flag.into(),
+            reason: format!("{reason} (config key {field})"),
+        }
+        .into(),
+        (None, Some(file)) => anyhow::Error::new(TrainError::bad_config(
+            &file.display().to_string(),
+            &field,
+            reason,
+        )),
+        (None, None) => err.into(),
+    }
 }
 
 /// The config a run uses: on --resume, the run's own config.toml, where a flag may only
@@ -210,8 +332,9 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         Some(path) => TrainConfig::from_toml_file(path)?,
         None => TrainConfig::default(),
     };
-    for setting in given_flags(args) {
-        (setting.apply)(&mut c)?;
+    let given = given_flags(args);
+    for setting in &given {
+        apply(setting, &mut c)?;
     }
     if !c.init_adapter.is_empty() {
         // The run's [lora] is the adapter it starts from, so config.toml says what trained.
@@ -224,7 +347,8 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         c.lora.layers_to_transform = loaded.layers_to_transform.clone().unwrap_or_default();
         c.lora.use_rslora = loaded.use_rslora;
     }
-    c.validate()?;
+    c.validate()
+        .map_err(|e| name_the_flag(e, &given, args.config.as_deref()))?;
     Ok(c)
 }
 
@@ -246,9 +370,10 @@ fn resolve_resumed(args: &TrainArgs, run: &std::path::Path) -> anyhow::Result<Tr
     let mut stored = TrainConfig::from_toml_file(&path)?;
     stored.output = run.to_path_buf();
     let mut c = stored.clone();
-    for setting in given_flags(args) {
+    let given = given_flags(args);
+    for setting in &given {
         let mut probe = c.clone();
-        (setting.apply)(&mut probe)?;
+        apply(setting, &mut probe)?;
         if setting.flag == "--output" {
             // The same directory by another spelling is the same run.
             let same = std::fs::canonicalize(&probe.output).ok() == std::fs::canonicalize(run).ok();
@@ -266,13 +391,13 @@ fn resolve_resumed(args: &TrainArgs, run: &std::path::Path) -> anyhow::Result<Tr
                 "{}: {} has {}, and --resume continues the run as it was configured; leave {} out (or start a new run with --output){}",
                 setting.flag,
                 path.display(),
-                (setting.show)(&c),
+                setting.show(&c),
                 setting.flag,
                 if setting.flag == "--epochs" { "; --max-steps N continues a run to step N" } else { "" }
             );
         }
     }
-    c.validate()?;
+    c.validate().map_err(|e| name_the_flag(e, &given, None))?;
     Ok(c)
 }
 
@@ -288,9 +413,11 @@ fn continue_for_more_steps(
     if steps == stored.train.max_steps {
         return Ok(());
     }
-    let at = tuna_train::checkpoint::list(run)
-        .pop()
-        .map_or(0, |(step, _)| step);
+    let at = match tuna_train::checkpoint::list(run).pop() {
+        // Read (and checked) before saying how the run goes on from it.
+        Some((_, path)) => tuna_train::checkpoint::read_state(&path)?.step,
+        None => 0,
+    };
     if steps <= at {
         anyhow::bail!(
             "--max-steps {steps}: the run's last checkpoint is at step {at} already; pass a larger --max-steps to continue it, or leave --max-steps out"
@@ -578,6 +705,15 @@ fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    println!("{}", outcome.adapter_dir.display());
+    if args.json {
+        let run = serde_json::json!({
+            "run": config.output.display().to_string(),
+            "adapter": outcome.adapter_dir.display().to_string(),
+            "state": outcome.state,
+        });
+        println!("{run}");
+    } else {
+        println!("{}", outcome.adapter_dir.display());
+    }
     Ok(())
 }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::encode::{Encoded, Encoder, Example};
 use crate::error::{collect_errors, DataError};
-use crate::jsonl::read_jsonl_lenient;
+use crate::jsonl::{keep_first, read_jsonl_lenient};
 use crate::record::{parse_records_lenient, FieldNames, LineRecord, Record, RecordKind};
 
 #[derive(Debug, Clone)]
@@ -113,7 +113,28 @@ impl Dataset {
         fields: &FieldNames,
         pool: Option<ShotPool>,
     ) -> Result<Self, DataError> {
-        let (lines, mut errors) = read_jsonl_lenient(path)?;
+        Self::load_first(path, encoder, fields, pool, None)
+    }
+
+    /// `load_with_shots` over the file's first `limit` records (non-blank lines, good or
+    /// bad): only those are encoded and only their errors reported. Shots drawn from the
+    /// file itself still come from all of its good records, so a limit does not change
+    /// which shots a record gets.
+    pub fn load_first(
+        path: &Path,
+        encoder: &Encoder,
+        fields: &FieldNames,
+        pool: Option<ShotPool>,
+        limit: Option<usize>,
+    ) -> Result<Self, DataError> {
+        let (mut lines, mut errors) = read_jsonl_lenient(path)?;
+        let mut shot_lines = None;
+        if let Some(limit) = limit {
+            if pool.is_none() && encoder.options().shots > 0 {
+                shot_lines = Some(lines.clone());
+            }
+            keep_first(&mut lines, &mut errors, limit);
+        }
         // serde_json's map is sorted by key, so equal objects print the same.
         let line_hashes: HashMap<usize, u64> = lines
             .iter()
@@ -135,8 +156,9 @@ impl Dataset {
             .count();
         let (parsed, record_errors) = parse_records_lenient(path, &lines, fields);
         errors.extend(record_errors);
+        let whole_file = shot_lines.map(|all| parse_records_lenient(path, &all, fields).0);
         let pool = pool.unwrap_or(ShotPool {
-            records: &parsed.records,
+            records: whole_file.as_ref().map_or(&parsed.records, |p| &p.records),
             same_file: true,
         });
         let shots = draw_training_shots(

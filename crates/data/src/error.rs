@@ -19,9 +19,29 @@ pub enum DataError {
     BadFile { path: PathBuf, reason: String },
     #[error("{field}: {reason}")]
     BadOption { field: String, reason: String },
-    /// Several bad records; each is printed on its own line.
-    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    /// Several bad records; each is printed on its own line, the first `SHOWN_ERRORS` of them.
+    #[error("{}", show_many(.0))]
     Many(Vec<DataError>),
+}
+
+/// How many of a file's bad lines an error prints: a file with a systematic problem (a
+/// wrong field name) fails on every line, and a screenful says it as well as thousands.
+pub const SHOWN_ERRORS: usize = 20;
+
+fn show_many(errors: &[DataError]) -> String {
+    let mut lines: Vec<String> = errors
+        .iter()
+        .take(SHOWN_ERRORS)
+        .map(|e| e.to_string())
+        .collect();
+    if errors.len() > SHOWN_ERRORS {
+        lines.push(format!(
+            "... and {} more bad lines ({} in all; `tuna data validate --json FILE` lists every one)",
+            errors.len() - SHOWN_ERRORS,
+            errors.len()
+        ));
+    }
+    lines.join("\n")
 }
 
 impl DataError {
@@ -56,6 +76,14 @@ impl DataError {
 }
 
 impl DataError {
+    /// Every message, one per bad line (none left out, unlike the display of `Many`).
+    pub fn each(&self) -> Vec<String> {
+        match self {
+            Self::Many(all) => all.iter().map(|e| e.to_string()).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+
     /// The line it is about, for ordering (0 when it is about the whole file).
     pub fn line(&self) -> usize {
         match self {

@@ -130,16 +130,7 @@ pub fn evaluate_loss_with_shots(
     pool: Option<ShotPool>,
 ) -> Result<LossReport> {
     let encoder = Encoder::new(model, options)?;
-    let mut data = Dataset::load_with_shots(path, &encoder, fields, pool)?;
-    if let Some(limit) = limit {
-        // The first `limit` records (a record may have several windows).
-        let lines: std::collections::BTreeSet<usize> =
-            data.examples.iter().map(|x| x.line).collect();
-        let keep: std::collections::BTreeSet<usize> = lines.into_iter().take(limit).collect();
-        data.examples.retain(|x| keep.contains(&x.line));
-        data.records = data.records.min(limit);
-        data.truncated = data.examples.iter().filter(|x| x.truncated).count();
-    }
+    let data = Dataset::load_first(path, &encoder, fields, pool, limit)?;
     if data.examples.is_empty() {
         return Err(EvalError::NothingToScore {
             path: path.display().to_string(),

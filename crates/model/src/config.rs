@@ -131,13 +131,35 @@ impl LlamaConfig {
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let raw: RawHfConfig = serde_json::from_str(&text).map_err(|e| ModelError::BadConfig {
+        let bad = |field: &str, e: serde_json::Error| ModelError::BadConfig {
             path: path.into(),
-            field: "(json)".into(),
+            field: field.into(),
             reason: e.to_string(),
-        })?;
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad("(json)", e))?;
+        let raw = match RawHfConfig::deserialize(&json) {
+            Ok(raw) => raw,
+            Err(e) => return Err(bad(&culprit_field::<RawHfConfig>(&json), e)),
+        };
         raw.resolve(path)
     }
+}
+
+/// The top-level key of `json` whose value stops it from deserializing as `T` (serde_json
+/// names the type it expected, not the field): the first key without which the rest
+/// deserializes. "(json)" when no one key is to blame.
+fn culprit_field<T: serde::de::DeserializeOwned>(json: &serde_json::Value) -> String {
+    let Some(object) = json.as_object() else {
+        return "(json)".into();
+    };
+    for key in object.keys() {
+        let mut rest = object.clone();
+        rest.remove(key);
+        if serde_json::from_value::<T>(serde_json::Value::Object(rest)).is_ok() {
+            return key.clone();
+        }
+    }
+    "(json)".into()
 }
 
 /// `config.json` as written by transformers, fields optional where transformers defaults them.

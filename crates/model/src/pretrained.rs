@@ -84,6 +84,24 @@ impl ModelText {
                 (config, w, tokenizer, template)
             }
         };
+        if let Some(w) = &weight_source {
+            let held = w.layers_held();
+            if held > config.num_hidden_layers {
+                let (path, field) = match &source {
+                    ModelSource::Gguf(path) => (path.clone(), "block_count"),
+                    ModelSource::HfDir(dir) => (dir.join("config.json"), "num_hidden_layers"),
+                };
+                return Err(ModelError::BadConfig {
+                    path,
+                    field: field.into(),
+                    reason: format!(
+                        "is {}, but {} holds weights for {held} layers: the config and the weights disagree (a model cut short would run without its last layers)",
+                        config.num_hidden_layers,
+                        w.path().display()
+                    ),
+                });
+            }
+        }
         let chat_template = match template_source {
             Some(src) => {
                 let name = |t: &Option<(u32, String)>| {

@@ -79,6 +79,27 @@ impl WeightSource {
         }
     }
 
+    /// The number of decoder layers the file holds weights for (the highest layer index
+    /// plus one), whatever the config says.
+    pub fn layers_held(&self) -> usize {
+        let index_after = |name: &str, prefix: &str| -> Option<usize> {
+            name.strip_prefix(prefix)?.split('.').next()?.parse().ok()
+        };
+        let highest = match self {
+            Self::Safetensors { index, .. } => index
+                .keys()
+                .filter_map(|n| index_after(n, "model.layers."))
+                .max(),
+            Self::Gguf { gguf, .. } => gguf
+                .content
+                .tensor_infos
+                .keys()
+                .filter_map(|n| index_after(n, "blk."))
+                .max(),
+        };
+        highest.map_or(0, |h| h + 1)
+    }
+
     /// Loads `hf_name`, checks its shape, converts to `dtype` on `device`.
     pub fn tensor(
         &mut self,

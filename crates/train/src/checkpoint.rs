@@ -131,10 +131,53 @@ pub fn publish_adapter(checkpoint: &Path, dest: &Path) -> Result<(), TrainError>
 pub fn read_state(checkpoint: &Path) -> Result<TrainerState, TrainError> {
     let state_path = checkpoint.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(TrainError::io(&state_path))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::BadCheckpoint {
-        path: state_path.clone(),
-        reason: e.to_string(),
-    })
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| TrainError::BadCheckpoint {
+            path: state_path.clone(),
+            reason: e.to_string(),
+        })?;
+    check_state(&state, checkpoint).map_err(|reason| TrainError::BadCheckpoint {
+        path: state_path,
+        reason: format!("{reason}; the file was edited or is corrupt, and resuming from it would not continue the run that wrote it"),
+    })?;
+    Ok(state)
+}
+
+/// The facts a state must agree on: its step is the one its directory is named after, no
+/// later than the run's last step, and its best step is one already done.
+fn check_state(state: &TrainerState, checkpoint: &Path) -> Result<(), String> {
+    let named = checkpoint
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("checkpoint-"))
+        .and_then(|n| n.parse::<usize>().ok());
+    if let Some(named) = named {
+        if state.step != named {
+            return Err(format!(
+                "step is {}, but this is checkpoint-{named}",
+                state.step
+            ));
+        }
+    }
+    if state.step > state.total_steps {
+        return Err(format!(
+            "step {} is past total_steps {}",
+            state.step, state.total_steps
+        ));
+    }
+    if let Some(best) = state.best_step.filter(|&b| b > state.step) {
+        return Err(format!(
+            "best_step {best} is later than step {}",
+            state.step
+        ));
+    }
+    if !(state.train_seconds.is_finite() && state.train_seconds >= 0.0) {
+        return Err(format!(
+            "train_seconds {} is not a duration",
+            state.train_seconds
+        ));
+    }
+    Ok(())
 }
 
 /// Reads a checkpoint's state and optimizer moments.
