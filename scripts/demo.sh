@@ -31,9 +31,11 @@ echo "== tuna compare: zero/one/few-shot, chain-of-thought, tuned, hybrid on $li
 $tuna compare --model "$model" --adapter "$run" --data data/example/sentiment/test.jsonl \
   --limit "$limit" --cot-limit "$(( limit / 4 ))" --shot-draws 2 --output "$run/compare" > /dev/null
 
-prompt=$'Classify the sentiment of this text as negative, neutral or positive.\n\nText: The battery died after two days and support never answered.'
-echo "== tuna compare --prompt: one question, base then tuned" >&2
-$tuna compare --model "$model" --adapter "$run" --chat --prompt "$prompt" --max-new-tokens 40
-
 echo "== the report: $run/compare/report.html (also report.md, report.json)" >&2
 sed -n '/^## Recommendation/,/^## Scoring/p' "$run/compare/report.md" | sed '/^Scoring/q' >&2
+
+# Test rows the report scored, each strategy's answer beside the reference (not one
+# hand-written prompt: a single example says nothing about which strategy is better).
+echo "== test rows side by side (from the report)" >&2
+awk '/^## Side by side/ { on = 1 } on && /^$/ && blank++ { exit } on' "$run/compare/report.md" >&2
+echo "== talk to both: $tuna chat --model $model --adapter $run --compare" >&2

@@ -42,15 +42,37 @@ impl Llama {
         out
     }
 
+    /// Seeds the dropout masks of the next differentiable pass (the hand-written pass takes
+    /// its seed as an argument): each adapter's mask then follows from (seed, its module), as
+    /// in the hand-written pass, so the two drop the same inputs.
+    pub fn seed_dropout(&self, seed: u64) {
+        for layer in &self.layers {
+            let (a, m) = (&layer.self_attn, &layer.mlp);
+            for linear in [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ] {
+                if let Some(adapter) = &linear.adapter {
+                    adapter.seed_pass(seed);
+                }
+            }
+        }
+    }
+
     /// Attaches fresh adapters (A Kaiming-uniform, B zero) to the modules `config` targets.
     pub fn attach_lora(&mut self, config: &LoraConfig, seed: u64) -> Result<(), LoraError> {
         config.validate(self.config.num_hidden_layers)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let device = self.device().clone();
         let mut attached = 0;
-        for (module, layer, _, linear) in self.projections_mut() {
+        for (stream, (module, layer, _, linear)) in self.projections_mut().into_iter().enumerate() {
             if config.targets(&module, layer) {
-                let adapter = LoraAdapter::init(
+                let mut adapter = LoraAdapter::init(
                     linear.in_features,
                     linear.out_features,
                     config.rank_for(&module),
@@ -59,6 +81,7 @@ impl Llama {
                     &mut rng,
                     &device,
                 )?;
+                adapter.stream = stream as u64;
                 linear.adapter = Some(adapter);
                 attached += 1;
             }
@@ -84,7 +107,7 @@ impl Llama {
         let weights = loaded.dir.join(peft::WEIGHTS_FILE);
         let device = self.device().clone();
         let mut used = 0;
-        for (module, layer, _, linear) in self.projections_mut() {
+        for (stream, (module, layer, _, linear)) in self.projections_mut().into_iter().enumerate() {
             let Some((a, b)) = loaded.tensors.get(&module) else {
                 continue;
             };
@@ -112,12 +135,14 @@ impl Llama {
             let r = config.rank_for(&module);
             check("lora_A", a, [r, linear.in_features])?;
             check("lora_B", b, [linear.out_features, r])?;
-            linear.adapter = Some(LoraAdapter::from_tensors(
+            let mut adapter = LoraAdapter::from_tensors(
                 &a.to_device(&device)?,
                 &b.to_device(&device)?,
                 config.scale_for(&module),
                 config.lora_dropout,
-            )?);
+            )?;
+            adapter.stream = stream as u64;
+            linear.adapter = Some(adapter);
             used += 1;
         }
         if used != loaded.tensors.len() {

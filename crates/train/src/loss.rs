@@ -27,7 +27,7 @@ pub fn batch_loss_sum(model: &Llama, batch: &Batch) -> candle_core::Result<Tenso
 
 /// Σ −log p(target) over the batch and the gradients of `grad_scale` times it for the adapters,
 /// by the hand-written pass when the model allows it, else by autograd. `seed` draws the
-/// dropout masks of the hand-written pass.
+/// dropout masks, the same ones in either pass.
 pub fn loss_and_grads(
     model: &Llama,
     batch: &Batch,
@@ -35,7 +35,7 @@ pub fn loss_and_grads(
     seed: u64,
 ) -> candle_core::Result<TrainPass> {
     if !model.supports_fused_backward() {
-        return autograd_loss_and_grads(model, batch, grad_scale);
+        return autograd_loss_and_grads(model, batch, grad_scale, seed);
     }
     let packing = batch.packed.then_some(Packing {
         positions: &batch.positions,
@@ -60,8 +60,10 @@ pub fn autograd_loss_and_grads(
     model: &Llama,
     batch: &Batch,
     grad_scale: f64,
+    seed: u64,
 ) -> candle_core::Result<TrainPass> {
     let started = Instant::now();
+    model.seed_dropout(seed);
     let sum = batch_loss_sum(model, batch)?;
     let loss = sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let forward_s = started.elapsed().as_secs_f64();

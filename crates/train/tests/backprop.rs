@@ -95,7 +95,11 @@ fn assert_passes_agree(spec: TinySpec, what: &str) {
 }
 
 fn assert_passes_agree_over(spec: TinySpec, what: &str, weights: WeightFormat) {
-    let (model, vars) = model_with_adapters_over(spec, 0.0, weights);
+    assert_passes_agree_with(spec, what, weights, 0.0)
+}
+
+fn assert_passes_agree_with(spec: TinySpec, what: &str, weights: WeightFormat, dropout: f64) {
+    let (model, vars) = model_with_adapters_over(spec, dropout, weights);
     // bf16: activations are rounded on the way into each product, so f32-level differences
     // between the passes now and then land on the next bf16 value; and over compact weights
     // the fused pass runs attention's products in bf16 too (where the processor multiplies
@@ -109,8 +113,9 @@ fn assert_passes_agree_over(spec: TinySpec, what: &str, weights: WeightFormat) {
     let vocab = model.model.config.vocab_size as u32;
     for (i, batch) in batches(vocab).iter().enumerate() {
         let scale = 1.0 / batch.n_targets as f64;
-        let fused = loss_and_grads(&model.model, batch, scale, 0).unwrap();
-        let reference = autograd_loss_and_grads(&model.model, batch, scale).unwrap();
+        let seed = 11 + i as u64;
+        let fused = loss_and_grads(&model.model, batch, scale, seed).unwrap();
+        let reference = autograd_loss_and_grads(&model.model, batch, scale, seed).unwrap();
         assert!(
             (fused.loss - reference.loss).abs() < loss_rel * reference.loss.abs(),
             "{what}, batch {i}: loss {} vs {}",
@@ -226,6 +231,18 @@ fn fused_pass_equals_autograd_with_sliding_window_and_llama3_rope() {
 }
 
 #[test]
+fn fused_pass_equals_autograd_with_dropout() {
+    // Both passes draw each adapter's mask from (seed, its module), so they drop the same
+    // inputs and agree as closely as without dropout.
+    assert_passes_agree_with(
+        TinySpec::default(),
+        "llama, dropout 0.2",
+        WeightFormat::Dense,
+        0.2,
+    );
+}
+
+#[test]
 fn dropout_masks_follow_the_seed() {
     let (model, vars) = model_with_adapters(TinySpec::default(), 0.3);
     let batch = &batches(model.model.config.vocab_size as u32)[0];
@@ -242,6 +259,13 @@ fn dropout_masks_follow_the_seed() {
         max_abs_diff(&grad(5), &grad(6)) > 0.0,
         "another seed, other masks"
     );
+    // The autograd pass too (it used to draw unseeded masks).
+    let autograd = |seed: u64| {
+        let pass = autograd_loss_and_grads(&model.model, batch, 1.0, seed).unwrap();
+        pass.grads.get(vars[0].as_tensor()).unwrap().clone()
+    };
+    assert_eq!(max_abs_diff(&autograd(5), &autograd(5)), 0.0);
+    assert!(max_abs_diff(&autograd(5), &autograd(6)) > 0.0);
     // Without dropout the seed does not matter.
     let (plain, vars) = model_with_adapters(TinySpec::default(), 0.0);
     let g = |seed| {

@@ -6,7 +6,6 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor};
-use rand::{Rng, SeedableRng};
 
 use crate::linear::Linear;
 
@@ -18,12 +17,8 @@ pub struct Saved {
     mask: Option<Tensor>,
 }
 
-/// x (n, i) -> y (n, o). `rng` draws the dropout mask.
-pub fn forward(
-    linear: &Linear,
-    x: &Tensor,
-    rng: &mut rand::rngs::StdRng,
-) -> Result<(Tensor, Saved)> {
+/// x (n, i) -> y (n, o). `seed` (the pass's) seeds the dropout mask.
+pub fn forward(linear: &Linear, x: &Tensor, seed: u64) -> Result<(Tensor, Saved)> {
     let mut y = linear.frozen_forward(x)?;
     if let Some(b) = &linear.bias {
         y = y.broadcast_add(b)?;
@@ -34,17 +29,11 @@ pub fn forward(
     };
     if let Some(adapter) = &linear.adapter {
         let x = if adapter.training && adapter.dropout > 0.0 {
-            let keep = 1.0 - adapter.dropout;
-            let mut mask_rng = rand::rngs::StdRng::seed_from_u64(rng.random());
-            let mask: Vec<f32> = (0..x.elem_count())
-                .map(|_| {
-                    if mask_rng.random::<f64>() < keep {
-                        (1.0 / keep) as f32
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
+            let mask = tuna_lora::adapter::dropout_mask(
+                x.elem_count(),
+                adapter.dropout,
+                adapter.mask_seed(seed),
+            );
             let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
             let dropped = (x * &mask)?;
             saved.mask = Some(mask);

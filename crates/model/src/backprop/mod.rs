@@ -25,7 +25,6 @@ use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor};
-use rand::SeedableRng;
 
 use crate::decoder::{DecoderLayer, Llama, Packing};
 use attention::AttentionShape;
@@ -181,13 +180,11 @@ impl Llama {
             eps: c.rms_norm_eps,
             attention: self.attention_products(),
         };
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-
         let ids = Tensor::from_slice(batch.ids, n, self.device())?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?;
         let mut saved = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            let (out, s) = layer.train_forward(&x, &pass, &mut rng)?;
+            let (out, s) = layer.train_forward(&x, &pass, seed)?;
             saved.push(s);
             x = out;
         }
@@ -262,21 +259,16 @@ impl Llama {
 }
 
 impl DecoderLayer {
-    fn train_forward(
-        &self,
-        x: &Tensor,
-        pass: &Pass,
-        rng: &mut rand::rngs::StdRng,
-    ) -> Result<(Tensor, LayerSaved)> {
+    fn train_forward(&self, x: &Tensor, pass: &Pass, seed: u64) -> Result<(Tensor, LayerSaved)> {
         let AttentionShape { b, t, h, kvh, hd } = pass.shape;
         let (n, d) = (pass.n(), x.dim(1)?);
         let (a, m) = (&self.self_attn, &self.mlp);
 
         let (h1, rstd1) = kernels::rms_norm(&view(x)?, &view(&self.input_layernorm)?, pass.eps);
         let h1 = tensor(h1, &[n, d])?;
-        let (q, sq) = linear::forward(&a.q_proj, &h1, rng)?;
-        let (k, sk) = linear::forward(&a.k_proj, &h1, rng)?;
-        let (v, sv) = linear::forward(&a.v_proj, &h1, rng)?;
+        let (q, sq) = linear::forward(&a.q_proj, &h1, seed)?;
+        let (k, sk) = linear::forward(&a.k_proj, &h1, seed)?;
+        let (v, sv) = linear::forward(&a.v_proj, &h1, seed)?;
         drop(h1);
         let q = tensor(
             kernels::to_heads(&view(&q)?, pass.tables(), b, t, h, hd),
@@ -295,7 +287,7 @@ impl DecoderLayer {
             kernels::from_heads(&view(&y)?, None, b, t, h, hd),
             &[n, h * hd],
         )?;
-        let (o, so) = linear::forward(&a.o_proj, &y, rng)?;
+        let (o, so) = linear::forward(&a.o_proj, &y, seed)?;
         let x2 = (x + o)?;
 
         let (h2, rstd2) = kernels::rms_norm(
@@ -304,11 +296,11 @@ impl DecoderLayer {
             pass.eps,
         );
         let h2 = tensor(h2, &[n, d])?;
-        let (gate, sg) = linear::forward(&m.gate_proj, &h2, rng)?;
-        let (up, su) = linear::forward(&m.up_proj, &h2, rng)?;
+        let (gate, sg) = linear::forward(&m.gate_proj, &h2, seed)?;
+        let (up, su) = linear::forward(&m.up_proj, &h2, seed)?;
         drop(h2);
         let act = tensor(kernels::silu_mul(&view(&gate)?, &view(&up)?), gate.dims())?;
-        let (down, sd) = linear::forward(&m.down_proj, &act, rng)?;
+        let (down, sd) = linear::forward(&m.down_proj, &act, seed)?;
         let out = (&x2 + down)?;
         Ok((
             out,
