@@ -363,6 +363,9 @@ pub struct BenchTrainArgs {
     /// Tokens per sequence.
     #[arg(long = "seq-len", alias = "seq", value_name = "N", default_value_t = 256, value_parser = at_least_one)]
     pub seq: usize,
+    /// Micro-batches per optimizer step (tokens/s counts all of them).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub grad_accum: usize,
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,

@@ -3,6 +3,7 @@
 use clap::{Args, ValueEnum};
 use tuna_model::device::{auto_device, parse_device};
 use tuna_model::{LoadOptions, ModelText, Pretrained, WeightFormat};
+use tuna_train::run_dir::LocatedAdapter;
 
 /// The default model, as scripts/fetch-model.sh lays it out.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -42,18 +43,6 @@ impl DtypeArg {
             Self::Bf16 => candle_core::DType::BF16,
             Self::F16 => candle_core::DType::F16,
         }
-    }
-}
-
-/// The adapter directory `path` names: itself, or a run directory's adapter/.
-pub fn adapter_dir(path: &std::path::Path) -> std::path::PathBuf {
-    let in_run = path.join("adapter");
-    if !path.join(tuna_lora::peft::CONFIG_FILE).is_file()
-        && in_run.join(tuna_lora::peft::CONFIG_FILE).is_file()
-    {
-        in_run
-    } else {
-        path.to_path_buf()
     }
 }
 
@@ -162,11 +151,19 @@ impl ModelArgs {
             weights,
         };
         let mut model = Pretrained::load(&self.model, &options)?;
-        if let Some(path) = &self.adapter {
-            let path = tuna_model::source::resolve_adapter(path)?;
-            let loaded = tuna_lora::peft::load(&adapter_dir(&path))?;
+        if let Some(located) = self.locate_adapter()? {
+            let loaded = tuna_lora::peft::load(&located.dir)?;
             model.model.load_lora(&loaded)?;
         }
         Ok(model)
+    }
+
+    /// What --adapter names (tuna_train::run_dir::locate_adapter decides, for every command).
+    pub fn locate_adapter(&self) -> anyhow::Result<Option<LocatedAdapter>> {
+        Ok(self
+            .adapter
+            .as_deref()
+            .map(tuna_train::run_dir::locate_adapter)
+            .transpose()?)
     }
 }

@@ -12,10 +12,9 @@ use tuna_eval::metrics::{Metric, Normalization};
 use tuna_eval::strategy::{PromptShape, Strategy};
 use tuna_eval::task::{self, TaskExample, TaskKind};
 use tuna_model::Pretrained;
-use tuna_train::run_dir::RunInfo;
+use tuna_train::run_dir::{LocatedAdapter, RunInfo};
 
 use crate::args::MethodArg;
-use crate::model_args::adapter_dir;
 
 /// What `tuna compare` runs when --strategies is not given.
 pub const COMPARE_STRATEGIES: &str = "zero,one,few,cot,tuned,hybrid";
@@ -345,31 +344,21 @@ pub fn add_sample_column(
 
 /// The adapter at `path`: its size, and what its run directory says of its training.
 pub fn adapter_facts(
-    path: &Path,
-    run: Option<&RunInfo>,
+    located: &LocatedAdapter,
     tuned: Option<&Pretrained>,
 ) -> anyhow::Result<AdapterFacts> {
-    let dir = adapter_dir(path);
+    let (dir, run) = (&located.dir, located.run.as_ref());
     let weights = dir.join(tuna_lora::peft::WEIGHTS_FILE);
     let bytes = std::fs::metadata(&weights)
         .with_context(|| format!("{}: cannot read the adapter weights", weights.display()))?
         .len();
-    let parameters = match tuned {
-        Some(m) => {
-            let mut m = m.model.clone();
-            m.lora_vars()
-                .iter()
-                .map(|(_, a, b)| a.elem_count() + b.elem_count())
-                .sum()
-        }
-        None => 0,
-    };
+    let parameters = tuned.map_or(0, |m| m.model.adapter_parameters());
     let state = run.and_then(|r| r.state.as_ref());
     Ok(AdapterFacts {
         path: dir.display().to_string(),
         parameters,
         bytes,
-        train_examples: run.and_then(|r| r.train_examples).unwrap_or(0),
+        train_examples: run.and_then(|r| r.train_examples()).unwrap_or(0),
         steps: state.map_or(0, |s| s.step),
         train_seconds: state.map_or(0.0, |s| s.train_seconds),
         cpu_seconds: state.map(|s| s.cpu_seconds).filter(|c| *c > 0.0),

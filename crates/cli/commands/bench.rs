@@ -152,6 +152,9 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
     use tuna_data::{Batch, Example};
     use tuna_train::optim::{AdamW, AdamWParams};
 
+    if args.grad_accum > 1 && args.reference.reference_python.is_some() {
+        anyhow::bail!("--grad-accum: the PyTorch reference runs one micro-batch per step; leave --grad-accum out to compare with it");
+    }
     // The references run first (a child inherits the parent's RSS high-water mark on
     // Linux): PyTorch fp32, then under bf16 autocast, the faster of which is the peer.
     let (batch_s, seq_s, steps_s, warmup_s) = (
@@ -188,45 +191,43 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
     let mut optimizer = AdamW::new(vars.clone(), AdamWParams::default())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let vocab = model.config.vocab_size as u32;
-    let examples: Vec<Example> = (0..args.batch)
-        .map(|i| {
-            let ids: Vec<u32> = (0..=args.seq).map(|_| rng.random_range(0..vocab)).collect();
-            let mut trained = vec![true; ids.len()];
-            trained[0] = false;
-            Example {
-                line: i + 1,
-                ids,
-                trained,
-                truncated: false,
-            }
-        })
+    let mut micro_batch = |first_line: usize| {
+        let examples: Vec<Example> = (0..args.batch)
+            .map(|i| {
+                let ids: Vec<u32> = (0..=args.seq).map(|_| rng.random_range(0..vocab)).collect();
+                let mut trained = vec![true; ids.len()];
+                trained[0] = false;
+                Example {
+                    line: first_line + i,
+                    ids,
+                    trained,
+                    truncated: false,
+                }
+            })
+            .collect();
+        let rows: Vec<Vec<&Example>> = examples.iter().map(|x| vec![x]).collect();
+        Batch::from_rows(&rows, 0, 1)
+    };
+    let micro: Vec<Batch> = (0..args.grad_accum)
+        .map(|k| micro_batch(1 + k * args.batch))
         .collect();
-    let rows: Vec<Vec<&Example>> = examples.iter().map(|x| vec![x]).collect();
-    let batch = Batch::from_rows(&rows, 0, 1);
-    let tokens = args.batch * args.seq;
+    // The loop's own step: accumulation, clipping as training's default, the update.
+    let max_grad_norm = tuna_train::TrainConfig::default().optim.max_grad_norm;
+    let tokens = args.batch * args.seq * args.grad_accum;
     let (mut fwd, mut bwd, mut opt, mut tps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut losses = Vec::new();
     for step in 0..args.warmup + args.steps {
-        let pass = tuna_train::loss::loss_and_grads(
-            &model.model,
-            &batch,
-            1.0 / batch.n_targets as f64,
+        let done = tuna_train::trainer::optimizer_step(
+            &model,
+            &vars,
+            &mut optimizer,
+            &micro,
             step as u64,
+            max_grad_norm,
+            2e-4,
         )?;
-        let t2 = Instant::now();
-        let grads: Vec<candle_core::Tensor> = vars
-            .iter()
-            .map(|v| {
-                pass.grads
-                    .get(v.as_tensor())
-                    .cloned()
-                    .unwrap_or_else(|| v.zeros_like().expect("zeros"))
-            })
-            .collect();
-        optimizer.update(&grads, 2e-4)?;
-        model.model.device().synchronize()?;
-        let (f, b, o) = (pass.forward_s, pass.backward_s, t2.elapsed().as_secs_f64());
-        let loss = pass.loss / batch.n_targets as f64;
+        let (f, b, o) = (done.forward_s, done.backward_s, done.optimizer_s);
+        let loss = done.loss;
         losses.push(loss);
         let timed = step >= args.warmup;
         if !args.json {
@@ -254,6 +255,7 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         "kernel": args.weights.format().kernel(),
         "batch": args.batch,
         "seq": args.seq,
+        "grad_accum": args.grad_accum,
         "trainable_params": trainable,
         "steps": args.steps,
         "tokens_per_s": median(tps),
@@ -283,9 +285,13 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
         println!("{result}");
     } else {
         println!(
-            "train {}x{} on {}: {:.1} tok/s (median of {}); fwd {:.2} s, bwd {:.2} s, opt {:.3} s per step; peak RSS {:.0} MiB; {} trainable parameters",
+            "train {}x{}{} on {}: {:.1} tok/s (median of {}); fwd {:.2} s, bwd {:.2} s, opt {:.3} s per step; peak RSS {:.0} MiB; {} trainable parameters",
             args.batch,
             args.seq,
+            match args.grad_accum {
+                1 => String::new(),
+                n => format!(" (x{n} micro-batches a step)"),
+            },
             measured_on(&result),
             result["tokens_per_s"].as_f64().unwrap_or(0.0),
             args.steps,

@@ -86,18 +86,8 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     if args.compare && args.model.adapter.is_none() {
         bail!("--compare: answers every turn with the base and the tuned model; pass --adapter RUN (a run directory of tuna train or an adapter)");
     }
-    let adapter = args
-        .model
-        .adapter
-        .as_deref()
-        .map(tuna_model::source::resolve_adapter)
-        .transpose()?;
     // A run's system message is the one the adapter was trained with.
-    let run = adapter
-        .as_deref()
-        .and_then(tuna_train::run_dir::run_dir_of)
-        .map(|dir| tuna_train::run_dir::read(&dir))
-        .transpose()?;
+    let run = args.model.locate_adapter()?.and_then(|l| l.run);
     let mut system = args
         .system_prompt
         .clone()

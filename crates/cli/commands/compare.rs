@@ -27,26 +27,16 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         .model
         .adapter
         .as_deref()
-        .map(curve_runs)
+        .map(run_dir::curve_runs)
         .unwrap_or_default();
-    let adapter = match curve.last() {
-        Some((_, dir)) => Some(dir.clone()),
-        None => args
-            .model
-            .adapter
-            .as_deref()
-            .map(tuna_model::source::resolve_adapter)
-            .transpose()?,
+    let located = match curve.last() {
+        Some((_, dir)) => Some(run_dir::locate_adapter(dir)?),
+        None => args.model.locate_adapter()?,
     };
+    let adapter = located.as_ref().map(|l| l.dir.clone());
     let mut tuned_args = args.model.clone();
     tuned_args.adapter = adapter.clone();
-    let run = match &adapter {
-        Some(path) => match run_dir::run_dir_of(path) {
-            Some(dir) => Some(run_dir::read(&dir)?),
-            None => None,
-        },
-        None => None,
-    };
+    let run = located.as_ref().and_then(|l| l.run.clone());
     if let Some(prompt) = &args.prompt {
         return side_by_side(&args, prompt, run.as_ref());
     }
@@ -98,9 +88,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let facts = adapter
+    let facts = located
         .as_ref()
-        .map(|a| adapter_facts(a, run.as_ref(), tuned.as_ref()))
+        .map(|a| adapter_facts(a, tuned.as_ref()))
         .transpose()?;
     let mut setup = args
         .task
@@ -166,8 +156,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut report = args.task.run_strategies(&setup, &mut progress)?;
     for (i, extra) in args.also_adapters.iter().enumerate() {
         eprintln!("also: {}", extra.display());
-        let dir = tuna_model::source::resolve_adapter(extra)?;
-        let (mut row, _) = score_adapter(&args, &setup, &dir, &mut progress)?;
+        let (mut row, _) = score_adapter(&args, &setup, extra, &mut progress)?;
         row.key = format!("tuned-{}", i + 2);
         row.title = format!("fine-tuned ({})", extra.display());
         add_sample_column(&mut report.samples, &task.test, &row, usize::MAX);
@@ -191,7 +180,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         let state = info.state.as_ref();
         report.learning_curve.push(compare::CurvePoint {
             adapter: dir.display().to_string(),
-            train_examples: info.train_examples.unwrap_or(*n),
+            train_examples: info.train_examples().unwrap_or(*n),
             steps: state.map_or(0, |s| s.step),
             train_seconds: state.map_or(0.0, |s| s.train_seconds),
             metric: row.metrics[0].clone(),
@@ -220,47 +209,22 @@ fn score_adapter(
     dir: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<(compare::StrategyRow, Option<RunInfo>)> {
+    let located = run_dir::locate_adapter(dir)?;
     let mut model_args = args.model.clone();
-    model_args.adapter = Some(dir.to_path_buf());
+    model_args.adapter = Some(located.dir.clone());
     let model = model_args.load(InferenceWeights::for_scoring(args.weights))?;
-    let info = run_dir::run_dir_of(dir)
-        .map(|d| run_dir::read(&d))
-        .transpose()?;
+    let info = located.run.clone();
     let one = CompareSetup {
         tuned: Some(&model),
         strategies: vec![Strategy::Tuned],
         tuned_shape: trained_shape(info.as_ref()),
         tuned_shots: info.as_ref().map_or(0, |r| r.config.encoding.shots),
-        adapter: Some(adapter_facts(dir, info.as_ref(), Some(&model))?),
+        adapter: Some(adapter_facts(&located, Some(&model))?),
         samples: 0,
         ..setup.clone()
     };
     let row = compare::run(&one, progress)?.rows.remove(0);
     Ok((row, info))
-}
-
-/// The size-N/ runs of a learning-curve directory, smallest first (empty for a plain run).
-fn curve_runs(dir: &Path) -> Vec<(usize, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut runs: Vec<(usize, PathBuf)> = entries
-        .flatten()
-        .filter_map(|e| {
-            let n = e
-                .file_name()
-                .to_str()?
-                .strip_prefix("size-")?
-                .parse()
-                .ok()?;
-            e.path()
-                .join("config.toml")
-                .is_file()
-                .then(|| (n, e.path()))
-        })
-        .collect();
-    runs.sort();
-    runs
 }
 
 /// --valid, else the adapter run's valid file, else valid.jsonl beside the test file.

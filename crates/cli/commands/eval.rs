@@ -9,21 +9,16 @@ use tuna_data::{EncodeOptions, FieldNames, PromptFormat, ShotPool};
 use tuna_eval::compare::{CompareReport, StrategyRow};
 use tuna_eval::{evaluate_loss_with_shots, LossReport};
 use tuna_model::Pretrained;
-use tuna_train::run_dir::{self, RunInfo};
+use tuna_train::run_dir::{LocatedAdapter, RunInfo};
 
 use crate::args::EvalArgs;
 use crate::task_args::adapter_facts;
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let adapter = args
-        .model
-        .adapter
-        .as_deref()
-        .map(tuna_model::source::resolve_adapter)
-        .transpose()?;
+    let located = args.model.locate_adapter()?;
     // A strategy the user named that scores the adapter cannot run without one: refused
     // before anything loads, not skipped with a note and exit 0.
-    if let (None, Some(list)) = (&adapter, &args.task.strategies) {
+    if let (None, Some(list)) = (&located, &args.task.strategies) {
         let named = crate::task_args::parse_strategies(list)?;
         if let Some(s) = named.iter().find(|s| s.uses_adapter()) {
             anyhow::bail!(
@@ -33,10 +28,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let run = match adapter.as_deref().and_then(run_dir::run_dir_of) {
-        Some(dir) => Some(run_dir::read(&dir)?),
-        None => None,
-    };
+    let run = located.as_ref().and_then(|l| l.run.clone());
     let (options, fields) = encoding(&args, run.as_ref())?;
     let model = args.encoding.model_spec(&args.model)?.load(args.weights)?;
     // An adapter trained with shots is scored with shots from its own train split.
@@ -67,8 +59,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         true => Some(task_metrics(
             &args,
             model,
-            adapter.as_deref(),
-            run.as_ref(),
+            located.as_ref(),
             &options,
             &fields,
         )?),
@@ -184,11 +175,11 @@ fn encoding(args: &EvalArgs, run: Option<&RunInfo>) -> anyhow::Result<(EncodeOpt
 fn task_metrics(
     args: &EvalArgs,
     loaded: Pretrained,
-    adapter: Option<&Path>,
-    run: Option<&RunInfo>,
+    adapter: Option<&LocatedAdapter>,
     options: &EncodeOptions,
     fields: &FieldNames,
 ) -> anyhow::Result<CompareReport> {
+    let run = adapter.and_then(|a| a.run.as_ref());
     let defaults = if adapter.is_some() {
         "zero,tuned"
     } else {
@@ -218,7 +209,7 @@ fn task_metrics(
         }
     };
     let facts = adapter
-        .map(|a| adapter_facts(a, run, tuned.as_ref()))
+        .map(|a| adapter_facts(a, tuned.as_ref()))
         .transpose()?;
     let setup = task_args.setup(&task, &base, tuned.as_ref(), facts, 0);
     task_args.run_strategies(&setup, &mut |line| eprintln!("{line}"))

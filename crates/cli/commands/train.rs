@@ -1,12 +1,9 @@
 //! `tuna train`: settings from a TOML file and flags resolved into one config, then the loop,
 //! with progress on stderr and every event in the run's metrics.jsonl.
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::Context;
 use tuna_lora::TargetModules;
 use tuna_train::{train, TrainConfig, TrainEvent};
 
@@ -338,7 +335,7 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if !c.init_adapter.is_empty() {
         // The run's [lora] is the adapter it starts from, so config.toml says what trained.
-        let dir = crate::model_args::adapter_dir(std::path::Path::new(&c.init_adapter));
+        let dir = tuna_train::run_dir::locate_adapter(std::path::Path::new(&c.init_adapter))?.dir;
         let loaded = tuna_lora::peft::load(&dir)?.config;
         c.init_adapter = dir.display().to_string();
         c.lora.r = loaded.r;
@@ -654,57 +651,9 @@ fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
             "\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to quit now)"
         );
     });
-    // A run that fails before its first checkpoint leaves no directory it created behind.
-    let existed = config.output.exists();
-    let fresh = std::fs::read_dir(&config.output).map_or(true, |mut d| d.next().is_none());
-    if config.output.is_file() {
-        anyhow::bail!(
-            "--output {}: is a file; name a directory for the run",
-            config.output.display()
-        );
-    }
-    std::fs::create_dir_all(&config.output).with_context(|| config.output.display().to_string())?;
-    let metrics_path: PathBuf = config.output.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| metrics_path.display().to_string())?;
     let mut progress = Progress::new(args.quiet);
-    let mut observe = |e: &TrainEvent| {
-        if let Ok(line) = serde_json::to_string(e) {
-            let _ = writeln!(metrics, "{line}");
-        }
-        progress.show(e);
-    };
-    let outcome = match train(&mut model, &config, resume, &interrupt, &mut observe) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            // Only when nothing was recorded: a run that diverged keeps its metrics.
-            let recorded = std::fs::metadata(&metrics_path).is_ok_and(|m| m.len() > 0);
-            let checkpointed = tuna_train::checkpoint::list(&config.output).pop().is_some();
-            if fresh && !resume && !checkpointed && !recorded {
-                if existed {
-                    // An empty directory the user made stays, empty again.
-                    for entry in std::fs::read_dir(&config.output)
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                    {
-                        let path = entry.path();
-                        let _ = if path.is_dir() {
-                            std::fs::remove_dir_all(&path)
-                        } else {
-                            std::fs::remove_file(&path)
-                        };
-                    }
-                } else {
-                    let _ = std::fs::remove_dir_all(&config.output);
-                }
-            }
-            return Err(e.into());
-        }
-    };
+    let mut observe = |e: &TrainEvent| progress.show(e);
+    let outcome = train(&mut model, &config, resume, &interrupt, &mut observe)?;
     if args.json {
         let run = serde_json::json!({
             "run": config.output.display().to_string(),

@@ -46,6 +46,14 @@ impl Llama {
     /// its seed as an argument): each adapter's mask then follows from (seed, its module), as
     /// in the hand-written pass, so the two drop the same inputs.
     pub fn seed_dropout(&self, seed: u64) {
+        for adapter in self.adapters() {
+            adapter.seed_pass(seed);
+        }
+    }
+
+    /// The adapters attached, in projection order.
+    pub fn adapters(&self) -> Vec<&LoraAdapter> {
+        let mut out = Vec::new();
         for layer in &self.layers {
             let (a, m) = (&layer.self_attn, &layer.mlp);
             for linear in [
@@ -57,11 +65,18 @@ impl Llama {
                 &m.up_proj,
                 &m.down_proj,
             ] {
-                if let Some(adapter) = &linear.adapter {
-                    adapter.seed_pass(seed);
-                }
+                out.extend(linear.adapter.as_ref());
             }
         }
+        out
+    }
+
+    /// Trainable parameters of the attached adapters (every A and B).
+    pub fn adapter_parameters(&self) -> usize {
+        self.adapters()
+            .iter()
+            .map(|a| a.a.elem_count() + a.b.elem_count())
+            .sum()
     }
 
     /// Attaches fresh adapters (A Kaiming-uniform, B zero) to the modules `config` targets.

@@ -6,12 +6,26 @@ use std::path::Path;
 
 use crate::error::TrainError;
 
-#[derive(Debug, Clone, Default)]
+/// The run's curves so far. Kept in each checkpoint's trainer state, so a resumed run's
+/// chart shows the whole run, not only the part since the resume.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct History {
     /// (step, loss, lr)
     pub steps: Vec<(usize, f64, f64)>,
     /// (step, eval loss)
     pub evals: Vec<(usize, f64)>,
+}
+
+impl History {
+    /// Takes in a step or an evaluation; other events do not draw.
+    pub fn observe(&mut self, event: &crate::events::TrainEvent) {
+        use crate::events::TrainEvent;
+        match event {
+            TrainEvent::Step { step, loss, lr, .. } => self.steps.push((*step, *loss, *lr)),
+            TrainEvent::Eval { step, loss, .. } => self.evals.push((*step, *loss)),
+            _ => {}
+        }
+    }
 }
 
 const W: f64 = 720.0;

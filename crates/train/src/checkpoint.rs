@@ -33,6 +33,13 @@ pub struct TrainerState {
     /// platform reports it.
     #[serde(default)]
     pub cpu_seconds: f64,
+    /// Training examples (after the valid split and any subset): what a reader of the run
+    /// reports as the data it took. None in runs written before it was recorded.
+    #[serde(default)]
+    pub train_examples: Option<usize>,
+    /// The losses and learning rates so far, for the chart.
+    #[serde(default)]
+    pub history: crate::chart::History,
 }
 
 fn sync_dir(dir: &Path) {

@@ -230,6 +230,15 @@ impl TrainConfig {
         if self.output.as_os_str().is_empty() {
             return bad("output", "is required (--output DIR)");
         }
+        if self.output.is_file() {
+            return bad(
+                "output",
+                &format!(
+                    "{} is a file; name a directory for the run",
+                    self.output.display()
+                ),
+            );
+        }
         if self.weights == WeightFormat::F16 {
             return bad(
                 "weights",

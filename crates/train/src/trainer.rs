@@ -22,6 +22,7 @@ use crate::error::TrainError;
 use crate::events::TrainEvent;
 use crate::loss::loss_and_grads;
 use crate::optim::{clip_grad_norm, AdamW, AdamWParams};
+use crate::run_dir::RunDir;
 use crate::schedule::Schedule;
 
 /// Tokens per forward batch when scoring the valid split.
@@ -260,25 +261,105 @@ pub fn accumulate_gradients(
     micro: &[Batch],
     seed: u64,
 ) -> Result<(Vec<Tensor>, f64, usize), TrainError> {
+    let pass = accumulate(model, vars, micro, seed)?;
+    Ok((pass.grads, pass.loss, pass.target_tokens))
+}
+
+struct Accumulated {
+    grads: Vec<Tensor>,
+    loss: f64,
+    target_tokens: usize,
+    forward_s: f64,
+    backward_s: f64,
+}
+
+fn accumulate(
+    model: &Pretrained,
+    vars: &[Var],
+    micro: &[Batch],
+    seed: u64,
+) -> Result<Accumulated, TrainError> {
     let step_targets: usize = micro.iter().map(|b| b.n_targets).sum::<usize>().max(1);
     let mut grads: Vec<Tensor> = vars
         .iter()
         .map(|v| v.zeros_like())
         .collect::<candle_core::Result<_>>()?;
-    let mut loss_sum = 0f64;
+    let (mut loss_sum, mut forward_s, mut backward_s) = (0f64, 0f64, 0f64);
     for (i, batch) in micro.iter().enumerate().filter(|(_, b)| b.n_targets > 0) {
         let micro_seed = seed
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add(i as u64);
         let pass = loss_and_grads(&model.model, batch, 1.0 / step_targets as f64, micro_seed)?;
         loss_sum += pass.loss;
+        forward_s += pass.forward_s;
+        backward_s += pass.backward_s;
+        let started = Instant::now();
         for (g, v) in grads.iter_mut().zip(vars) {
             if let Some(dg) = pass.grads.get(v.as_tensor()) {
                 *g = (&*g + dg)?;
             }
         }
+        backward_s += started.elapsed().as_secs_f64();
     }
-    Ok((grads, loss_sum / step_targets as f64, step_targets))
+    Ok(Accumulated {
+        grads,
+        loss: loss_sum / step_targets as f64,
+        target_tokens: step_targets,
+        forward_s,
+        backward_s,
+    })
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy)]
+pub struct StepOutcome {
+    /// Mean loss per target token over the step's micro-batches.
+    pub loss: f64,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub target_tokens: usize,
+    pub tokens: usize,
+    /// Seconds in the forward passes, the backward passes and the update.
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optimizer_s: f64,
+}
+
+/// One optimizer step, as the loop and `tuna bench train` run it: the gradients of the
+/// step's micro-batches accumulated over its target tokens, the global norm clipped to
+/// `max_grad_norm` (0: off), then the AdamW update at `lr`. A non-finite loss skips the update
+/// and is returned for the caller to stop on.
+pub fn optimizer_step(
+    model: &Pretrained,
+    vars: &[Var],
+    optimizer: &mut AdamW,
+    micro: &[Batch],
+    seed: u64,
+    max_grad_norm: f64,
+    lr: f64,
+) -> Result<StepOutcome, TrainError> {
+    let pass = accumulate(model, vars, micro, seed)?;
+    let tokens = micro.iter().map(|b| b.n_tokens).sum();
+    let mut outcome = StepOutcome {
+        loss: pass.loss,
+        grad_norm: f64::NAN,
+        target_tokens: pass.target_tokens,
+        tokens,
+        forward_s: pass.forward_s,
+        backward_s: pass.backward_s,
+        optimizer_s: 0.0,
+    };
+    if !pass.loss.is_finite() {
+        return Ok(outcome);
+    }
+    let started = Instant::now();
+    let mut grads = pass.grads;
+    let max_norm = (max_grad_norm > 0.0).then_some(max_grad_norm);
+    outcome.grad_norm = clip_grad_norm(&mut grads, max_norm)?;
+    optimizer.update(&grads, lr)?;
+    model.model.device().synchronize()?;
+    outcome.optimizer_s = started.elapsed().as_secs_f64();
+    Ok(outcome)
 }
 
 /// Trains `model` as `config` says; `resume` continues the run in `config.output` exactly.
@@ -300,6 +381,17 @@ pub fn schedule_for(config: &TrainConfig, total_steps: usize) -> Schedule {
     }
 }
 
+/// Every event goes to the run's metrics.jsonl, then to the caller's observer.
+fn emit(
+    run: &mut RunDir,
+    report: &mut dyn FnMut(&TrainEvent),
+    event: TrainEvent,
+) -> Result<(), TrainError> {
+    run.record(&event)?;
+    report(&event);
+    Ok(())
+}
+
 pub fn train(
     model: &mut Pretrained,
     config: &TrainConfig,
@@ -308,14 +400,26 @@ pub fn train(
     report: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainOutcome, TrainError> {
     config.validate()?;
-    let run_dir = config.output.clone();
-    let latest = checkpoint::list(&run_dir).pop();
-    if !resume && latest.is_some() {
-        return Err(TrainError::RunExists { path: run_dir });
+    let mut run = RunDir::open(&config.output, resume)?;
+    let outcome = train_in(model, config, resume, interrupt, &mut run, report);
+    if outcome.is_err() {
+        // A run that failed before recording anything leaves no directory it created.
+        run.discard_if_nothing_recorded();
     }
-    std::fs::create_dir_all(&run_dir).map_err(TrainError::io(&run_dir))?;
-    let config_path = run_dir.join("config.toml");
-    peft::write_atomic(&config_path, config.to_toml().as_bytes())?;
+    outcome
+}
+
+fn train_in(
+    model: &mut Pretrained,
+    config: &TrainConfig,
+    resume: bool,
+    interrupt: &AtomicBool,
+    run: &mut RunDir,
+    report: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainOutcome, TrainError> {
+    let run_dir = run.path().to_path_buf();
+    let latest = run.latest_checkpoint();
+    run.write_config(config)?;
 
     // Data.
     let (train_data, valid_data) = load_data(model, config)?;
@@ -389,6 +493,8 @@ pub fn train(
         tokens_seen: 0,
         train_seconds: 0.0,
         cpu_seconds: 0.0,
+        train_examples: None,
+        history: History::default(),
     };
     if let Some(dir) = resume_from {
         let (saved, moments) = checkpoint::read(dir)?;
@@ -403,6 +509,7 @@ pub fn train(
             ..saved
         };
     }
+    state.train_examples = Some(train_data.examples.len());
     let mut stream = BatchStream::new(
         &train_data.examples,
         config,
@@ -410,19 +517,23 @@ pub fn train(
         state.epoch,
         state.batch_in_epoch,
     );
-    report(&TrainEvent::Started {
-        total_steps,
-        start_step: state.step,
-        train_examples: train_data.examples.len(),
-        valid_examples: valid_data.as_ref().map_or(0, |v| v.examples.len()),
-        train_target_tokens: train_data.trained_tokens(),
-        trainable_params: vars.iter().map(|v| v.elem_count()).sum(),
-        skipped_untrainable: (
-            train_data.skipped_untrainable,
-            valid_data.as_ref().map_or(0, |v| v.skipped_untrainable),
-        ),
-        truncated: train_data.truncated,
-    });
+    emit(
+        run,
+        report,
+        TrainEvent::Started {
+            total_steps,
+            start_step: state.step,
+            train_examples: train_data.examples.len(),
+            valid_examples: valid_data.as_ref().map_or(0, |v| v.examples.len()),
+            train_target_tokens: train_data.trained_tokens(),
+            trainable_params: vars.iter().map(|v| v.elem_count()).sum(),
+            skipped_untrainable: (
+                train_data.skipped_untrainable,
+                valid_data.as_ref().map_or(0, |v| v.skipped_untrainable),
+            ),
+            truncated: train_data.truncated,
+        },
+    )?;
 
     let save = |model: &mut Pretrained,
                 optimizer: &AdamW,
@@ -439,19 +550,28 @@ pub fn train(
     let seconds_before = state.train_seconds;
     let cpu_before = state.cpu_seconds;
     let cpu_start = process_cpu_seconds();
-    let mut history = History::default();
     let mut stopped_early = false;
     while state.step < total_steps {
         let step_started = Instant::now();
         let micro: Vec<Batch> = (0..config.train.grad_accum)
             .map(|_| stream.next_batch())
             .collect();
-        let (mut grads, loss, step_targets) = accumulate_gradients(
+        let lr = schedule.lr(state.step + 1);
+        let done = optimizer_step(
             model,
             &vars,
+            &mut optimizer,
             &micro,
             config.train.seed ^ (state.step as u64 + 1),
+            o.max_grad_norm,
+            lr,
         )?;
+        let StepOutcome {
+            loss,
+            grad_norm,
+            tokens,
+            ..
+        } = done;
         if !loss.is_finite() {
             return Err(TrainError::NonFiniteLoss {
                 step: state.step + 1,
@@ -459,32 +579,28 @@ pub fn train(
                 last_checkpoint: checkpoint::list(&run_dir).pop().map(|(_, p)| p),
             });
         }
-        let max_norm = (o.max_grad_norm > 0.0).then_some(o.max_grad_norm);
-        let grad_norm = clip_grad_norm(&mut grads, max_norm)?;
-        let lr = schedule.lr(state.step + 1);
-        optimizer.update(&grads, lr)?;
 
         state.step += 1;
         state.epoch = stream.epoch;
         state.batch_in_epoch = stream.index;
-        let tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
         state.tokens_seen += tokens;
         state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
         if let (Some(start), Some(now)) = (cpu_start, process_cpu_seconds()) {
             state.cpu_seconds = cpu_before + (now - start);
         }
-        history.steps.push((state.step, loss, lr));
-        report(&TrainEvent::Step {
+        let event = TrainEvent::Step {
             step: state.step,
             total_steps,
             loss,
             lr,
             grad_norm,
-            target_tokens: step_targets,
+            target_tokens: done.target_tokens,
             tokens,
             tokens_per_s: tokens as f64 / step_started.elapsed().as_secs_f64().max(1e-9),
             elapsed_s: state.train_seconds,
-        });
+        };
+        state.history.observe(&event);
+        emit(run, report, event)?;
 
         let last = state.step == total_steps;
         let every = |n: usize| n > 0 && state.step.is_multiple_of(n);
@@ -502,18 +618,19 @@ pub fn train(
             } else {
                 state.evals_since_best += 1;
             }
-            report(&TrainEvent::Eval {
+            let event = TrainEvent::Eval {
                 step: state.step,
                 loss: eval,
                 perplexity: eval.exp(),
                 tokens: n,
                 best: improved,
-            });
-            history.evals.push((state.step, eval));
+            };
+            state.history.observe(&event);
+            emit(run, report, event)?;
             for sample in eval_samples(model, valid, &config.train, state.step)? {
-                report(&sample);
+                emit(run, report, sample)?;
             }
-            history.write(&run_dir.join("chart.svg"), total_steps)?;
+            run.draw_chart(&state.history, total_steps)?;
             let patience = config.train.early_stopping_patience;
             stopped_early = patience > 0 && state.evals_since_best >= patience && !last;
         }
@@ -521,13 +638,17 @@ pub fn train(
         if every(config.train.save_every) || last || improved || stopped_early || interrupted {
             let dir = save(model, &optimizer, &state)?;
             if improved {
-                checkpoint::publish_adapter(&dir, &run_dir.join("best"))?;
+                checkpoint::publish_adapter(&dir, &run.best_dir())?;
             }
             checkpoint::prune(&run_dir, config.train.keep_last)?;
-            report(&TrainEvent::Checkpoint {
-                step: state.step,
-                path: dir.display().to_string(),
-            });
+            emit(
+                run,
+                report,
+                TrainEvent::Checkpoint {
+                    step: state.step,
+                    path: dir.display().to_string(),
+                },
+            )?;
         }
         if interrupted {
             return Err(TrainError::Interrupted {
@@ -540,20 +661,28 @@ pub fn train(
         }
     }
 
-    let adapter_dir = run_dir.join("adapter");
-    let newest = checkpoint::list(&run_dir).pop().map(|(_, p)| p);
+    let adapter_dir = run.adapter_dir();
+    let newest = run.latest_checkpoint().map(|(_, p)| p);
     match newest {
         Some(dir) => checkpoint::publish_adapter(&dir, &adapter_dir)?,
         None => model.model.save_lora(&adapter_dir, &lora_config)?,
     }
-    report(&TrainEvent::Finished {
-        step: state.step,
-        adapter: adapter_dir.display().to_string(),
-        best_eval_loss: state.best_eval_loss,
-        best_step: state.best_step,
-        train_seconds: state.train_seconds,
-        cpu_seconds: state.cpu_seconds,
-        stopped_early,
-    });
+    if valid_data.is_none() {
+        // Without evaluations the chart was never drawn.
+        run.draw_chart(&state.history, total_steps)?;
+    }
+    emit(
+        run,
+        report,
+        TrainEvent::Finished {
+            step: state.step,
+            adapter: adapter_dir.display().to_string(),
+            best_eval_loss: state.best_eval_loss,
+            best_step: state.best_step,
+            train_seconds: state.train_seconds,
+            cpu_seconds: state.cpu_seconds,
+            stopped_early,
+        },
+    )?;
     Ok(TrainOutcome { adapter_dir, state })
 }

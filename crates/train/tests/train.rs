@@ -135,6 +135,53 @@ fn a_resumed_run_continues_exactly() {
             i + 1
         );
     }
+    // The resumed run's chart shows the whole run (its history is in the checkpoint), the
+    // same as the run made in one go; the state records the training examples.
+    let (whole_dir, split_dir) = (m.path().join("whole"), m.path().join("split"));
+    let chart = |dir: &Path| std::fs::read_to_string(dir.join("chart.svg")).unwrap();
+    assert_eq!(chart(&split_dir), chart(&whole_dir));
+    let (_, last) = checkpoint::list(&split_dir).pop().unwrap();
+    let state = checkpoint::read_state(&last).unwrap();
+    assert_eq!(state.history.steps.len(), 20);
+    assert_eq!(state.history.evals.len(), 4);
+    let info = tuna_train::run_dir::read(&split_dir).unwrap();
+    assert!(info.train_examples().is_some_and(|n| n > 0));
+    // metrics.jsonl holds every step once: the first part's, then the resumed part's.
+    let metrics = std::fs::read_to_string(split_dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=20).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_failed_new_run_leaves_no_directory_and_a_file_is_no_run_directory() {
+    let m = tiny_model(TinySpec::default());
+    let mut c = config(&m, "nothing", 2);
+    std::fs::write(m.path().join("empty.jsonl"), "{\"text\": \"\"}\n").unwrap();
+    c.data.train = m.path().join("empty.jsonl");
+    let (_, _, r) = run(&m, &c, false, None);
+    assert!(r.is_err());
+    assert!(
+        !m.path().join("nothing").exists(),
+        "a failed run left its directory"
+    );
+    // An empty directory the user made stays, empty.
+    std::fs::create_dir(m.path().join("made")).unwrap();
+    c.output = m.path().join("made");
+    let (_, _, r) = run(&m, &c, false, None);
+    assert!(r.is_err());
+    assert_eq!(std::fs::read_dir(m.path().join("made")).unwrap().count(), 0);
+    std::fs::write(m.path().join("file"), "x").unwrap();
+    c.output = m.path().join("file");
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.ends_with("file is a file; name a directory for the run"),
+        "{err}"
+    );
 }
 
 #[test]
