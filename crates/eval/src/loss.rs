@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 use tuna_data::{Batch, Dataset, EncodeOptions, Encoder, Example, FieldNames, ShotPool};
-use tuna_model::{Kernels, Llama, Packing, Pretrained};
+use tuna_model::{AttentionLayout, Kernels, Llama, Packing, Pretrained};
 
 use crate::error::{EvalError, Result};
 
@@ -43,7 +43,11 @@ pub fn target_rows(
         positions: &batch.positions,
         segments: &batch.segments,
     });
-    let hidden = model.hidden_states(&ids, None, packing, kernels)?;
+    let layout = match packing {
+        Some(p) => AttentionLayout::packed(p, batch.rows, batch.cols, model.config.sliding_window)?,
+        None => AttentionLayout::causal(batch.rows, batch.cols, 0, model.config.sliding_window),
+    };
+    let hidden = model.hidden_states(&ids, &layout, None, kernels)?;
     let (b, t, d) = hidden.dims3()?;
     let rows: Vec<u32> = (0..b * t)
         .filter(|&i| batch.weights[i] > 0.0)

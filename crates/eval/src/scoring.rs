@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor, D};
 use tuna_data::{EncodeOptions, Encoded, Encoder, LineRecord, PromptFormat, Record};
-use tuna_model::{KvCache, Message, Pretrained};
+use tuna_model::{AttentionLayout, Kernels, KvCache, Llama, Message, Pretrained};
 
 use crate::error::{EvalError, Result};
 
@@ -166,12 +166,31 @@ impl<'a> Scorer<'a> {
         self.cache.truncate(keep)?;
         let new = &prompt[keep..];
         let ids = Tensor::new(new, self.model.model.device())?.unsqueeze(0)?;
-        let logits = self.model.model.forward_cached_all(&ids, &mut self.cache)?;
+        let llama = &self.model.model;
+        let layout = AttentionLayout::causal(1, new.len(), keep, llama.config.sliding_window);
+        let hidden = llama.hidden_states(&ids, &layout, Some(&mut self.cache), Kernels::Fused)?;
+        let logits = llama.logits(&hidden)?;
         self.cached = prompt.to_vec();
         self.usage.prompt_tokens += prompt.len();
         self.usage.computed_tokens += new.len();
         let last = logits.squeeze(0)?.get(new.len() - 1)?;
         log_softmax(&last)
+    }
+
+    /// Runs several continuations of the cached prompt in one forward (each sees the prompt
+    /// and its own earlier tokens, at the positions it would take alone) and returns the
+    /// logits of every branch token, branches one after another, (Σ len, v). The cache is
+    /// left holding the prompt only.
+    fn run_branches(&mut self, branches: &[&[u32]]) -> Result<Tensor> {
+        let llama = &self.model.model;
+        let start = self.cache.len();
+        let lengths: Vec<usize> = branches.iter().map(|b| b.len()).collect();
+        let layout = AttentionLayout::branches(&lengths, start, llama.config.sliding_window);
+        let ids = Tensor::from_vec(branches.concat(), (1, layout.queries), llama.device())?;
+        let hidden = llama.hidden_states(&ids, &layout, Some(&mut self.cache), Kernels::Fused)?;
+        self.cache.truncate(start)?;
+        // (1, t, d) -> (t, v)
+        Ok(llama.logits(&hidden.squeeze(0)?)?)
     }
 
     /// Σ log p(candidate tokens | prompt) for each candidate. The candidates' tokens after
@@ -189,10 +208,7 @@ impl<'a> Scorer<'a> {
             .collect();
         let mut rest = Vec::new();
         if !branches.is_empty() {
-            let logits = self
-                .model
-                .model
-                .forward_branches(&branches, &mut self.cache)?;
+            let logits = self.run_branches(&branches)?;
             let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
             let targets: Vec<u32> = candidates
                 .iter()
@@ -250,7 +266,7 @@ impl Scorer<'_> {
         let device = llama.device();
         let mut cache = KvCache::new(self.model.config.num_hidden_layers);
         let ids = Tensor::from_vec(ids, (b, longest), device)?;
-        let mut logits = llama.forward_left_padded(&ids, &mut cache, &pad)?;
+        let mut logits = last_logits_left_padded(llama, &ids, &mut cache, &pad)?;
         let mut out = vec![Vec::new(); b];
         let mut done = vec![max_new == 0; b];
         while !done.iter().all(|&d| d) {
@@ -273,7 +289,7 @@ impl Scorer<'_> {
                 break;
             }
             let ids = Tensor::from_vec(next, (b, 1), device)?;
-            logits = llama.forward_left_padded(&ids, &mut cache, &pad)?;
+            logits = last_logits_left_padded(llama, &ids, &mut cache, &pad)?;
         }
         self.usage.prompt_tokens += prompts.iter().map(Vec::len).sum::<usize>();
         self.usage.computed_tokens += b * longest;
@@ -285,4 +301,19 @@ impl Scorer<'_> {
 
 fn log_softmax(logits: &Tensor) -> Result<Vec<f32>> {
     Ok(candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_vec1::<f32>()?)
+}
+
+/// Left-padded rows (b, t) after the same rows in `cache`: the logits of each row's last
+/// position, (b, v).
+fn last_logits_left_padded(
+    llama: &Llama,
+    ids: &Tensor,
+    cache: &mut KvCache,
+    left_pad: &[usize],
+) -> Result<Tensor> {
+    let t = ids.dim(1)?;
+    let layout =
+        AttentionLayout::left_padded(left_pad, t, cache.len(), llama.config.sliding_window);
+    let hidden = llama.hidden_states(ids, &layout, Some(cache), Kernels::Fused)?;
+    Ok(llama.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)?)
 }

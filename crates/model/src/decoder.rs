@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use crate::config::LlamaConfig;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
+use crate::layout::AttentionLayout;
 use crate::linear::{Linear, WeightFormat};
 use crate::ops::{self, Kernels};
 use crate::rope::Rope;
@@ -217,281 +218,102 @@ impl Llama {
 
     /// Logits for every position: ids (b, t) -> (b, t, v). No cache; positions start at 0.
     pub fn forward(&self, ids: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let hidden = self.hidden_states(ids, None, None, kernels)?;
-        self.lm_head.forward(&hidden)
-    }
-
-    /// Logits of packed rows: (b, t) -> (b, t, v), each example as if run alone.
-    pub fn forward_packed(
-        &self,
-        ids: &Tensor,
-        packing: Packing,
-        kernels: Kernels,
-    ) -> Result<Tensor> {
-        let hidden = self.hidden_states(ids, None, Some(packing), kernels)?;
-        self.lm_head.forward(&hidden)
+        let (b, t) = ids.dims2()?;
+        let layout = AttentionLayout::causal(b, t, 0, self.config.sliding_window);
+        self.logits(&self.hidden_states(ids, &layout, None, kernels)?)
     }
 
     /// Runs `ids` (b, t) after the positions already in `cache` and returns the logits of the
     /// last new position, (b, v).
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.hidden_states(ids, Some(cache), None, Kernels::Fused)?;
-        let t = hidden.dim(1)?;
-        self.lm_head
-            .forward(&hidden.narrow(1, t - 1, 1)?)?
-            .squeeze(1)
-    }
-
-    /// Runs `ids` (b, t) after the positions in `cache` and returns the logits of every new
-    /// position, (b, t, v).
-    pub fn forward_cached_all(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.hidden_states(ids, Some(cache), None, Kernels::Fused)?;
-        self.lm_head.forward(&hidden)
-    }
-
-    /// Runs a batch of left-padded rows, ids (b, t), after the positions in `cache` (which
-    /// holds the same rows): row r's first `left_pad[r]` positions are padding that no token
-    /// attends to, and its real tokens take positions from 0 as if run alone. Returns the
-    /// logits of the last position, (b, v). The same `left_pad` goes with every call on one
-    /// cache (batched generation).
-    pub fn forward_left_padded(
-        &self,
-        ids: &Tensor,
-        cache: &mut KvCache,
-        left_pad: &[usize],
-    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        if left_pad.len() != b {
-            candle_core::bail!("left_pad must have one entry per row ({b})");
-        }
-        let start = cache.len();
-        let s = start + t;
-        let window = self.config.sliding_window.unwrap_or(usize::MAX);
-        let mut mask = vec![f32::NEG_INFINITY; b * t * s];
-        let mut positions = Vec::with_capacity(b * t);
-        for (row, &pad) in left_pad.iter().enumerate() {
-            for i in 0..t {
-                let q = start + i;
-                positions.push(q.saturating_sub(pad) as u32);
-                for j in 0..=q {
-                    // A padding query sees itself only, so its softmax stays finite.
-                    let visible = if q < pad {
-                        j == q
-                    } else {
-                        j >= pad && q - j < window
-                    };
-                    if visible {
-                        mask[(row * t + i) * s + j] = 0.0;
-                    }
-                }
-            }
-        }
-        let mask =
-            Tensor::from_vec(mask, (b, 1, 1, t, s), self.device())?.to_dtype(self.dtype())?;
-        let (cos, sin) = self.rope.tables_at(&positions, self.dtype())?;
-        let f = self.config.head_dim / 2;
-        let tables = (cos.reshape((b, 1, t, f))?, sin.reshape((b, 1, t, f))?);
-        let hidden = self.run_layers(
-            ids,
-            Some(cache),
-            Some(&mask),
-            Positions::PerToken(&tables),
-            Kernels::Fused,
-        )?;
-        self.lm_head
-            .forward(&hidden.narrow(1, t - 1, 1)?)?
-            .squeeze(1)
+        let layout = AttentionLayout::causal(b, t, cache.len(), self.config.sliding_window);
+        let hidden = self.hidden_states(ids, &layout, Some(cache), Kernels::Fused)?;
+        self.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)
     }
 
-    /// Runs several continuations of the prompt in `cache` in one forward: each branch's
-    /// tokens see the whole cached prompt and their own branch's earlier tokens, never another
-    /// branch, and take the positions they would take if run alone after the prompt. Returns
-    /// the logits of every branch token, branches one after another, (Σ len, v). The cache is
-    /// left holding the prompt only.
-    pub fn forward_branches(&self, branches: &[&[u32]], cache: &mut KvCache) -> Result<Tensor> {
-        let start = cache.len();
-        let t: usize = branches.iter().map(|b| b.len()).sum();
-        if t == 0 {
-            candle_core::bail!("forward_branches: no branch tokens");
-        }
-        let s = start + t;
-        let window = self.config.sliding_window.unwrap_or(usize::MAX);
-        let mut mask = vec![f32::NEG_INFINITY; t * s];
-        let mut positions = Vec::with_capacity(t);
-        let mut ids = Vec::with_capacity(t);
-        let mut first = 0;
-        for branch in branches {
-            for i in 0..branch.len() {
-                // query position `q` sees the prompt's keys 0..start and its branch's first..=i
-                let q = start + i;
-                let row = &mut mask[(first + i) * s..(first + i + 1) * s];
-                (0..start)
-                    .filter(|&j| q - j < window)
-                    .for_each(|j| row[j] = 0.0);
-                (0..=i)
-                    .filter(|&j| i - j < window)
-                    .for_each(|j| row[start + first + j] = 0.0);
-                positions.push(q as u32);
-            }
-            ids.extend_from_slice(branch);
-            first += branch.len();
-        }
-        let device = self.device();
-        let mask = Tensor::from_vec(mask, (1, 1, 1, t, s), device)?.to_dtype(self.dtype())?;
-        let (cos, sin) = self.rope.tables_at(&positions, self.dtype())?;
-        let f = self.config.head_dim / 2;
-        let tables = (cos.reshape((1, 1, t, f))?, sin.reshape((1, 1, t, f))?);
-        let ids = Tensor::from_vec(ids, (1, t), device)?;
-        let hidden = self.run_layers(
-            &ids,
-            Some(cache),
-            Some(&mask),
-            Positions::PerToken(&tables),
-            Kernels::Fused,
-        )?;
-        cache.truncate(start)?;
-        // (1, t, d) -> (t, v)
-        self.lm_head.forward(&hidden.squeeze(0)?)
+    /// The vocabulary projection of hidden states (.., d) -> (.., v).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
     }
 
-    /// The final-normed hidden states (b, t, d), before the head.
+    /// The one forward: embeddings, every layer, the final norm, for ids (b, t) laid out as
+    /// `layout` says (after the positions in `cache`, which it then holds too). Returns the
+    /// hidden states (b, t, d), before the head.
     pub fn hidden_states(
         &self,
         ids: &Tensor,
-        cache: Option<&mut KvCache>,
-        packing: Option<Packing>,
+        layout: &AttentionLayout,
+        mut cache: Option<&mut KvCache>,
         kernels: Kernels,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let (mask, tables) = match packing {
-            Some(p) => {
-                if cache.is_some() {
-                    candle_core::bail!("packed rows cannot use a KV cache");
-                }
-                let (mask, tables) = self.packed_mask(p, b, t)?;
-                (Some(mask), Some(tables))
+        if (layout.rows, layout.queries, layout.start()) != (b, t, start) {
+            candle_core::bail!(
+                "attention layout for {} rows of {} tokens after {}, given {b} rows of {t} after {start}",
+                layout.rows,
+                layout.queries,
+                layout.start()
+            );
+        }
+        let mask = layout.mask(self.dtype(), self.device())?;
+        let tables;
+        let at = match layout.consecutive_from() {
+            Some(from) => Positions::From(from),
+            None => {
+                let (cos, sin) = self.rope.tables_at(&layout.positions(), self.dtype())?;
+                let f = self.config.head_dim / 2;
+                // (b*t, f) -> (b, 1, t, f)
+                tables = (cos.reshape((b, 1, t, f))?, sin.reshape((b, 1, t, f))?);
+                Positions::PerToken(&tables)
             }
-            None => (self.causal_mask(t, start)?, None),
         };
-        let at = match &tables {
-            Some(tables) => Positions::PerToken(tables),
-            None => Positions::From(start),
-        };
-        self.run_layers(ids, cache, mask.as_ref(), at, kernels)
-    }
-
-    /// Embeddings, every layer, the final norm.
-    fn run_layers(
-        &self,
-        ids: &Tensor,
-        mut cache: Option<&mut KvCache>,
-        mask: Option<&Tensor>,
-        at: Positions,
-        kernels: Kernels,
-    ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
         // (b, t) -> (b, t, d)
         let d = self.config.hidden_size;
         let mut x = self
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, d))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(
-                &x,
-                i,
+        for (layer, block) in self.layers.iter().enumerate() {
+            let context = LayerContext {
+                layer,
                 at,
-                mask,
-                cache.as_deref_mut(),
-                &self.rope,
-                &self.config,
+                mask: mask.as_ref(),
+                rope: &self.rope,
+                config: &self.config,
                 kernels,
-            )?;
+            };
+            x = block.forward(&x, &context, cache.as_deref_mut())?;
         }
         if let Some(cache) = cache {
             cache.advance(t);
         }
         ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps, kernels)
     }
+}
 
-    /// Additive mask (b, 1, 1, t, t) that keeps attention causal and inside each example, and
-    /// rope tables (b, 1, t, f) for each token's position in its example.
-    fn packed_mask(&self, p: Packing, b: usize, t: usize) -> Result<(Tensor, (Tensor, Tensor))> {
-        if p.positions.len() != b * t || p.segments.len() != b * t {
-            candle_core::bail!(
-                "packing: positions/segments must have b*t = {} entries",
-                b * t
-            );
-        }
-        let window = self.config.sliding_window.unwrap_or(usize::MAX);
-        let mut mask = vec![f32::NEG_INFINITY; b * t * t];
-        for row in 0..b {
-            let seg = &p.segments[row * t..(row + 1) * t];
-            for i in 0..t {
-                for j in 0..=i {
-                    // Padding (u32::MAX) attends to itself only, so its softmax stays finite.
-                    let same = seg[i] == seg[j] && (seg[i] != u32::MAX || i == j);
-                    if same && i - j < window {
-                        mask[(row * t + i) * t + j] = 0.0;
-                    }
-                }
-            }
-        }
-        let mask =
-            Tensor::from_vec(mask, (b, 1, 1, t, t), self.device())?.to_dtype(self.dtype())?;
-        let (cos, sin) = self.rope.tables_at(p.positions, self.dtype())?;
-        let f = self.config.head_dim / 2;
-        // (b*t, f) -> (b, 1, t, f)
-        Ok((
-            mask,
-            (cos.reshape((b, 1, t, f))?, sin.reshape((b, 1, t, f))?),
-        ))
-    }
-
-    /// Additive mask (t, s): 0 where query `start + i` may see key j, -inf elsewhere.
-    /// None when nothing is masked (one new token and no sliding window in reach).
-    fn causal_mask(&self, t: usize, start: usize) -> Result<Option<Tensor>> {
-        let s = start + t;
-        let window = self.config.sliding_window.unwrap_or(usize::MAX);
-        if t == 1 && s <= window {
-            return Ok(None);
-        }
-        let mut mask = Vec::with_capacity(t * s);
-        for i in 0..t {
-            let q = start + i;
-            mask.extend((0..s).map(|j| {
-                if j > q || q - j >= window {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            }));
-        }
-        Tensor::from_vec(mask, (t, s), self.device())?
-            .to_dtype(self.dtype())
-            .map(Some)
-    }
+/// What every layer of one forward shares besides its input and the cache.
+struct LayerContext<'a> {
+    layer: usize,
+    at: Positions<'a>,
+    /// Additive (1 or b, 1, 1, t, s), or None when every query sees every key.
+    mask: Option<&'a Tensor>,
+    rope: &'a Rope,
+    config: &'a LlamaConfig,
+    kernels: Kernels,
 }
 
 impl DecoderLayer {
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
-        layer: usize,
-        at: Positions,
-        mask: Option<&Tensor>,
+        context: &LayerContext,
         cache: Option<&mut KvCache>,
-        rope: &Rope,
-        config: &LlamaConfig,
-        kernels: Kernels,
     ) -> Result<Tensor> {
-        let eps = config.rms_norm_eps;
+        let (eps, kernels) = (context.config.rms_norm_eps, context.kernels);
         let h = ops::rms_norm(x, &self.input_layernorm, eps, kernels)?;
-        let x = (x + self
-            .self_attn
-            .forward(&h, layer, at, mask, cache, rope, config, kernels)?)?;
+        let x = (x + self.self_attn.forward(&h, context, cache)?)?;
         let h = ops::rms_norm(&x, &self.post_attention_layernorm, eps, kernels)?;
         x + self.mlp.forward(&h, kernels)?
     }
@@ -505,18 +327,20 @@ impl Mlp {
 }
 
 impl Attention {
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
-        layer: usize,
-        at: Positions,
-        mask: Option<&Tensor>,
+        context: &LayerContext,
         cache: Option<&mut KvCache>,
-        rope: &Rope,
-        config: &LlamaConfig,
-        kernels: Kernels,
     ) -> Result<Tensor> {
+        let LayerContext {
+            layer,
+            at,
+            mask,
+            rope,
+            config,
+            kernels,
+        } = *context;
         let (b, t, _d) = x.dims3()?;
         let (h, kvh, hd) = (
             config.num_attention_heads,
@@ -559,7 +383,7 @@ impl Attention {
         let q = q.contiguous()?.reshape((b, kvh, g * t, hd))?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let scores = match mask {
-            // (b, kvh, g*t, s) -> (b, kvh, g, t, s) + (t, s) or (b, 1, 1, t, s)
+            // (b, kvh, g*t, s) -> (b, kvh, g, t, s) + (1 or b, 1, 1, t, s)
             Some(mask) => scores
                 .reshape((b, kvh, g, t, s))?
                 .broadcast_add(mask)?

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::VarBuilder;
 use serde_json::json;
-use tuna_model::{Kernels, KvCache, LoadOptions, Pretrained};
+use tuna_model::{AttentionLayout, Kernels, KvCache, LoadOptions, Pretrained};
 use tuna_testkit::{assert_close, max_abs_diff, tiny_model, TinyModel, TinySpec};
 
 const IDS: [u32; 9] = [5, 200, 17, 3, 150, 99, 260, 42, 8];
@@ -420,10 +420,9 @@ fn packed_rows_give_each_example_its_own_logits() {
             positions: &positions,
             segments: &segments,
         };
-        let packed = p
-            .model
-            .forward_packed(&x, packing, Kernels::Differentiable)
-            .unwrap();
+        let window = p.config.sliding_window;
+        let layout = AttentionLayout::packed(packing, 2, 10, window).unwrap();
+        let packed = logits_with(&p, &x, &layout, None, Kernels::Differentiable);
         let alone = |ids: &[u32]| {
             let x = Tensor::new(ids, &Device::Cpu)
                 .unwrap()
@@ -457,6 +456,45 @@ fn packed_rows_give_each_example_its_own_logits() {
     }
 }
 
+/// The logits of every new token of `ids`, laid out as `layout`, after what `cache` holds.
+fn logits_with(
+    p: &Pretrained,
+    ids: &Tensor,
+    layout: &AttentionLayout,
+    cache: Option<&mut KvCache>,
+    kernels: Kernels,
+) -> Tensor {
+    let hidden = p.model.hidden_states(ids, layout, cache, kernels).unwrap();
+    p.model.logits(&hidden).unwrap()
+}
+
+/// Causal after the cache: the logits of every new position, (1, t, v).
+fn cached_all(p: &Pretrained, ids: &Tensor, cache: &mut KvCache) -> Tensor {
+    let (b, t) = ids.dims2().unwrap();
+    let layout = AttentionLayout::causal(b, t, cache.len(), p.config.sliding_window);
+    logits_with(p, ids, &layout, Some(cache), Kernels::Fused)
+}
+
+/// Left-padded rows after the same rows in the cache: each row's last logits, (b, v).
+fn left_padded_last(p: &Pretrained, ids: &Tensor, cache: &mut KvCache, pad: &[usize]) -> Tensor {
+    let t = ids.dim(1).unwrap();
+    let layout = AttentionLayout::left_padded(pad, t, cache.len(), p.config.sliding_window);
+    let logits = logits_with(p, ids, &layout, Some(cache), Kernels::Fused);
+    logits.narrow(1, t - 1, 1).unwrap().squeeze(1).unwrap()
+}
+
+/// Branches after the cached prompt in one forward, the cache left holding the prompt:
+/// the logits of every branch token, branches one after another, (Σ len, v).
+fn branch_logits(p: &Pretrained, branches: &[&[u32]], cache: &mut KvCache) -> Tensor {
+    let start = cache.len();
+    let lengths: Vec<usize> = branches.iter().map(|b| b.len()).collect();
+    let layout = AttentionLayout::branches(&lengths, start, p.config.sliding_window);
+    let ids = Tensor::from_vec(branches.concat(), (1, layout.queries), &Device::Cpu).unwrap();
+    let logits = logits_with(p, &ids, &layout, Some(cache), Kernels::Fused);
+    cache.truncate(start).unwrap();
+    logits.squeeze(0).unwrap()
+}
+
 #[test]
 fn left_padded_batches_give_each_row_its_own_logits() {
     for (name, spec) in specs() {
@@ -475,10 +513,10 @@ fn left_padded_batches_give_each_row_its_own_logits() {
         }
         let mut cache = KvCache::new(p.config.num_hidden_layers);
         let ids = Tensor::from_vec(ids, (3, longest), &Device::Cpu).unwrap();
-        let mut batched = vec![p.model.forward_left_padded(&ids, &mut cache, &pad).unwrap()];
+        let mut batched = vec![left_padded_last(&p, &ids, &mut cache, &pad)];
         for step in steps {
             let x = Tensor::from_vec(step.to_vec(), (3, 1), &Device::Cpu).unwrap();
-            batched.push(p.model.forward_left_padded(&x, &mut cache, &pad).unwrap());
+            batched.push(left_padded_last(&p, &x, &mut cache, &pad));
         }
         for (row, prompt) in prompts.iter().enumerate() {
             let mut alone = KvCache::new(p.config.num_hidden_layers);
@@ -517,7 +555,7 @@ fn branches_after_a_cached_prompt_match_each_branch_run_alone() {
         let branches: [&[u32]; 3] = [&[7, 9, 11], &[3], &[250, 4]];
         let mut cache = KvCache::new(layers);
         p.model.forward_cached(&prompt, &mut cache).unwrap();
-        let together = p.model.forward_branches(&branches, &mut cache).unwrap();
+        let together = branch_logits(&p, &branches, &mut cache);
         assert_eq!(cache.len(), 6, "{name}: the cache keeps the prompt only");
         let mut first = 0;
         for (i, branch) in branches.iter().enumerate() {
@@ -526,7 +564,7 @@ fn branches_after_a_cached_prompt_match_each_branch_run_alone() {
                 .unwrap()
                 .unsqueeze(0)
                 .unwrap();
-            let want = p.model.forward_cached_all(&x, &mut alone).unwrap();
+            let want = cached_all(&p, &x, &mut alone);
             let got = together.narrow(0, first, branch.len()).unwrap();
             let d = max_abs_diff(&got, &want.squeeze(0).unwrap());
             assert!(d < 1e-4, "{name}: branch {i}: {d}");
@@ -537,7 +575,7 @@ fn branches_after_a_cached_prompt_match_each_branch_run_alone() {
             .unwrap()
             .unsqueeze(0)
             .unwrap();
-        let again = p.model.forward_cached_all(&x, &mut cache).unwrap();
+        let again = cached_all(&p, &x, &mut cache);
         let d = max_abs_diff(
             &together.narrow(0, 0, 3).unwrap(),
             &again.squeeze(0).unwrap(),

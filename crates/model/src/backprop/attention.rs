@@ -87,35 +87,6 @@ impl AttentionShape {
     }
 }
 
-/// The first key each query (b·t of them, row-major) may attend to: causal, inside its own
-/// example when rows are packed (`segments`; padding, `u32::MAX`, sees only itself), and
-/// within `window` positions.
-pub fn first_keys(b: usize, t: usize, segments: Option<&[u32]>, window: Option<usize>) -> Vec<u32> {
-    let window = window.unwrap_or(usize::MAX);
-    let mut first = vec![0u32; b * t];
-    for bi in 0..b {
-        let mut start = 0usize;
-        for ti in 0..t {
-            let at = bi * t + ti;
-            let mut lo = match segments {
-                Some(seg) if seg[at] == u32::MAX => ti,
-                Some(seg) => {
-                    if ti > 0 && seg[at] != seg[at - 1] {
-                        start = ti;
-                    }
-                    start
-                }
-                None => 0,
-            };
-            if ti + 1 > window {
-                lo = lo.max(ti + 1 - window);
-            }
-            first[at] = lo as u32;
-        }
-    }
-    first
-}
-
 /// Attention forward: q, k, v head-major; returns (y head-major (b, h, t, hd), log-sum-exp
 /// of each query row (b·h·t)).
 pub fn forward(
@@ -258,14 +229,28 @@ mod tests {
         (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
     }
 
-    #[test]
-    fn first_keys_follow_causality_segments_window_and_padding() {
-        // One row: example 0 at 0..3, example 1 at 3..5, padding at 5.
-        let seg = [0, 0, 0, 1, 1, u32::MAX];
-        assert_eq!(first_keys(1, 6, Some(&seg), None), [0, 0, 0, 3, 3, 5]);
-        assert_eq!(first_keys(1, 6, Some(&seg), Some(2)), [0, 0, 1, 3, 3, 5]);
-        assert_eq!(first_keys(2, 3, None, None), [0, 0, 0, 0, 0, 0]);
-        assert_eq!(first_keys(1, 4, None, Some(3)), [0, 0, 0, 1]);
+    /// The first visible key of each query of packed rows with these segments (positions
+    /// restart at each example), from the one attention layout.
+    fn first_keys(b: usize, t: usize, seg: &[u32], window: Option<usize>) -> Vec<u32> {
+        let positions: Vec<u32> = (0..b * t)
+            .scan((u32::MAX, 0u32), |(last, pos), at| {
+                if at % t == 0 || seg[at] != *last {
+                    *pos = 0;
+                } else {
+                    *pos += 1;
+                }
+                *last = seg[at];
+                Some(*pos)
+            })
+            .collect();
+        let packing = crate::decoder::Packing {
+            positions: &positions,
+            segments: seg,
+        };
+        crate::layout::AttentionLayout::packed(packing, b, t, window)
+            .unwrap()
+            .first_keys()
+            .unwrap()
     }
 
     /// Naive attention of one (batch, query head) pair, straight from the definition.
@@ -311,7 +296,7 @@ mod tests {
         };
         let AttentionShape { b, t, h, kvh, hd } = shape;
         let seg = [0, 0, 1, 1, 1, 0, 0, 0, 0, u32::MAX];
-        let first = first_keys(b, t, Some(&seg), Some(3));
+        let first = first_keys(b, t, &seg, Some(3));
         let (qv, kv, vv) = (
             random(b * h * t * hd, 1),
             random(b * kvh * t * hd, 2),
@@ -385,7 +370,7 @@ mod tests {
         };
         let AttentionShape { b, t, h, kvh, hd } = shape;
         let seg: Vec<u32> = (0..b * t).map(|i| (i % t / 17) as u32).collect();
-        let first = first_keys(b, t, Some(&seg), Some(30));
+        let first = first_keys(b, t, &seg, Some(30));
         let g = h / kvh;
         let q = tensor(random(b * h * t * hd, 5), &[b, kvh, g * t, hd]).unwrap();
         let k = tensor(random(b * kvh * t * hd, 6), &[b, kvh, t, hd]).unwrap();

@@ -27,6 +27,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor};
 
 use crate::decoder::{DecoderLayer, Llama, Packing};
+use crate::layout::AttentionLayout;
 use attention::AttentionShape;
 use kernels::{tensor, to_vec, view};
 
@@ -161,11 +162,11 @@ impl Llama {
         if batch.ids.len() != n || batch.targets.len() != n || batch.weights.len() != n {
             candle_core::bail!("train batch: ids, targets and weights must have b*t = {n} entries")
         }
-        let positions: Vec<u32> = match batch.packing {
-            Some(p) => p.positions.to_vec(),
-            None => (0..n).map(|i| (i % t) as u32).collect(),
+        let layout = match batch.packing {
+            Some(p) => AttentionLayout::packed(p, b, t, c.sliding_window)?,
+            None => AttentionLayout::causal(b, t, 0, c.sliding_window),
         };
-        let (cos, sin) = self.rope.tables_at(&positions, DType::F32)?;
+        let (cos, sin) = self.rope.tables_at(&layout.positions(), DType::F32)?;
         let pass = Pass {
             shape: AttentionShape {
                 b,
@@ -176,7 +177,7 @@ impl Llama {
             },
             cos: to_vec(&cos)?,
             sin: to_vec(&sin)?,
-            first: attention::first_keys(b, t, batch.packing.map(|p| p.segments), c.sliding_window),
+            first: layout.first_keys()?,
             eps: c.rms_norm_eps,
             attention: self.attention_products(),
         };
