@@ -62,7 +62,7 @@ impl AttentionLayout {
             queries: t,
             keys: t,
             key_positions: p.positions.to_vec(),
-            groups: p.segments.iter().map(|&g| g.min(PADDING)).collect(),
+            groups: p.segments.to_vec(),
             window: window.unwrap_or(usize::MAX),
             rows_alike: false,
         })
