@@ -29,7 +29,7 @@ pub enum TruncationArg {
 pub struct DataArgs {
     /// Encode as this training config does (tuna train -c FILE, or a run's config.toml):
     /// its encoding, field names and model; flags override it.
-    #[arg(short = 'c', long = "config", value_parser = crate::args::input_file)]
+    #[arg(short = 'c', long = "config", value_parser = crate::value_parsers::input_file)]
     pub config: Option<PathBuf>,
     /// Longest example in tokens; longer ones are truncated (text records are windowed).
     /// Default 1024, or the adapter run's when eval gets a run.

@@ -6,6 +6,7 @@ mod data_args;
 mod errors;
 mod model_args;
 mod task_args;
+mod value_parsers;
 
 use clap::{CommandFactory, FromArgMatches};
 

@@ -1,34 +1,119 @@
 //! Flags that define a task measurement (strategies, shots, labels, metrics, scoring), shared
-//! by `tuna compare` and `tuna eval --strategies`, and the one place that turns them, the
-//! test file and the adapter's run directory into what `tuna_eval::compare` runs.
+//! by `tuna compare` and `tuna eval --strategies`, typed as clap parses them and turned into
+//! the library's `TaskOptions` and `CompareSetup`. What a study does with them is
+//! `tuna_eval::study`'s.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
-use clap::Args;
+use anyhow::Context;
+use clap::{Args, ValueEnum};
 use tuna_data::FieldNames;
-use tuna_eval::compare::{self, AdapterFacts, CompareReport, CompareSetup, Method};
+use tuna_eval::compare::{AdapterFacts, CompareSetup, Method};
 use tuna_eval::metrics::{Metric, Normalization};
 use tuna_eval::strategy::{PromptShape, Strategy};
-use tuna_eval::task::{self, TaskExample, TaskKind};
+use tuna_eval::study::{split_file, Task, TaskOptions};
 use tuna_model::Pretrained;
 use tuna_train::run_dir::{LocatedAdapter, RunInfo};
 
-use crate::args::MethodArg;
-
 /// What `tuna compare` runs when --strategies is not given.
-pub const COMPARE_STRATEGIES: &str = "zero,one,few,cot,tuned,hybrid";
+pub const COMPARE_STRATEGIES: [StrategyArg; 6] = [
+    StrategyArg::Zero,
+    StrategyArg::One,
+    StrategyArg::Few,
+    StrategyArg::Cot,
+    StrategyArg::Tuned,
+    StrategyArg::Hybrid,
+];
+
+/// The values of --strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    #[value(alias = "zero-shot")]
+    Zero,
+    #[value(alias = "one-shot")]
+    One,
+    #[value(alias = "few-shot")]
+    Few,
+    #[value(alias = "chain-of-thought")]
+    Cot,
+    CotFew,
+    Tuned,
+    Hybrid,
+}
+
+impl StrategyArg {
+    pub fn strategy(self) -> Strategy {
+        match self {
+            Self::Zero => Strategy::Zero,
+            Self::One => Strategy::One,
+            Self::Few => Strategy::Few,
+            Self::Cot => Strategy::Cot,
+            Self::CotFew => Strategy::CotFew,
+            Self::Tuned => Strategy::Tuned,
+            Self::Hybrid => Strategy::Hybrid,
+        }
+    }
+}
+
+/// The values of --metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricArg {
+    Accuracy,
+    #[value(alias = "f1")]
+    MacroF1,
+    #[value(alias = "em")]
+    ExactMatch,
+    TokenF1,
+    #[value(alias = "phone-error-rate", alias = "wer")]
+    TokenErrorRate,
+    #[value(alias = "cer")]
+    CharErrorRate,
+}
+
+impl MetricArg {
+    fn metric(self) -> Metric {
+        match self {
+            Self::Accuracy => Metric::Accuracy,
+            Self::MacroF1 => Metric::MacroF1,
+            Self::ExactMatch => Metric::ExactMatch,
+            Self::TokenF1 => Metric::TokenF1,
+            Self::TokenErrorRate => Metric::TokenErrorRate,
+            Self::CharErrorRate => Metric::CharErrorRate,
+        }
+    }
+}
+
+/// The values of --normalize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NormalizeArg {
+    /// Case-folded, spaces collapsed.
+    Case,
+    /// Only surrounding whitespace ignored.
+    #[value(alias = "none")]
+    Exact,
+    /// As case, and punctuation dropped.
+    Alnum,
+}
+
+/// The values of --method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// Rank the labels by log-likelihood (deterministic).
+    Rank,
+    /// Generate greedily, then find the label in the text.
+    Generate,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct TaskArgs {
-    /// Comma-separated: zero, one, few, cot, cot-few, tuned, hybrid (cot-few, chain-of-thought
-    /// with worked shots, joins cot when train records have rationales). Default in compare:
-    /// zero,one,few,cot,tuned,hybrid; eval scores task metrics only when given (or --metric).
-    #[arg(long)]
-    pub strategies: Option<String>,
+    /// Comma-separated (cot-few, chain-of-thought with worked shots, joins cot when train
+    /// records have rationales). Default in compare: zero,one,few,cot,tuned,hybrid; eval
+    /// scores task metrics only when given (or --metric).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub strategies: Option<Vec<StrategyArg>>,
     /// Where shots, labels and the majority baseline come from (default: the adapter run's
     /// training file, else train.jsonl beside the test file).
-    #[arg(long, value_parser = crate::args::input_file)]
+    #[arg(long, value_parser = crate::value_parsers::input_file)]
     pub train: Option<PathBuf>,
     /// The record field holding a worked explanation of the answer (for cot-few shots).
     #[arg(long, default_value = tuna_eval::task::RATIONALE_FIELD)]
@@ -49,19 +134,19 @@ pub struct TaskArgs {
     #[arg(long)]
     pub instruction: Option<String>,
     /// The label set, comma-separated (default: inferred from the train split).
-    #[arg(long)]
-    pub labels: Option<String>,
-    /// Metrics, comma-separated, the first the headline: accuracy, macro-f1, exact-match,
-    /// token-f1, token-error-rate (phones), char-error-rate (default: by task).
-    #[arg(long)]
-    pub metric: Option<String>,
-    /// How answers meet references: case (case-folded, spaces collapsed), exact (only
-    /// surrounding whitespace ignored) or alnum (case, and punctuation dropped).
-    #[arg(long, default_value = "case")]
-    pub normalize: String,
-    /// Label tasks: rank the labels by log-likelihood, or generate and parse.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+    /// Metrics, comma-separated, the first the headline (default: by task; token-error-rate
+    /// is the phone error rate of a pronunciation task).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub metric: Option<Vec<MetricArg>>,
+    /// How answers meet references.
+    #[arg(long, value_enum, default_value = "case")]
+    pub normalize: NormalizeArg,
+    /// Label tasks: how answers are scored.
     #[arg(long, value_enum, default_value = "rank")]
     pub method: MethodArg,
+    /// Seeds the shot draws and the bootstrap.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Longest generated answer (sequence tasks, generate method).
@@ -75,133 +160,68 @@ pub struct TaskArgs {
     pub batch_size: usize,
 }
 
-/// The test and train examples and every choice made from the flags, ready to score.
-pub struct Task {
-    pub test_path: PathBuf,
-    pub test: Vec<TaskExample>,
-    pub train: Vec<TaskExample>,
-    pub kind: TaskKind,
-    pub strategies: Vec<Strategy>,
-    pub metrics: Vec<Metric>,
-    pub normalization: Normalization,
-    pub prompt_shape: PromptShape,
-    pub tuned_shape: PromptShape,
-    /// Shots the adapter's run trained with in each prompt.
-    pub tuned_shots: usize,
-}
-
 impl TaskArgs {
-    /// Reads `data` (the first `limit` rows) and the train split, and settles the strategies,
-    /// label set, metrics and wording. `system` is the prompting strategies' system turn
-    /// (default: the run's); `run` is the adapter's run directory, when it has one.
-    pub fn prepare(
+    /// The strategies named, each once (`default` when none were).
+    pub fn strategies_or(&self, default: &[StrategyArg]) -> Vec<Strategy> {
+        let mut out: Vec<Strategy> = Vec::new();
+        for s in self.strategies.as_deref().unwrap_or(default) {
+            if !out.contains(&s.strategy()) {
+                out.push(s.strategy());
+            }
+        }
+        out
+    }
+
+    /// The library's options for a task on `data`: `system` is the prompting strategies'
+    /// system turn (default: the run's), `run` the adapter's run directory when it has one.
+    pub fn options(
         &self,
         data: &Path,
         limit: Option<usize>,
         fields: &FieldNames,
         system: Option<String>,
         run: Option<&RunInfo>,
-        default_strategies: &str,
-    ) -> anyhow::Result<Task> {
-        let mut strategies =
-            parse_strategies(self.strategies.as_deref().unwrap_or(default_strategies))?;
-        let mut test = task::load_examples(data, fields, &self.rationale_field)?;
-        if let Some(limit) = limit {
-            test.truncate(limit);
+        default_strategies: &[StrategyArg],
+    ) -> anyhow::Result<TaskOptions> {
+        let labels = self.labels.as_ref().map(|l| {
+            l.iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        });
+        if labels.as_ref().is_some_and(Vec::is_empty) {
+            anyhow::bail!("--labels: name at least one label");
         }
-        if test.is_empty() {
-            bail!("--limit: no test examples left to score");
-        }
-        let train = match self.train_path(run, data) {
-            Some(p) => task::load_examples(&p, fields, &self.rationale_field)?,
-            None => Vec::new(),
-        };
-        let kind = match &self.labels {
-            Some(l) => TaskKind::Labels {
-                labels: l
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
+        Ok(TaskOptions {
+            strategies: self.strategies_or(default_strategies),
+            train_path: split_file(
+                self.train.as_deref(),
+                run.map(|r| r.config.data.train.as_path()),
+                data,
+                "train.jsonl",
+            ),
+            fields: fields.clone(),
+            rationale_field: self.rationale_field.clone(),
+            labels,
+            metrics: self
+                .metric
+                .as_ref()
+                .map(|m| m.iter().map(|a| a.metric()).collect()),
+            normalization: match self.normalize {
+                NormalizeArg::Case => Normalization::Case,
+                NormalizeArg::Exact => Normalization::Exact,
+                NormalizeArg::Alnum => Normalization::Alnum,
             },
-            None if train.is_empty() => TaskKind::Sequence,
-            None => task::infer_kind(&train),
-        };
-        task::check_references(data, &test, &kind)?;
-        // Few-shot chain-of-thought joins plain chain-of-thought when the train split has
-        // rationales to show.
-        let rationales = train.iter().filter(|x| x.rationale.is_some()).count();
-        if rationales > 0
-            && strategies.contains(&Strategy::Cot)
-            && !strategies.contains(&Strategy::CotFew)
-        {
-            let at = strategies
-                .iter()
-                .position(|s| *s == Strategy::Cot)
-                .unwrap_or(0)
-                + 1;
-            strategies.insert(at, Strategy::CotFew);
-        }
-        if strategies.contains(&Strategy::CotFew) && rationales == 0 {
-            bail!("--strategies cot-few: no train record has a `{}` field to show as a worked answer (--rationale-field names it)", self.rationale_field);
-        }
-        let tuned_shots = run.map_or(0, |r| r.config.encoding.shots);
-        let needs_train = strategies.iter().any(|s| s.shot_count(self.shots) > 0)
-            || (tuned_shots > 0 && strategies.contains(&Strategy::Tuned));
-        if needs_train && train.is_empty() {
-            bail!("few-shot strategies draw shots from a train split: pass --train FILE (or leave one-shot, few-shot and hybrid out of --strategies)");
-        }
-        let normalization = Normalization::parse(&self.normalize).with_context(|| {
-            format!(
-                "--normalize: unknown mode {:?} (case, exact, alnum)",
-                self.normalize
-            )
-        })?;
-        let metrics = match &self.metric {
-            Some(m) => m
-                .split(',')
-                .map(|name| {
-                    Metric::parse(name.trim()).with_context(|| {
-                        format!("--metric: unknown metric {name:?} (accuracy, macro-f1, exact-match, token-f1, token-error-rate, char-error-rate)")
-                    })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?,
-            None => kind.default_metrics(),
-        };
-        let tuned_shape = trained_shape(run);
-        let prompt_shape = PromptShape {
-            template: self
-                .instruction
-                .clone()
-                .or_else(|| tuned_shape.template.clone())
-                .or_else(|| default_instruction(&kind)),
-            system: system.or_else(|| tuned_shape.system.clone()),
-        };
-        Ok(Task {
-            test_path: data.to_path_buf(),
-            test,
-            train,
-            kind,
-            strategies,
-            metrics,
-            normalization,
-            prompt_shape,
-            tuned_shape,
-            tuned_shots,
+            instruction: self.instruction.clone(),
+            system,
+            limit,
+            shots: self.shots,
+            tuned_shape: trained_shape(run),
+            tuned_shots: run.map_or(0, |r| r.config.encoding.shots),
         })
     }
 
-    /// --train, else the adapter run's training file, else train.jsonl beside the test file.
-    fn train_path(&self, run: Option<&RunInfo>, data: &Path) -> Option<PathBuf> {
-        split_path(
-            self.train.as_deref(),
-            run.map(|r| r.config.data.train.as_path()),
-            data,
-            "train.jsonl",
-        )
-    }
-
-    /// What `tuna_eval::compare::run` needs, for `task` scored on `base` (and `tuned`).
+    /// What the library scores, for `task` on `base` (and `tuned`).
     pub fn setup<'a>(
         &self,
         task: &'a Task,
@@ -237,82 +257,6 @@ impl TaskArgs {
             samples,
         }
     }
-
-    /// Every strategy of `setup`, chain-of-thought on the first --cot-limit rows only (it
-    /// generates long answers), the rows in the order asked.
-    pub fn run_strategies(
-        &self,
-        setup: &CompareSetup,
-        progress: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<CompareReport> {
-        let (mut cot, rest): (Vec<Strategy>, Vec<Strategy>) =
-            setup.strategies.iter().partition(|s| s.chain_of_thought());
-        if self.cot_limit == 0 && !cot.is_empty() {
-            eprintln!("--cot-limit 0: chain-of-thought left out");
-            cot.clear();
-        }
-        let mut report = None;
-        if !rest.is_empty() || cot.is_empty() {
-            let main = CompareSetup {
-                strategies: rest,
-                ..setup.clone()
-            };
-            report = Some(compare::run(&main, progress)?);
-        }
-        if !cot.is_empty() {
-            let n = setup.test.len().min(self.cot_limit);
-            let cot_setup = CompareSetup {
-                strategies: cot,
-                test: &setup.test[..n],
-                ..setup.clone()
-            };
-            let cot_report = compare::run(&cot_setup, progress)?;
-            report = Some(match report {
-                None => cot_report,
-                Some(mut r) => {
-                    for mut row in cot_report.rows {
-                        if n < setup.test.len() {
-                            row.title = format!("{} (first {n} examples)", row.title);
-                            r.notes.push(format!(
-                                "{} was scored on the first {n} of {} examples (--cot-limit), so its interval is wider",
-                                row.key,
-                                setup.test.len()
-                            ));
-                        }
-                        // Keep the strategies' order as asked.
-                        let at = setup
-                            .strategies
-                            .iter()
-                            .position(|s| s.key() == row.key)
-                            .unwrap_or(r.rows.len())
-                            .min(r.rows.len());
-                        add_sample_column(&mut r.samples, setup.test, &row, at);
-                        r.rows.insert(at, row);
-                    }
-                    r
-                }
-            });
-        }
-        Ok(report.expect("at least one strategy ran"))
-    }
-}
-
-/// A split's file: the flag's, else the run's (when it is still there), else `sibling`
-/// beside the test file.
-pub fn split_path(
-    flag: Option<&Path>,
-    from_run: Option<&Path>,
-    data: &Path,
-    sibling: &str,
-) -> Option<PathBuf> {
-    if let Some(p) = flag {
-        return Some(p.to_path_buf());
-    }
-    if let Some(p) = from_run.filter(|p| !p.as_os_str().is_empty() && p.is_file()) {
-        return Some(p.to_path_buf());
-    }
-    let beside = data.with_file_name(sibling);
-    (beside.is_file() && beside != data).then_some(beside)
 }
 
 /// The wording a run was trained with (its config's template and system turn).
@@ -323,26 +267,7 @@ pub fn trained_shape(run: Option<&RunInfo>) -> PromptShape {
     })
 }
 
-/// Puts `row`'s predictions into the side-by-side samples as a column at `at` (clamped).
-pub fn add_sample_column(
-    samples: &mut [compare::Sample],
-    test: &[TaskExample],
-    row: &compare::StrategyRow,
-    at: usize,
-) {
-    for sample in samples {
-        let pred = test
-            .iter()
-            .position(|x| x.line == sample.line)
-            .and_then(|i| row.predictions.get(i))
-            .cloned()
-            .unwrap_or_else(|| "—".into());
-        let col = at.min(sample.predictions.len());
-        sample.predictions.insert(col, (row.key.clone(), pred));
-    }
-}
-
-/// The adapter at `path`: its size, and what its run directory says of its training.
+/// The adapter `located`: its size, and what its run directory says of its training.
 pub fn adapter_facts(
     located: &LocatedAdapter,
     tuned: Option<&Pretrained>,
@@ -363,30 +288,4 @@ pub fn adapter_facts(
         train_seconds: state.map_or(0.0, |s| s.train_seconds),
         cpu_seconds: state.map(|s| s.cpu_seconds).filter(|c| *c > 0.0),
     })
-}
-
-pub(crate) fn parse_strategies(list: &str) -> anyhow::Result<Vec<Strategy>> {
-    let mut out = Vec::new();
-    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let s = Strategy::parse(name).with_context(|| {
-            format!("--strategies: unknown strategy {name:?} (zero, one, few, cot, cot-few, tuned, hybrid)")
-        })?;
-        if !out.contains(&s) {
-            out.push(s);
-        }
-    }
-    if out.is_empty() {
-        bail!("--strategies: name at least one of zero, one, few, cot, tuned, hybrid");
-    }
-    Ok(out)
-}
-
-fn default_instruction(kind: &TaskKind) -> Option<String> {
-    match kind {
-        TaskKind::Labels { labels } => Some(format!(
-            "Answer with exactly one of: {}.\n\n{{prompt}}",
-            labels.join(", ")
-        )),
-        TaskKind::Sequence => None,
-    }
 }

@@ -286,12 +286,6 @@ fn bad_inputs_name_the_file_line_or_flag() {
             vec![],
             "error: <TMP>/test.jsonl: no records (the file is empty)",
         ),
-        (
-            "an unknown strategy",
-            "{\"prompt\": \"is 1 even\", \"completion\": \"no\"}\n".into(),
-            vec!["--shots", "1", "--strategies=zero,magic"],
-            "error: --strategies: unknown strategy \"magic\" (zero, one, few, cot, cot-few, tuned, hybrid)",
-        ),
     ];
     let model = m.path_str();
     for (what, content, extra, want) in cases {
@@ -722,11 +716,13 @@ fn eval_scores_the_adapter_as_trained_and_each_strategy() {
         r.stdout
     );
     assert!(r.stdout.contains("fine-tuned (LoRA)"), "{}", r.stdout);
+    // An unknown strategy is a usage error naming the flag and the choices.
     let r = eval(&["--data", &test, "--strategies", "zero,tuned,ten-shot"]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert!(
-        r.stderr
-            .contains("--strategies: unknown strategy \"ten-shot\""),
+        r.stderr.starts_with(
+            "error: invalid value 'ten-shot' for '--strategies <STRATEGIES>'\n  [possible values: zero, one, few, cot, cot-few, tuned, hybrid]"
+        ),
         "{}",
         r.stderr
     );

@@ -6,18 +6,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use tuna_eval::compare::{self, CompareSetup};
-use tuna_eval::strategy::{PromptShape, Strategy};
-use tuna_eval::task::{check_references, load_examples};
+use tuna_eval::compare;
+use tuna_eval::study::{split_file, AdapterArm, BoxError, InstructionSweep, Study, Task};
 use tuna_eval::{generate, PromptSpec, SamplingOptions};
 use tuna_train::run_dir::{self, RunInfo};
 
 use crate::args::CompareArgs;
 use crate::data_args::parse_field_names;
 use crate::model_args::InferenceWeights;
-use crate::task_args::{
-    adapter_facts, add_sample_column, split_path, trained_shape, COMPARE_STRATEGIES,
-};
+use crate::task_args::{adapter_facts, trained_shape, COMPARE_STRATEGIES};
 
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut base_args = args.model.clone();
@@ -53,21 +50,29 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(output)
         .with_context(|| format!("--output {}: cannot create", output.display()))?;
     let fields = parse_field_names(&args.fields)?;
-    let task = args.task.prepare(
+    let options = args.task.options(
         data,
         args.limit,
         &fields,
         args.system_prompt.clone(),
         run.as_ref(),
-        COMPARE_STRATEGIES,
+        &COMPARE_STRATEGIES,
     )?;
+    let task = Task::prepare(data, &options)?;
 
     // Checked before the (slow) model load.
-    let variants = args
-        .instructions
-        .as_deref()
-        .map(read_instructions)
-        .transpose()?;
+    let sweep = match &args.instructions {
+        Some(path) => Some(InstructionSweep {
+            variants: read_instructions(path)?,
+            valid_path: valid_path(&args, run.as_ref(), data).with_context(|| {
+                "--instructions: the sweep needs a valid split: pass --valid FILE".to_string()
+            })?,
+            limit: args.sweep_limit,
+            fields: fields.clone(),
+            rationale_field: args.task.rationale_field.clone(),
+        }),
+        None => None,
+    };
     eprintln!("loading {}", base_args.model);
     let scoring = InferenceWeights::for_scoring(args.weights);
     eprintln!(
@@ -92,100 +97,22 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|a| adapter_facts(a, tuned.as_ref()))
         .transpose()?;
-    let mut setup = args
-        .task
-        .setup(&task, &base, tuned.as_ref(), facts, args.samples);
-    let mut sweep = Vec::new();
-    let mut sweep_path = None;
-    if let Some(variants) = &variants {
-        let valid_path = valid_path(&args, run.as_ref(), data).with_context(|| {
-            "--instructions: the sweep needs a valid split: pass --valid FILE".to_string()
-        })?;
-        let mut valid = load_examples(&valid_path, &fields, &args.task.rationale_field)?;
-        valid.truncate(args.sweep_limit);
-        check_references(&valid_path, &valid, &task.kind)?;
-        let mut best: Option<(usize, f64)> = None;
-        for (i, template) in variants.iter().enumerate() {
-            let trial = CompareSetup {
-                tuned: None,
-                test_path: &valid_path,
-                test: &valid,
-                strategies: vec![Strategy::Zero],
-                shots: 0,
-                prompt_shape: PromptShape {
-                    template: Some(template.clone()),
-                    system: setup.prompt_shape.system.clone(),
-                },
-                adapter: None,
-                samples: 0,
-                ..setup.clone()
-            };
-            eprintln!(
-                "instruction {}/{}: {:?}",
-                i + 1,
-                variants.len(),
-                short(template)
-            );
-            let row = compare::run(&trial, &mut |_| {})?.rows.remove(0);
-            let metric = row.metrics[0].clone();
-            let value = metric.estimate.value;
-            let better = |b: f64| {
-                if task.metrics[0].higher_is_better() {
-                    value > b
-                } else {
-                    value < b
-                }
-            };
-            if best.is_none_or(|(_, b)| better(b)) {
-                best = Some((i, value));
-            }
-            sweep.push(compare::InstructionTrial {
-                template: template.clone(),
-                metric,
-                chosen: false,
-            });
-        }
-        if let Some((i, _)) = best {
-            sweep[i].chosen = true;
-            setup.prompt_shape.template = Some(variants[i].clone());
-        }
-        sweep_path = Some(valid_path.display().to_string());
-    }
-
-    let mut progress = |line: &str| eprintln!("{line}");
-    let mut report = args.task.run_strategies(&setup, &mut progress)?;
-    for (i, extra) in args.also_adapters.iter().enumerate() {
-        eprintln!("also: {}", extra.display());
-        let (mut row, _) = score_adapter(&args, &setup, extra, &mut progress)?;
-        row.key = format!("tuned-{}", i + 2);
-        row.title = format!("fine-tuned ({})", extra.display());
-        add_sample_column(&mut report.samples, &task.test, &row, usize::MAX);
-        report.rows.push(row);
-    }
-    report.instruction_sweep = sweep;
-    report.sweep_path = sweep_path;
-    for (n, dir) in &curve {
-        let main = Some(dir) == adapter.as_ref();
-        let tuned_row = report.rows.iter().find(|r| r.key == Strategy::Tuned.key());
-        let (row, info) = match (tuned_row, run.as_ref()) {
-            (Some(r), Some(info)) if main => (r.clone(), info.clone()),
-            _ => {
-                eprintln!("learning curve: {n} training records ({})", dir.display());
-                let (row, info) = score_adapter(&args, &setup, dir, &mut progress)?;
-                let info =
-                    info.with_context(|| format!("{}: not a run directory", dir.display()))?;
-                (row, info)
-            }
-        };
-        let state = info.state.as_ref();
-        report.learning_curve.push(compare::CurvePoint {
-            adapter: dir.display().to_string(),
-            train_examples: info.train_examples().unwrap_or(*n),
-            steps: state.map_or(0, |s| s.step),
-            train_seconds: state.map_or(0.0, |s| s.train_seconds),
-            metric: row.metrics[0].clone(),
-        });
-    }
+    let study = Study {
+        setup: args
+            .task
+            .setup(&task, &base, tuned.as_ref(), facts, args.samples),
+        cot_limit: args.task.cot_limit,
+        sweep,
+        extra_adapters: args.also_adapters.clone(),
+        curve: curve.clone(),
+        main_adapter: adapter.clone(),
+    };
+    // Extra adapters and learning-curve runs load as the study reaches them, over the same
+    // base and weights.
+    let mut load = |dir: &Path| -> Result<AdapterArm, BoxError> {
+        load_arm(&args, dir, scoring).map_err(BoxError::from)
+    };
+    let report = study.run(&mut load, &mut |line| eprintln!("{line}"))?;
     write_reports(output, &report)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -201,35 +128,28 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The tuned strategy with the adapter at `dir` on `setup`'s test rows, prompted as its run
-/// was trained; also returns that run's directory facts.
-fn score_adapter(
+/// The adapter at `dir` over the base, with what its run says of how it was prompted.
+fn load_arm(
     args: &CompareArgs,
-    setup: &CompareSetup,
     dir: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<(compare::StrategyRow, Option<RunInfo>)> {
+    weights: InferenceWeights,
+) -> anyhow::Result<AdapterArm> {
     let located = run_dir::locate_adapter(dir)?;
     let mut model_args = args.model.clone();
     model_args.adapter = Some(located.dir.clone());
-    let model = model_args.load(InferenceWeights::for_scoring(args.weights))?;
-    let info = located.run.clone();
-    let one = CompareSetup {
-        tuned: Some(&model),
-        strategies: vec![Strategy::Tuned],
-        tuned_shape: trained_shape(info.as_ref()),
-        tuned_shots: info.as_ref().map_or(0, |r| r.config.encoding.shots),
-        adapter: Some(adapter_facts(&located, Some(&model))?),
-        samples: 0,
-        ..setup.clone()
-    };
-    let row = compare::run(&one, progress)?.rows.remove(0);
-    Ok((row, info))
+    let model = model_args.load(weights)?;
+    let run = located.run.as_ref();
+    Ok(AdapterArm {
+        facts: adapter_facts(&located, Some(&model))?,
+        shape: trained_shape(run),
+        shots: run.map_or(0, |r| r.config.encoding.shots),
+        model,
+    })
 }
 
 /// --valid, else the adapter run's valid file, else valid.jsonl beside the test file.
 fn valid_path(args: &CompareArgs, run: Option<&RunInfo>, data: &Path) -> Option<PathBuf> {
-    split_path(
+    split_file(
         args.valid.as_deref(),
         run.map(|r| r.config.data.valid.as_path()),
         data,
@@ -261,14 +181,6 @@ fn read_instructions(path: &Path) -> anyhow::Result<Vec<String>> {
         );
     }
     Ok(variants)
-}
-
-fn short(s: &str) -> String {
-    let one_line = s.replace('\n', " ");
-    match one_line.char_indices().nth(70) {
-        Some((at, _)) => format!("{}…", &one_line[..at]),
-        None => one_line,
-    }
 }
 
 /// report.md, report.html and report.json, each written to a temporary name then renamed.

@@ -12,17 +12,20 @@ use tuna_model::Pretrained;
 use tuna_train::run_dir::{LocatedAdapter, RunInfo};
 
 use crate::args::EvalArgs;
-use crate::task_args::adapter_facts;
+use crate::task_args::{adapter_facts, StrategyArg};
+use tuna_eval::study::{AdapterArm, BoxError, Study, Task};
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let located = args.model.locate_adapter()?;
     // A strategy the user named that scores the adapter cannot run without one: refused
     // before anything loads, not skipped with a note and exit 0.
-    if let (None, Some(list)) = (&located, &args.task.strategies) {
-        let named = crate::task_args::parse_strategies(list)?;
+    if let (None, Some(_)) = (&located, &args.task.strategies) {
+        let named = args.task.strategies_or(&[]);
         if let Some(s) = named.iter().find(|s| s.uses_adapter()) {
+            let list: Vec<&str> = named.iter().map(|s| s.key()).collect();
             anyhow::bail!(
-                "--strategies {list}: `{}` scores the fine-tuned model, and no --adapter was given; pass --adapter RUN (a run directory of tuna train) or leave `{}` out",
+                "--strategies {}: `{}` scores the fine-tuned model, and no --adapter was given; pass --adapter RUN (a run directory of tuna train) or leave `{}` out",
+                list.join(","),
                 s.key(),
                 s.key()
             );
@@ -180,17 +183,17 @@ fn task_metrics(
     fields: &FieldNames,
 ) -> anyhow::Result<CompareReport> {
     let run = adapter.and_then(|a| a.run.as_ref());
-    let defaults = if adapter.is_some() {
-        "zero,tuned"
+    let defaults: &[StrategyArg] = if adapter.is_some() {
+        &[StrategyArg::Zero, StrategyArg::Tuned]
     } else {
-        "zero"
+        &[StrategyArg::Zero]
     };
     // The loss's prompt template words the prompting strategies unless --instruction does.
     let mut task_args = args.task.clone();
     if task_args.instruction.is_none() {
         task_args.instruction = options.prompt_template.clone();
     }
-    let task = task_args.prepare(
+    let task_options = task_args.options(
         &args.data,
         args.limit,
         fields,
@@ -198,6 +201,7 @@ fn task_metrics(
         run,
         defaults,
     )?;
+    let task = Task::prepare(&args.data, &task_options)?;
     // The strategies run on the weights the loss ran on (--weights), the prompting ones on
     // the base model, tuned and hybrid on base + adapter.
     let (base, tuned) = match adapter {
@@ -211,8 +215,18 @@ fn task_metrics(
     let facts = adapter
         .map(|a| adapter_facts(a, tuned.as_ref()))
         .transpose()?;
-    let setup = task_args.setup(&task, &base, tuned.as_ref(), facts, 0);
-    task_args.run_strategies(&setup, &mut |line| eprintln!("{line}"))
+    let study = Study {
+        setup: task_args.setup(&task, &base, tuned.as_ref(), facts, 0),
+        cot_limit: task_args.cot_limit,
+        sweep: None,
+        extra_adapters: Vec::new(),
+        curve: Vec::new(),
+        main_adapter: None,
+    };
+    let mut no_more_adapters = |dir: &Path| -> Result<AdapterArm, BoxError> {
+        Err(format!("{}: not loaded", dir.display()).into())
+    };
+    Ok(study.run(&mut no_more_adapters, &mut |line| eprintln!("{line}"))?)
 }
 
 fn row_json(row: &StrategyRow) -> serde_json::Value {

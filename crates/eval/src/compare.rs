@@ -205,16 +205,39 @@ pub struct CompareReport {
     pub sweep_path: Option<String>,
 }
 
-/// Runs every strategy of `setup`; `progress` hears one line per strategy and example batch.
+/// Runs every strategy of `setup` and summarizes them; `progress` hears one line per
+/// strategy and example batch.
 pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<CompareReport> {
+    let (rows, notes) = score_strategies(setup, progress)?;
+    summarize(setup, rows, notes)
+}
+
+/// The best prompting row: the best headline value among the rows without an adapter that
+/// were scored on all `examples` test rows (chain-of-thought on a prefix, --cot-limit, is
+/// another test set). The one rule the recommendation and the report both use.
+pub fn best_prompting(rows: &[StrategyRow], examples: usize) -> Option<&StrategyRow> {
+    rows.iter()
+        .filter(|r| !r.uses_adapter && r.predictions.len() == examples)
+        .fold(None::<&StrategyRow>, |best, r| match best {
+            Some(b)
+                if !r
+                    .headline()
+                    .metric
+                    .better(r.headline().estimate.value, b.headline().estimate.value) =>
+            {
+                Some(b)
+            }
+            _ => Some(r),
+        })
+}
+
+/// One row per strategy of `setup` (those needing an adapter are skipped, with a note, when
+/// there is none), in order.
+pub fn score_strategies(
+    setup: &CompareSetup,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<StrategyRow>, Vec<String>)> {
     let labels = setup.kind.labels().to_vec();
-    let pairs_of = |predictions: &[String]| -> Vec<(String, String)> {
-        predictions
-            .iter()
-            .cloned()
-            .zip(setup.test.iter().map(|x| x.reference.trim().to_string()))
-            .collect()
-    };
     let mut notes = Vec::new();
     let mut rows = Vec::new();
     for &strategy in &setup.strategies {
@@ -235,6 +258,25 @@ pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<Compa
         let row = run_strategy(setup, strategy, model, &labels, progress)?;
         rows.push(row);
     }
+    Ok((rows, notes))
+}
+
+/// The report over `rows` (every row the study scored, whatever their source): the
+/// majority baseline, the prior-only floor, the paired differences, the side-by-side
+/// samples and, last, the recommendation.
+pub fn summarize(
+    setup: &CompareSetup,
+    rows: Vec<StrategyRow>,
+    notes: Vec<String>,
+) -> Result<CompareReport> {
+    let labels = setup.kind.labels().to_vec();
+    let pairs_of = |predictions: &[String]| -> Vec<(String, String)> {
+        predictions
+            .iter()
+            .cloned()
+            .zip(setup.test.iter().map(|x| x.reference.trim().to_string()))
+            .collect()
+    };
 
     let baseline = match (&setup.kind, majority_label(setup.train, &labels)) {
         (TaskKind::Labels { .. }, Some(majority)) => {
@@ -268,22 +310,7 @@ pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<Compa
     });
 
     let headline = setup.metrics[0];
-    let better = |a: f64, b: f64| {
-        if headline.higher_is_better() {
-            a > b
-        } else {
-            a < b
-        }
-    };
-    let best_prompting =
-        rows.iter()
-            .filter(|r| !r.uses_adapter)
-            .fold(None::<&StrategyRow>, |best, r| match best {
-                Some(b) if !better(r.headline().estimate.value, b.headline().estimate.value) => {
-                    Some(b)
-                }
-                _ => Some(r),
-            });
+    let best_prompting = best_prompting(&rows, setup.test.len());
     let tuned = rows.iter().find(|r| r.key == Strategy::Tuned.key());
     let hybrid = rows.iter().find(|r| r.key == Strategy::Hybrid.key());
     let mut comparisons = Vec::new();
@@ -332,9 +359,13 @@ pub fn run(setup: &CompareSetup, progress: &mut dyn FnMut(&str)) -> Result<Compa
             line: x.line,
             input: x.input().to_string(),
             reference: x.reference.trim().to_string(),
+            // A row scored on a prefix of the test set has no prediction past it.
             predictions: rows
                 .iter()
-                .map(|r| (r.key.clone(), r.predictions[i].clone()))
+                .map(|r| {
+                    let p = r.predictions.get(i).cloned();
+                    (r.key.clone(), p.unwrap_or_else(|| "—".into()))
+                })
                 .collect(),
         })
         .collect();
@@ -617,7 +648,7 @@ fn recommend(
     match (best_prompting, tuned, tuned_vs_prompt) {
         (Some(p), Some(t), Some(d)) => {
             let significant = d.low > 0.0 || d.high < 0.0;
-            let tuned_better = if metric.higher_is_better() { d.value > 0.0 } else { d.value < 0.0 };
+            let tuned_better = metric.better(d.value, 0.0);
             let cost = adapter.map_or(String::new(), |a| {
                 format!(
                     " after {:.0} s of training on {} examples ({} steps)",
@@ -650,7 +681,8 @@ fn recommend(
             }
             if let Some((lo, hi)) = p.draw_range() {
                 let tv = t.headline().estimate.value;
-                let reaches = if metric.higher_is_better() { hi >= tv } else { lo <= tv };
+                let best_draw = if metric.better(hi, lo) { hi } else { lo };
+                let reaches = !metric.better(tv, best_draw);
                 out.push(format!(
                     "The choice of shots alone moved {} between {lo:.3} and {hi:.3} over {} seeded draws{}.",
                     p.title,
@@ -664,7 +696,9 @@ fn recommend(
                     t.headline().estimate.value,
                     b.headline().estimate.value,
                 );
-                if tv != bv && metric.higher_is_better() && tv > bv {
+                // How far prompting got from the baseline toward the adapter, when the
+                // adapter is the better of the two and both beat the baseline's ground.
+                if metric.better(tv, bv) && metric.better(tv, pv) {
                     let share = ((pv - bv) / (tv - bv)).clamp(-9.99, 9.99);
                     out.push(format!(
                         "Measured from the majority-class baseline ({name} {:.3}), {} gets {:.0}% of the way to the adapter ({:.3} vs {:.3}).",
@@ -704,11 +738,7 @@ fn recommend(
     }
     if let (Some(h), Some(t)) = (hybrid, tuned) {
         let (hv, tv) = (h.headline().estimate.value, t.headline().estimate.value);
-        let worse = if metric.higher_is_better() {
-            hv < tv
-        } else {
-            hv > tv
-        };
+        let worse = metric.better(tv, hv);
         out.push(match (worse, tuned_shots) {
             (true, 0) => format!("Adding shots to the tuned model hurt here ({name} {hv:.3} vs {tv:.3}): the adapter was trained without shots in its prompts (tuna train --train-shots K trains with them)."),
             (true, k) => format!("The hybrid's shots did worse than the {k} the adapter was trained with ({name} {hv:.3} vs {tv:.3})."),

@@ -25,6 +25,13 @@ pub enum EvalError {
         line: usize,
         reason: String,
     },
+    /// An adapter the study loads on its way (extra adapters, learning-curve runs).
+    #[error("{path}: {source}")]
+    Adapter {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{path}: the test set is empty")]
     EmptyTestSet { path: String },
     #[error("{path}:{line}: the reference {reference:?} is not in the label set ({labels})")]

@@ -10,6 +10,7 @@ pub mod prompt;
 pub mod report;
 pub mod scoring;
 pub mod strategy;
+pub mod study;
 pub mod task;
 
 pub use error::EvalError;

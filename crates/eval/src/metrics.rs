@@ -81,6 +81,16 @@ impl Metric {
         !matches!(self, Self::TokenErrorRate | Self::CharErrorRate)
     }
 
+    /// Whether value `a` of this metric is better than `b` (error rates: lower). The one
+    /// place that decides which way a metric points.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        if self.higher_is_better() {
+            a > b
+        } else {
+            a < b
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "accuracy" => Self::Accuracy,

@@ -301,26 +301,9 @@ pub fn markdown(report: &CompareReport) -> String {
     s
 }
 
-/// The prompting row with the best headline value (none with an adapter).
+/// The best prompting row, by the recommendation's own rule.
 fn best_prompting(report: &CompareReport) -> Option<&StrategyRow> {
-    let higher = report
-        .rows
-        .first()
-        .is_none_or(|r| r.metrics[0].metric.higher_is_better());
-    // Rows scored on a prefix of the test set (chain-of-thought's --cot-limit) are left
-    // out, as in the recommendation.
-    report
-        .rows
-        .iter()
-        .filter(|r| !r.uses_adapter && r.predictions.len() == report.examples)
-        .max_by(|a, b| {
-            let (x, y) = (a.headline().estimate.value, b.headline().estimate.value);
-            if higher {
-                x.total_cmp(&y)
-            } else {
-                y.total_cmp(&x)
-            }
-        })
+    crate::compare::best_prompting(&report.rows, report.examples)
 }
 
 /// The metric against training examples (log scale), with the best prompting strategy as a

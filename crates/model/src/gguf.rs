@@ -31,9 +31,26 @@ impl GgufFile {
             .seek(SeekFrom::End(0))
             .map_err(|e| ModelError::io(path, e))?;
         for (name, info) in &content.tensor_infos {
-            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
-                * info.ggml_dtype.type_size();
-            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            // Checked: a damaged header can hold dimensions whose product overflows.
+            let elems = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+            let end = elems
+                .map(|n| n / info.ggml_dtype.block_size() as u64)
+                .and_then(|blocks| blocks.checked_mul(info.ggml_dtype.type_size() as u64))
+                .and_then(|bytes| bytes.checked_add(info.offset))
+                .and_then(|bytes| bytes.checked_add(content.tensor_data_offset));
+            let Some(end) = end else {
+                return Err(ModelError::BadGguf {
+                    path: path.into(),
+                    reason: format!(
+                        "tensor `{name}`: its shape {:?} is too large",
+                        info.shape.dims()
+                    ),
+                });
+            };
             if end > file_size {
                 return Err(ModelError::BadGguf {
                     path: path.into(),

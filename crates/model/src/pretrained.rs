@@ -87,10 +87,11 @@ impl ModelText {
         if let Some(w) = &weight_source {
             let held = w.layers_held();
             if held > config.num_hidden_layers {
-                let (path, field) = match &source {
-                    ModelSource::Gguf(path) => (path.clone(), "block_count"),
-                    ModelSource::HfDir(dir) => (dir.join("config.json"), "num_hidden_layers"),
+                let field = match &source {
+                    ModelSource::Gguf(_) => "block_count",
+                    ModelSource::HfDir(_) => "num_hidden_layers",
                 };
+                let path = source.config_path();
                 return Err(ModelError::BadConfig {
                     path,
                     field: field.into(),
@@ -153,7 +154,18 @@ impl Pretrained {
             dtype,
             &options.device,
             options.weights,
-        )?;
+        )
+        .map_err(|e| match e {
+            // A shape the weights do not have comes from the config: name both files.
+            ModelError::BadTensor { path, name, reason } if reason.starts_with("shape ") => {
+                ModelError::BadTensor {
+                    reason: format!("{reason} by {}", text.source.config_path().display()),
+                    path,
+                    name,
+                }
+            }
+            other => other,
+        })?;
         Ok(Self {
             source: text.source,
             config: text.config,

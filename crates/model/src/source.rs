@@ -18,6 +18,14 @@ impl ModelSource {
             Self::Gguf(p) | Self::HfDir(p) => p,
         }
     }
+
+    /// Where the model's shapes are written: config.json, or the GGUF file's metadata.
+    pub fn config_path(&self) -> PathBuf {
+        match self {
+            Self::Gguf(p) => p.clone(),
+            Self::HfDir(dir) => dir.join("config.json"),
+        }
+    }
 }
 
 /// Files a Hugging Face model directory may hold that tuna reads.

@@ -127,8 +127,9 @@ fn a_shape_mismatch_names_the_tensor() {
     assert_eq!(
         err,
         format!(
-            "{}: tensor `model.layers.0.mlp.gate_proj.weight`: shape [64, 32], expected [48, 32]",
-            m.path().join("model.safetensors").display()
+            "{}: tensor `model.layers.0.mlp.gate_proj.weight`: shape [64, 32], expected [48, 32] by {}",
+            m.path().join("model.safetensors").display(),
+            config.display()
         )
     );
 }

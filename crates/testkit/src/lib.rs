@@ -9,6 +9,8 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+pub mod fuzz;
+
 /// The knobs of a tiny model; every Llama-family difference tuna supports is a field.
 #[derive(Debug, Clone)]
 pub struct TinySpec {

@@ -1,0 +1,430 @@
+//! A whole prompting-vs-tuning study, as `tuna compare` and `tuna eval --strategies` run it:
+//! the task settled from typed options (`Task::prepare`), then `Study::run` — the instruction
+//! sweep on the valid split, every strategy (chain-of-thought on the first `cot_limit` rows),
+//! the extra adapters, the learning curve — and, once every row exists, the report with its
+//! baseline, differences and recommendation. The CLI turns flags into these types and prints
+//! what comes back; it decides nothing here.
+
+use std::path::{Path, PathBuf};
+
+use tuna_data::FieldNames;
+use tuna_model::Pretrained;
+
+use crate::compare::{
+    self, AdapterFacts, CompareReport, CompareSetup, CurvePoint, InstructionTrial, StrategyRow,
+};
+use crate::error::{EvalError, Result};
+use crate::metrics::{Metric, Normalization};
+use crate::strategy::{PromptShape, Strategy};
+use crate::task::{self, TaskExample, TaskKind};
+
+/// What a study measures, as typed options (the command line's flags, parsed).
+#[derive(Debug, Clone)]
+pub struct TaskOptions {
+    pub strategies: Vec<Strategy>,
+    /// Where shots, labels and the majority baseline come from.
+    pub train_path: Option<PathBuf>,
+    pub fields: FieldNames,
+    /// The record field holding a worked explanation of the answer (cot-few shots).
+    pub rationale_field: String,
+    /// The label set (None: inferred from the train split).
+    pub labels: Option<Vec<String>>,
+    /// The metrics, the first the headline (None: the task's defaults).
+    pub metrics: Option<Vec<Metric>>,
+    pub normalization: Normalization,
+    /// The prompting strategies' wording ({prompt} marks the input); None: the adapter's
+    /// training wording, else one naming the labels.
+    pub instruction: Option<String>,
+    /// The prompting strategies' system turn; None: the adapter's.
+    pub system: Option<String>,
+    /// Score the first N test rows.
+    pub limit: Option<usize>,
+    /// Shots of few-shot and hybrid.
+    pub shots: usize,
+    /// The adapter run's wording and shots per prompt (default: none).
+    pub tuned_shape: PromptShape,
+    pub tuned_shots: usize,
+}
+
+/// The test and train examples and every choice made from the options, ready to score.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub test_path: PathBuf,
+    pub test: Vec<TaskExample>,
+    pub train: Vec<TaskExample>,
+    pub fields: FieldNames,
+    pub rationale_field: String,
+    pub kind: TaskKind,
+    pub strategies: Vec<Strategy>,
+    pub metrics: Vec<Metric>,
+    pub normalization: Normalization,
+    pub prompt_shape: PromptShape,
+    pub tuned_shape: PromptShape,
+    /// Shots the adapter's run trained with in each prompt.
+    pub tuned_shots: usize,
+}
+
+impl Task {
+    /// Reads the test file (its first `limit` rows) and the train split, and settles the
+    /// strategies, label set, metrics and wording.
+    pub fn prepare(test_path: &Path, options: &TaskOptions) -> Result<Task> {
+        let mut strategies = options.strategies.clone();
+        let fields = &options.fields;
+        let mut test = task::load_examples(test_path, fields, &options.rationale_field)?;
+        if let Some(limit) = options.limit {
+            test.truncate(limit);
+        }
+        if test.is_empty() {
+            return Err(EvalError::BadOption {
+                field: "--limit",
+                reason: "no test examples left to score".into(),
+            });
+        }
+        let train = match &options.train_path {
+            Some(p) => task::load_examples(p, fields, &options.rationale_field)?,
+            None => Vec::new(),
+        };
+        let kind = match &options.labels {
+            Some(labels) => TaskKind::Labels {
+                labels: labels.clone(),
+            },
+            None if train.is_empty() => TaskKind::Sequence,
+            None => task::infer_kind(&train),
+        };
+        task::check_references(test_path, &test, &kind)?;
+        // Few-shot chain-of-thought joins plain chain-of-thought when the train split has
+        // rationales to show.
+        let rationales = train.iter().filter(|x| x.rationale.is_some()).count();
+        if rationales > 0
+            && strategies.contains(&Strategy::Cot)
+            && !strategies.contains(&Strategy::CotFew)
+        {
+            let at = strategies
+                .iter()
+                .position(|s| *s == Strategy::Cot)
+                .map_or(0, |i| i + 1);
+            strategies.insert(at, Strategy::CotFew);
+        }
+        if strategies.contains(&Strategy::CotFew) && rationales == 0 {
+            return Err(EvalError::BadOption {
+                field: "--strategies cot-few",
+                reason: format!(
+                    "no train record has a `{}` field to show as a worked answer (--rationale-field names it)",
+                    options.rationale_field
+                ),
+            });
+        }
+        let needs_train = strategies.iter().any(|s| s.shot_count(options.shots) > 0)
+            || (options.tuned_shots > 0 && strategies.contains(&Strategy::Tuned));
+        if needs_train && train.is_empty() {
+            return Err(EvalError::BadOption {
+                field: "--train",
+                reason: "few-shot strategies draw shots from a train split: pass --train FILE (or leave one-shot, few-shot and hybrid out of --strategies)".into(),
+            });
+        }
+        let metrics = options
+            .metrics
+            .clone()
+            .unwrap_or_else(|| kind.default_metrics());
+        let tuned_shape = options.tuned_shape.clone();
+        let prompt_shape = PromptShape {
+            template: options
+                .instruction
+                .clone()
+                .or_else(|| tuned_shape.template.clone())
+                .or_else(|| default_instruction(&kind)),
+            system: options
+                .system
+                .clone()
+                .or_else(|| tuned_shape.system.clone()),
+        };
+        Ok(Task {
+            test_path: test_path.to_path_buf(),
+            test,
+            train,
+            fields: fields.clone(),
+            rationale_field: options.rationale_field.clone(),
+            kind,
+            strategies,
+            metrics,
+            normalization: options.normalization,
+            prompt_shape,
+            tuned_shape,
+            tuned_shots: options.tuned_shots,
+        })
+    }
+}
+
+fn default_instruction(kind: &TaskKind) -> Option<String> {
+    match kind {
+        TaskKind::Labels { labels } => Some(format!(
+            "Answer with exactly one of: {}.\n\n{{prompt}}",
+            labels.join(", ")
+        )),
+        TaskKind::Sequence => None,
+    }
+}
+
+/// A split's file: the flag's, else the adapter run's (when it is still there), else
+/// `sibling` beside the test file.
+pub fn split_file(
+    flag: Option<&Path>,
+    from_run: Option<&Path>,
+    test: &Path,
+    sibling: &str,
+) -> Option<PathBuf> {
+    if let Some(p) = flag {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = from_run.filter(|p| !p.as_os_str().is_empty() && p.is_file()) {
+        return Some(p.to_path_buf());
+    }
+    let beside = test.with_file_name(sibling);
+    (beside.is_file() && beside != test).then_some(beside)
+}
+
+/// Instruction wordings tried zero-shot on a valid split; the best words every prompting
+/// strategy (prompting's fair shot).
+#[derive(Debug, Clone)]
+pub struct InstructionSweep {
+    pub variants: Vec<String>,
+    pub valid_path: PathBuf,
+    /// Valid rows per variant.
+    pub limit: usize,
+    /// How the valid file's records are read (the test file's field names).
+    pub fields: FieldNames,
+    pub rationale_field: String,
+}
+
+/// An adapter besides the main one, loaded when the study reaches it: its model, facts and
+/// how its run prompted it.
+pub struct AdapterArm {
+    pub model: Pretrained,
+    pub facts: AdapterFacts,
+    pub shape: PromptShape,
+    pub shots: usize,
+}
+
+/// Loads an adapter arm from its directory (the command line knows how adapter paths
+/// resolve and which weights to load).
+pub type LoadArm<'a> = dyn FnMut(&Path) -> std::result::Result<AdapterArm, BoxError> + 'a;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct Study<'a> {
+    pub setup: CompareSetup<'a>,
+    /// Chain-of-thought generates long answers: it is scored on the first N test rows.
+    pub cot_limit: usize,
+    pub sweep: Option<InstructionSweep>,
+    /// More adapters, each scored like the tuned strategy as a row of its own.
+    pub extra_adapters: Vec<PathBuf>,
+    /// A learning curve: (training records, run directory), smallest first.
+    pub curve: Vec<(usize, PathBuf)>,
+    /// The main adapter's directory: its curve point reuses the tuned row.
+    pub main_adapter: Option<PathBuf>,
+}
+
+impl Study<'_> {
+    /// Runs the study; `progress` hears one line per stage, strategy and batch.
+    pub fn run(&self, load: &mut LoadArm, progress: &mut dyn FnMut(&str)) -> Result<CompareReport> {
+        let mut setup = self.setup.clone();
+        let mut sweep_trials = Vec::new();
+        if let Some(sweep) = &self.sweep {
+            let (trials, chosen) = run_sweep(&setup, sweep, progress)?;
+            setup.prompt_shape.template = Some(chosen);
+            sweep_trials = trials;
+        }
+        let (mut rows, mut notes) = self.strategy_rows(&setup, progress)?;
+        for (i, path) in self.extra_adapters.iter().enumerate() {
+            progress(&format!("also: {}", path.display()));
+            let arm = load(path).map_err(|e| arm_error(path, e))?;
+            let mut row = score_arm(&setup, &arm, progress)?;
+            row.key = format!("tuned-{}", i + 2);
+            row.title = format!("fine-tuned ({})", path.display());
+            rows.push(row);
+        }
+        let mut learning_curve = Vec::new();
+        for (n, dir) in &self.curve {
+            let main = self.main_adapter.as_ref() == Some(dir);
+            let tuned = rows.iter().find(|r| r.key == Strategy::Tuned.key());
+            let (metric, facts) = match (tuned, &setup.adapter) {
+                (Some(row), Some(facts)) if main => (row.metrics[0].clone(), facts.clone()),
+                _ => {
+                    progress(&format!(
+                        "learning curve: {n} training records ({})",
+                        dir.display()
+                    ));
+                    let arm = load(dir).map_err(|e| arm_error(dir, e))?;
+                    let row = score_arm(&setup, &arm, progress)?;
+                    (row.metrics[0].clone(), arm.facts)
+                }
+            };
+            learning_curve.push(CurvePoint {
+                adapter: dir.display().to_string(),
+                train_examples: if facts.train_examples > 0 {
+                    facts.train_examples
+                } else {
+                    *n
+                },
+                steps: facts.steps,
+                train_seconds: facts.train_seconds,
+                metric,
+            });
+        }
+        if self.cot_limit < setup.test.len() {
+            for row in rows
+                .iter()
+                .filter(|r| r.predictions.len() < setup.test.len())
+            {
+                notes.push(format!(
+                    "{} was scored on the first {} of {} examples (--cot-limit), so its interval is wider",
+                    row.key,
+                    row.predictions.len(),
+                    setup.test.len()
+                ));
+            }
+        }
+        // Last, over every row: the baseline, the differences and the recommendation.
+        let mut report = compare::summarize(&setup, rows, notes)?;
+        report.instruction_sweep = sweep_trials;
+        report.sweep_path = self
+            .sweep
+            .as_ref()
+            .map(|s| s.valid_path.display().to_string());
+        report.learning_curve = learning_curve;
+        Ok(report)
+    }
+
+    /// Every strategy of the setup in the order asked, chain-of-thought on the first
+    /// `cot_limit` rows only.
+    fn strategy_rows(
+        &self,
+        setup: &CompareSetup,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(Vec<StrategyRow>, Vec<String>)> {
+        let (mut cot, rest): (Vec<Strategy>, Vec<Strategy>) =
+            setup.strategies.iter().partition(|s| s.chain_of_thought());
+        let mut notes = Vec::new();
+        if self.cot_limit == 0 && !cot.is_empty() {
+            notes.push("--cot-limit 0: chain-of-thought left out".to_string());
+            cot.clear();
+        }
+        let main = CompareSetup {
+            strategies: rest,
+            ..setup.clone()
+        };
+        let (mut rows, mut main_notes) = compare::score_strategies(&main, progress)?;
+        notes.append(&mut main_notes);
+        if cot.is_empty() {
+            return Ok((rows, notes));
+        }
+        let n = setup.test.len().min(self.cot_limit);
+        let on_prefix = CompareSetup {
+            strategies: cot,
+            test: &setup.test[..n],
+            ..setup.clone()
+        };
+        let (cot_rows, mut cot_notes) = compare::score_strategies(&on_prefix, progress)?;
+        notes.append(&mut cot_notes);
+        for mut row in cot_rows {
+            if n < setup.test.len() {
+                row.title = format!("{} (first {n} examples)", row.title);
+            }
+            // Keep the strategies' order as asked.
+            let at = setup
+                .strategies
+                .iter()
+                .position(|s| s.key() == row.key)
+                .unwrap_or(rows.len())
+                .min(rows.len());
+            rows.insert(at, row);
+        }
+        Ok((rows, notes))
+    }
+}
+
+/// The instruction variants scored zero-shot on the valid split, and the chosen wording.
+fn run_sweep(
+    setup: &CompareSetup,
+    sweep: &InstructionSweep,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<InstructionTrial>, String)> {
+    let mut valid = task::load_examples(&sweep.valid_path, &sweep.fields, &sweep.rationale_field)?;
+    valid.truncate(sweep.limit);
+    task::check_references(&sweep.valid_path, &valid, &setup.kind)?;
+    let headline = setup.metrics[0];
+    let mut trials: Vec<InstructionTrial> = Vec::new();
+    let mut best: Option<(usize, f64)> = None;
+    for (i, template) in sweep.variants.iter().enumerate() {
+        progress(&format!(
+            "instruction {}/{}: {:?}",
+            i + 1,
+            sweep.variants.len(),
+            short(template)
+        ));
+        let trial = CompareSetup {
+            tuned: None,
+            test_path: &sweep.valid_path,
+            test: &valid,
+            strategies: vec![Strategy::Zero],
+            shots: 0,
+            prompt_shape: PromptShape {
+                template: Some(template.clone()),
+                system: setup.prompt_shape.system.clone(),
+            },
+            adapter: None,
+            samples: 0,
+            ..setup.clone()
+        };
+        let (mut rows, _) = compare::score_strategies(&trial, &mut |_| {})?;
+        let metric = rows.remove(0).metrics.remove(0);
+        let value = metric.estimate.value;
+        if best.is_none_or(|(_, b)| headline.better(value, b)) {
+            best = Some((i, value));
+        }
+        trials.push(InstructionTrial {
+            template: template.clone(),
+            metric,
+            chosen: false,
+        });
+    }
+    let (chosen, _) = best.ok_or_else(|| EvalError::BadOption {
+        field: "--instructions",
+        reason: "no instruction variants".into(),
+    })?;
+    trials[chosen].chosen = true;
+    Ok((trials, sweep.variants[chosen].clone()))
+}
+
+/// An extra adapter scored like the tuned strategy, prompted as its own run was trained.
+fn score_arm(
+    setup: &CompareSetup,
+    arm: &AdapterArm,
+    progress: &mut dyn FnMut(&str),
+) -> Result<StrategyRow> {
+    let one = CompareSetup {
+        tuned: Some(&arm.model),
+        strategies: vec![Strategy::Tuned],
+        tuned_shape: arm.shape.clone(),
+        tuned_shots: arm.shots,
+        adapter: Some(arm.facts.clone()),
+        samples: 0,
+        ..setup.clone()
+    };
+    let (mut rows, _) = compare::score_strategies(&one, progress)?;
+    Ok(rows.remove(0))
+}
+
+fn arm_error(path: &Path, source: BoxError) -> EvalError {
+    EvalError::Adapter {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn short(s: &str) -> String {
+    let one_line = s.replace('\n', " ");
+    match one_line.char_indices().nth(70) {
+        Some((at, _)) => format!("{}…", &one_line[..at]),
+        None => one_line,
+    }
+}
