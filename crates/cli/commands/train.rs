@@ -394,7 +394,8 @@ fn resolve_resumed(args: &TrainArgs, run: &std::path::Path) -> anyhow::Result<Tr
             );
         }
     }
-    c.validate().map_err(|e| name_the_flag(e, &given, None))?;
+    c.validate()
+        .map_err(|e| name_the_flag(e, &given, Some(&path)))?;
     Ok(c)
 }
 

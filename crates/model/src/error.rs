@@ -49,6 +49,9 @@ pub enum ModelError {
     BadExportTarget { path: PathBuf, reason: String },
     #[error("chat template: {reason}")]
     ChatTemplate { reason: String },
+    /// A template that does not load, with the model it came with.
+    #[error("{path}: chat template: {reason}")]
+    BadChatTemplate { path: PathBuf, reason: String },
     #[error("{} {spec} is not in the local Hugging Face cache ({cache}) and the hub is offline", .item.noun())]
     HubOffline {
         item: HubItem,
@@ -164,7 +167,7 @@ impl ModelError {
                 "the tokenizer files may be missing, corrupt or of a kind tuna does not read; a Hugging Face model directory's tokenizer.json always works"
                     .into(),
             ),
-            Self::ChatTemplate { .. } => Some(
+            Self::ChatTemplate { .. } | Self::BadChatTemplate { .. } => Some(
                 "the model's chat template (tokenizer_config.json or GGUF tokenizer.chat_template) failed; drop --chat to feed raw text"
                     .into(),
             ),

@@ -85,23 +85,7 @@ impl ModelText {
             }
         };
         if let Some(w) = &weight_source {
-            let held = w.layers_held();
-            if held > config.num_hidden_layers {
-                let field = match &source {
-                    ModelSource::Gguf(_) => "block_count",
-                    ModelSource::HfDir(_) => "num_hidden_layers",
-                };
-                let path = source.config_path();
-                return Err(ModelError::BadConfig {
-                    path,
-                    field: field.into(),
-                    reason: format!(
-                        "is {}, but {} holds weights for {held} layers: the config and the weights disagree (a model cut short would run without its last layers)",
-                        config.num_hidden_layers,
-                        w.path().display()
-                    ),
-                });
-            }
+            check_config_against_weights(&source, &config, w)?;
         }
         let chat_template = match template_source {
             Some(src) => {
@@ -112,7 +96,14 @@ impl ModelText {
                     &src,
                     &name(&tokenizer.special.bos),
                     &name(&tokenizer.special.eos),
-                )?;
+                )
+                .map_err(|e| match e {
+                    ModelError::ChatTemplate { reason } => ModelError::BadChatTemplate {
+                        path: source.path().to_path_buf(),
+                        reason,
+                    },
+                    other => other,
+                })?;
                 let eot = template
                     .end_of_turn_marker()
                     .and_then(|m| tokenizer.token_id(m));
@@ -134,6 +125,68 @@ impl ModelText {
             weight_source,
         ))
     }
+}
+
+/// The config's layer count and embedding shape against what the weight files hold, before
+/// anything is sized from the config (a damaged or mismatched config would otherwise ask for
+/// any amount of memory, or run a model cut short).
+fn check_config_against_weights(
+    source: &ModelSource,
+    config: &LlamaConfig,
+    weights: &WeightSource,
+) -> Result<()> {
+    let gguf = matches!(source, ModelSource::Gguf(_));
+    let bad = |field: &str, reason: String| ModelError::BadConfig {
+        path: source.config_path(),
+        field: field.into(),
+        reason,
+    };
+    let held = weights.layers_held();
+    if held != config.num_hidden_layers {
+        let field = if gguf {
+            "block_count"
+        } else {
+            "num_hidden_layers"
+        };
+        let effect = if held > config.num_hidden_layers {
+            "a model cut short would run without its last layers"
+        } else {
+            "the missing layers have no weights"
+        };
+        return Err(bad(
+            field,
+            format!(
+                "is {}, but {} holds weights for {held} layers: the config and the weights disagree ({effect})",
+                config.num_hidden_layers,
+                weights.path().display()
+            ),
+        ));
+    }
+    if let Some(shape) = weights.shape_of("model.embed_tokens.weight") {
+        let want = [config.vocab_size, config.hidden_size];
+        if shape != want {
+            let (field, value) = if shape.first() != Some(&config.vocab_size) {
+                ("vocab_size", config.vocab_size)
+            } else {
+                (
+                    if gguf {
+                        "embedding_length"
+                    } else {
+                        "hidden_size"
+                    },
+                    config.hidden_size,
+                )
+            };
+            return Err(bad(
+                field,
+                format!(
+                    "is {value}, but the token embeddings in {} are {shape:?}: the config and the weights disagree",
+                    weights.path().display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Pretrained {
@@ -160,6 +213,16 @@ impl Pretrained {
             ModelError::BadTensor { path, name, reason } if reason.starts_with("shape ") => {
                 ModelError::BadTensor {
                     reason: format!("{reason} by {}", text.source.config_path().display()),
+                    path,
+                    name,
+                }
+            }
+            ModelError::BadTensor { path, name, reason } if reason == "missing" => {
+                ModelError::BadTensor {
+                    reason: format!(
+                        "missing (needed by {})",
+                        text.source.config_path().display()
+                    ),
                     path,
                     name,
                 }

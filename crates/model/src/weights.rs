@@ -100,6 +100,23 @@ impl WeightSource {
         highest.map_or(0, |h| h + 1)
     }
 
+    /// The shape `hf_name` has in the file (Hugging Face orientation), without loading it.
+    pub fn shape_of(&self, hf_name: &str) -> Option<Vec<usize>> {
+        match self {
+            Self::Safetensors { shards, index } => {
+                let &i = index.get(hf_name)?;
+                shards[i].1.get(hf_name).ok().map(|t| t.shape().to_vec())
+            }
+            Self::Gguf { gguf, .. } => {
+                let name = gguf_name(hf_name)?;
+                gguf.content
+                    .tensor_infos
+                    .get(&name)
+                    .map(|info| info.shape.dims().to_vec())
+            }
+        }
+    }
+
     /// Loads `hf_name`, checks its shape, converts to `dtype` on `device`.
     pub fn tensor(
         &mut self,

@@ -66,7 +66,11 @@ impl Mutator {
             2 => {
                 // An 8-byte run set to all ones or zeros: lengths and counts at their extremes.
                 let i = self.below(n.min(512));
-                let fill = if self.next().is_multiple_of(2) { 0xFF } else { 0x00 };
+                let fill = if self.next().is_multiple_of(2) {
+                    0xFF
+                } else {
+                    0x00
+                };
                 for b in bytes.iter_mut().skip(i).take(8) {
                     *b = fill;
                 }
