@@ -158,6 +158,10 @@ pub struct TaskArgs {
     /// Prompts generated together (generation-scored strategies).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Leave out test rows whose input also appears in the train split (the report counts
+    /// and lists them either way).
+    #[arg(long)]
+    pub exclude_leaks: bool,
 }
 
 impl TaskArgs {
@@ -218,6 +222,7 @@ impl TaskArgs {
             shots: self.shots,
             tuned_shape: trained_shape(run),
             tuned_shots: run.map_or(0, |r| r.config.encoding.shots),
+            exclude_leaks: self.exclude_leaks,
         })
     }
 

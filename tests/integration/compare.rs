@@ -822,3 +822,118 @@ fn an_adapter_trained_with_shots_is_scored_and_evaluated_with_them() {
     );
     assert_eq!(report["rows"][2]["title"], "hybrid (LoRA + k=3)");
 }
+
+#[test]
+fn test_rows_the_adapter_trained_on_are_flagged_and_can_be_left_out() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let train = write_task(dir, "train.jsonl", 0..24);
+    // Test rows 0..6 are in the training data (4 of them only up to case and spacing).
+    let mut test_text: String = (0..6)
+        .map(|i| {
+            let prompt = match i % 3 {
+                0 => format!("is {i} even"),
+                1 => format!("Is  {i} even?"),
+                _ => format!("IS {i} EVEN"),
+            };
+            format!(
+                "{{\"prompt\": \"{prompt}\", \"completion\": \"{}\"}}\n",
+                LABELS[i % 2]
+            )
+        })
+        .collect();
+    for i in 100..106 {
+        test_text.push_str(&format!(
+            "{{\"prompt\": \"is {i} even\", \"completion\": \"{}\"}}\n",
+            LABELS[i % 2]
+        ));
+    }
+    let test = dir.join("test.jsonl");
+    std::fs::write(&test, test_text).unwrap();
+    let run = dir.join("run");
+    train_tiny(
+        &m.path_str(),
+        &train,
+        &[
+            "--output",
+            run.to_str().unwrap(),
+            "--max-steps",
+            "3",
+            "--lora-r",
+            "2",
+        ],
+    );
+    let model = m.path_str();
+    let compare = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "compare",
+            "--model",
+            &model,
+            "--adapter",
+            run.to_str().unwrap(),
+            "--data",
+            test.to_str().unwrap(),
+            "--strategies",
+            "zero,tuned",
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let r = tuna(&args, &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        read_report(out)
+    };
+    let all = compare(&dir.join("all"), &[]);
+    let leakage = &all["leakage"];
+    assert_eq!(
+        (leakage["exact"].as_u64(), leakage["normalized"].as_u64()),
+        (Some(2), Some(4))
+    );
+    let lines: Vec<u64> = leakage["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["test_line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [1, 2, 3, 4, 5, 6]);
+    assert!(all["recommendation"]
+        .as_str()
+        .unwrap()
+        .contains("Caution: 6 test inputs also appear in the train split"));
+    let md = std::fs::read_to_string(dir.join("all/report.md")).unwrap();
+    assert!(md.contains("Leakage: 6 test inputs also appear in"), "{md}");
+
+    let clean = compare(&dir.join("clean"), &["--exclude-leaks"]);
+    assert_eq!(clean["examples"], 6);
+    assert_eq!(clean["leakage"]["excluded"], true);
+    let tuned = |r: &serde_json::Value| r["rows"][1]["predictions"].as_array().unwrap().len();
+    assert_eq!((tuned(&all), tuned(&clean)), (12, 6));
+    assert!(!clean["recommendation"]
+        .as_str()
+        .unwrap()
+        .contains("Caution: 6 test inputs"));
+
+    // Shots never come from the test file itself.
+    let r = tuna(
+        &[
+            "compare",
+            "--model",
+            &m.path_str(),
+            "--data",
+            test.to_str().unwrap(),
+            "--train",
+            test.to_str().unwrap(),
+            "--strategies",
+            "few",
+            "--output",
+            dir.join("self").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        redact(&r.stderr, dir),
+        "error: --train: <TMP>/test.jsonl is the test file: shots and labels must come from another split\n\
+         hint: run the command with --help for the accepted values\n"
+    );
+}

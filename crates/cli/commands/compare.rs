@@ -106,6 +106,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         extra_adapters: args.also_adapters.clone(),
         curve: curve.clone(),
         main_adapter: adapter.clone(),
+        leakage: task.leakage.clone(),
     };
     // Extra adapters and learning-curve runs load as the study reaches them, over the same
     // base and weights.

@@ -222,6 +222,7 @@ fn task_metrics(
         extra_adapters: Vec::new(),
         curve: Vec::new(),
         main_adapter: None,
+        leakage: task.leakage.clone(),
     };
     let mut no_more_adapters = |dir: &Path| -> Result<AdapterArm, BoxError> {
         Err(format!("{}: not loaded", dir.display()).into())

@@ -12,6 +12,7 @@ use crate::metrics::{
     bootstrap, distribution, normalize, paired_difference, Estimate, Metric, Normalization,
 };
 use crate::scoring::{PromptEncoder, Scorer};
+use crate::significance;
 use crate::strategy::{draw_shots, extract_answer, messages, PromptShape, Strategy};
 use crate::task::{label_index, label_prior, majority_label, TaskExample, TaskKind};
 
@@ -147,6 +148,48 @@ pub struct Comparison {
     pub difference: Estimate,
 }
 
+/// One arm against the best prompting arm on the same rows, by the rows each gets right:
+/// the exact McNemar test, Holm-adjusted across every arm so tested, and the smallest
+/// difference these rows could detect. Only where the headline is right-or-wrong per row
+/// (accuracy, exact match).
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmTest {
+    pub arm: String,
+    pub against: String,
+    /// Rows only the arm gets right, and rows only the other one does.
+    pub only_arm: usize,
+    pub only_against: usize,
+    pub p: f64,
+    pub p_holm: f64,
+    /// The accuracy difference these rows detect with 80% power at α = 0.05, given how
+    /// often the two arms disagree.
+    pub detectable: f64,
+}
+
+/// Rows one arm gets right and another wrong, both ways, with the first few of each.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flips {
+    pub a: String,
+    pub b: String,
+    /// Right under a, wrong under b; and the reverse.
+    pub a_only: usize,
+    pub b_only: usize,
+    pub a_only_rows: Vec<FlipRow>,
+    pub b_only_rows: Vec<FlipRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlipRow {
+    pub line: usize,
+    pub input: String,
+    pub reference: String,
+    pub a: String,
+    pub b: String,
+}
+
+/// Examples of each flip direction in the report.
+const FLIP_EXAMPLES: usize = 3;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
     pub line: usize,
@@ -193,6 +236,12 @@ pub struct CompareReport {
     /// averaged (what a model that knows only the label frequencies scores).
     pub prior_floor_nll: Option<f64>,
     pub comparisons: Vec<Comparison>,
+    /// Every arm scored on all rows against the best prompting arm (label tasks).
+    pub tests: Vec<ArmTest>,
+    /// tuned vs the best prompting arm, and hybrid vs tuned.
+    pub flips: Vec<Flips>,
+    /// Test inputs the train split also holds (set by the study).
+    pub leakage: crate::study::Leakage,
     pub recommendation: String,
     pub samples: Vec<Sample>,
     pub notes: Vec<String>,
@@ -338,10 +387,33 @@ pub fn summarize(
     if let (Some(h), Some(t)) = (hybrid, tuned) {
         compare(h, t);
     }
+    let n = setup.test.len();
+    let right = |r: &StrategyRow| -> Vec<bool> {
+        let norm = setup.normalization;
+        r.predictions
+            .iter()
+            .zip(setup.test)
+            .map(|(p, x)| norm.apply(p) == norm.apply(&x.reference))
+            .collect()
+    };
+    let tests = match best_prompting {
+        Some(best) if matches!(headline, Metric::Accuracy | Metric::ExactMatch) => {
+            arm_tests(&rows, best, n, &right)
+        }
+        _ => Vec::new(),
+    };
+    let mut flips = Vec::new();
+    for (a, b) in [(tuned, best_prompting), (hybrid, tuned)] {
+        if let (Some(a), Some(b)) = (a, b) {
+            flips.push(flips_between(a, b, setup.test, &right(a), &right(b)));
+        }
+    }
+    let tuned_test = tests.iter().find(|t| t.arm == Strategy::Tuned.key());
     let recommendation = recommend(
         headline,
         best_prompting,
         tuned,
+        tuned_test,
         hybrid,
         baseline.as_ref(),
         tuned_vs_prompt,
@@ -385,6 +457,9 @@ pub fn summarize(
         baseline,
         prior_floor_nll,
         comparisons,
+        tests,
+        flips,
+        leakage: Default::default(),
         recommendation,
         samples,
         notes,
@@ -631,11 +706,88 @@ fn points(x: f64) -> String {
     format!("{:.1}", x * 100.0)
 }
 
+/// Every arm scored on all rows, except `best` itself, against `best`.
+fn arm_tests(
+    rows: &[StrategyRow],
+    best: &StrategyRow,
+    n: usize,
+    right: &dyn Fn(&StrategyRow) -> Vec<bool>,
+) -> Vec<ArmTest> {
+    let best_right = right(best);
+    let mut tests: Vec<ArmTest> = rows
+        .iter()
+        .filter(|r| r.key != best.key && r.predictions.len() == n)
+        .map(|r| {
+            let arm_right = right(r);
+            let count = |f: &dyn Fn(bool, bool) -> bool| {
+                arm_right
+                    .iter()
+                    .zip(&best_right)
+                    .filter(|(&a, &b)| f(a, b))
+                    .count()
+            };
+            let (only_arm, only_against) = (count(&|a, b| a && !b), count(&|a, b| !a && b));
+            let discordant = (only_arm + only_against) as f64 / n.max(1) as f64;
+            ArmTest {
+                arm: r.key.clone(),
+                against: best.key.clone(),
+                only_arm,
+                only_against,
+                p: significance::mcnemar_exact(only_arm as u64, only_against as u64),
+                p_holm: f64::NAN,
+                detectable: significance::minimum_detectable_difference(n, discordant, 0.05, 0.8),
+            }
+        })
+        .collect();
+    let adjusted = significance::holm(&tests.iter().map(|t| t.p).collect::<Vec<_>>());
+    for (t, p) in tests.iter_mut().zip(adjusted) {
+        t.p_holm = p;
+    }
+    tests
+}
+
+fn flips_between(
+    a: &StrategyRow,
+    b: &StrategyRow,
+    test: &[TaskExample],
+    a_right: &[bool],
+    b_right: &[bool],
+) -> Flips {
+    let rows = |want_a: bool| -> (usize, Vec<FlipRow>) {
+        let hits: Vec<usize> = (0..a_right.len().min(b_right.len()))
+            .filter(|&i| a_right[i] == want_a && b_right[i] != want_a)
+            .collect();
+        let examples = hits
+            .iter()
+            .take(FLIP_EXAMPLES)
+            .map(|&i| FlipRow {
+                line: test[i].line,
+                input: test[i].input().to_string(),
+                reference: test[i].reference.trim().to_string(),
+                a: a.predictions[i].clone(),
+                b: b.predictions[i].clone(),
+            })
+            .collect();
+        (hits.len(), examples)
+    };
+    let (a_only, a_only_rows) = rows(true);
+    let (b_only, b_only_rows) = rows(false);
+    Flips {
+        a: a.key.clone(),
+        b: b.key.clone(),
+        a_only,
+        b_only,
+        a_only_rows,
+        b_only_rows,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn recommend(
     metric: Metric,
     best_prompting: Option<&StrategyRow>,
     tuned: Option<&StrategyRow>,
+    tuned_test: Option<&ArmTest>,
     hybrid: Option<&StrategyRow>,
     baseline: Option<&StrategyRow>,
     tuned_vs_prompt: Option<Estimate>,
@@ -647,7 +799,12 @@ fn recommend(
     let name = metric.name();
     match (best_prompting, tuned, tuned_vs_prompt) {
         (Some(p), Some(t), Some(d)) => {
-            let significant = d.low > 0.0 || d.high < 0.0;
+            // Right-or-wrong rows: the exact McNemar test, Holm-adjusted over every arm
+            // compared with the best prompt; other metrics: the paired bootstrap interval.
+            let significant = match tuned_test {
+                Some(test) => test.p_holm < 0.05,
+                None => d.low > 0.0 || d.high < 0.0,
+            };
             let tuned_better = metric.better(d.value, 0.0);
             let cost = adapter.map_or(String::new(), |a| {
                 format!(
@@ -675,8 +832,19 @@ fn recommend(
                 ));
             } else {
                 out.push(format!(
-                    "No clear winner: the adapter and the best prompting strategy ({}) differ by {diff}, an interval that includes 0 — prompting costs no training.",
-                    p.title
+                    "No clear winner: the adapter and the best prompting strategy ({}) differ by {diff}, {} — prompting costs no training.",
+                    p.title,
+                    match tuned_test {
+                        Some(test) => format!("and the exact McNemar test cannot tell them apart (p = {:.3}, Holm-adjusted over the arms compared)", test.p_holm),
+                        None => "an interval that includes 0".to_string(),
+                    }
+                ));
+            }
+            if let Some(test) = tuned_test.filter(|t| t.detectable.is_finite()) {
+                out.push(format!(
+                    "On these rows (they disagree on {} of them) a difference smaller than {} points of {name} would likely go unseen (80% power).",
+                    test.only_arm + test.only_against,
+                    points(test.detectable)
                 ));
             }
             if let Some((lo, hi)) = p.draw_range() {
@@ -696,9 +864,14 @@ fn recommend(
                     t.headline().estimate.value,
                     b.headline().estimate.value,
                 );
-                // How far prompting got from the baseline toward the adapter, when the
-                // adapter is the better of the two and both beat the baseline's ground.
-                if metric.better(tv, bv) && metric.better(tv, pv) {
+                if metric.better(bv, pv) {
+                    out.push(format!(
+                        "{} scores below the majority-class baseline ({name} {:.3} vs {bv:.3}): always giving the most frequent answer does better.",
+                        capitalized(&p.title),
+                        pv
+                    ));
+                } else if metric.better(tv, bv) && metric.better(tv, pv) {
+                    // How far prompting got from the baseline toward the adapter.
                     let share = ((pv - bv) / (tv - bv)).clamp(-9.99, 9.99);
                     out.push(format!(
                         "Measured from the majority-class baseline ({name} {:.3}), {} gets {:.0}% of the way to the adapter ({:.3} vs {:.3}).",
@@ -746,4 +919,209 @@ fn recommend(
         });
     }
     out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: &str, value: f64, uses_adapter: bool) -> StrategyRow {
+        StrategyRow {
+            key: key.into(),
+            title: key.into(),
+            uses_adapter,
+            adapter: None,
+            examples_used: 0,
+            method: "rank".into(),
+            metrics: vec![MetricValue {
+                metric: Metric::Accuracy,
+                name: Metric::Accuracy.name(),
+                estimate: Estimate {
+                    value,
+                    low: value - 0.05,
+                    high: value + 0.05,
+                },
+            }],
+            distribution: Vec::new(),
+            dominant_share: 0.5,
+            collapsed: false,
+            label_nll: None,
+            prompt_tokens_per_example: 0.0,
+            generated_tokens_per_example: 0.0,
+            seconds: 0.0,
+            seconds_per_1k: 0.0,
+            shot_draws: Vec::new(),
+            predictions: Vec::new(),
+        }
+    }
+
+    fn test(p_holm: f64) -> ArmTest {
+        ArmTest {
+            arm: "tuned".into(),
+            against: "zero".into(),
+            only_arm: 40,
+            only_against: 10,
+            p: p_holm,
+            p_holm,
+            detectable: 0.08,
+        }
+    }
+
+    fn difference(value: f64, low: f64, high: f64) -> Option<Estimate> {
+        Some(Estimate { value, low, high })
+    }
+
+    /// The recommendation for a zero-shot arm, a tuned arm and (optionally) a baseline.
+    fn say(
+        zero: f64,
+        tuned: f64,
+        tested: Option<ArmTest>,
+        baseline: Option<f64>,
+        d: Option<Estimate>,
+    ) -> String {
+        let (z, t) = (row("zero", zero, false), row("tuned", tuned, true));
+        let b = baseline.map(|v| row("majority", v, false));
+        recommend(
+            Metric::Accuracy,
+            Some(&z),
+            Some(&t),
+            tested.as_ref(),
+            None,
+            b.as_ref(),
+            d,
+            None,
+            None,
+            0,
+        )
+    }
+
+    #[test]
+    fn fine_tuning_wins_when_the_test_says_so() {
+        let text = say(0.4, 0.7, Some(test(0.001)), None, difference(0.3, 0.2, 0.4));
+        assert!(text.starts_with("Fine-tuning wins: the adapter beats the best prompting strategy (zero) by 30.0 points of accuracy (95% CI 20.0 to 40.0)."), "{text}");
+        assert!(
+            text.contains(
+                "a difference smaller than 8.0 points of accuracy would likely go unseen"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn prompting_wins_when_the_adapter_is_significantly_worse() {
+        let text = say(
+            0.6,
+            0.3,
+            Some(test(0.002)),
+            None,
+            difference(-0.3, -0.4, -0.2),
+        );
+        assert!(text.starts_with("Prompting wins: zero beats the adapter by 30.0 points of accuracy (95% CI 20.0 to 40.0), with no training at all."), "{text}");
+    }
+
+    #[test]
+    fn no_clear_winner_when_the_test_cannot_tell() {
+        // The interval excludes 0, but after Holm's correction the test cannot tell.
+        let text = say(
+            0.5,
+            0.56,
+            Some(test(0.2)),
+            None,
+            difference(0.06, 0.01, 0.11),
+        );
+        assert!(text.starts_with("No clear winner: the adapter and the best prompting strategy (zero) differ by 6.0 points"), "{text}");
+        assert!(text.contains("the exact McNemar test cannot tell them apart (p = 0.200, Holm-adjusted over the arms compared)"), "{text}");
+        // Without a test (not a right-or-wrong metric) the interval decides.
+        let text = say(0.5, 0.52, None, None, difference(0.02, -0.03, 0.07));
+        assert!(text.contains("an interval that includes 0"), "{text}");
+    }
+
+    #[test]
+    fn prompting_below_the_majority_baseline_is_said_plainly() {
+        // A spam/ham task where every prompting arm is below always answering "ham": no
+        // "-139% of the way to the adapter".
+        let text = say(
+            0.2,
+            0.9,
+            Some(test(0.001)),
+            Some(0.5),
+            difference(0.7, 0.6, 0.8),
+        );
+        assert!(
+            text.contains(
+                "Zero scores below the majority-class baseline (accuracy 0.200 vs 0.500)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("of the way"), "{text}");
+        let text = say(
+            0.6,
+            0.9,
+            Some(test(0.001)),
+            Some(0.5),
+            difference(0.3, 0.2, 0.4),
+        );
+        assert!(
+            text.contains("zero gets 25% of the way to the adapter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_prior_floor_caution() {
+        let (z, mut t) = (row("zero", 0.5, false), row("tuned", 0.55, true));
+        t.label_nll = Some(1.09);
+        let text = recommend(
+            Metric::Accuracy,
+            Some(&z),
+            Some(&t),
+            Some(&test(0.3)),
+            None,
+            None,
+            difference(0.05, -0.02, 0.12),
+            Some(1.10),
+            None,
+            0,
+        );
+        assert!(text.contains("Caution: the adapter's label loss (1.090 nats) is no better than the prior-only floor (1.100)"), "{text}");
+    }
+
+    #[test]
+    fn mcnemar_arms_and_flips_count_the_rows_each_gets_right() {
+        let test_rows: Vec<TaskExample> = (0..6)
+            .map(|i| TaskExample {
+                line: i + 1,
+                context: vec![tuna_model::Message::new("user", &format!("q{i}"))],
+                reference: if i % 2 == 0 { "yes" } else { "no" }.into(),
+                rationale: None,
+            })
+            .collect();
+        let mut zero = row("zero", 0.5, false);
+        zero.predictions = ["yes", "yes", "yes", "yes", "yes", "yes"]
+            .map(String::from)
+            .to_vec();
+        let mut tuned = row("tuned", 0.83, true);
+        tuned.predictions = ["yes", "no", "yes", "no", "no", "no"]
+            .map(String::from)
+            .to_vec();
+        let right = |r: &StrategyRow| -> Vec<bool> {
+            r.predictions
+                .iter()
+                .zip(&test_rows)
+                .map(|(p, x)| *p == x.reference)
+                .collect()
+        };
+        let tests = arm_tests(&[zero.clone(), tuned.clone()], &zero, 6, &right);
+        assert_eq!(tests.len(), 1);
+        // tuned alone right on lines 2, 4, 6; zero alone right on line 5.
+        assert_eq!((tests[0].only_arm, tests[0].only_against), (3, 1));
+        assert!((tests[0].p - 0.625).abs() < 1e-12, "{}", tests[0].p);
+        let flips = flips_between(&tuned, &zero, &test_rows, &right(&tuned), &right(&zero));
+        assert_eq!((flips.a_only, flips.b_only), (3, 1));
+        assert_eq!(flips.b_only_rows[0].line, 5);
+        assert_eq!(
+            flips.a_only_rows.iter().map(|r| r.line).collect::<Vec<_>>(),
+            [2, 4, 6]
+        );
+    }
 }

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod prompt;
 pub mod report;
 pub mod scoring;
+pub mod significance;
 pub mod strategy;
 pub mod study;
 pub mod task;

@@ -140,6 +140,22 @@ fn sample_keys(report: &CompareReport) -> Vec<&str> {
     })
 }
 
+fn p_value(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".into()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+fn detectable(d: f64) -> String {
+    if d.is_finite() {
+        format!("{:.1} points", d * 100.0)
+    } else {
+        "—".into()
+    }
+}
+
 fn all_rows(report: &CompareReport) -> Vec<&StrategyRow> {
     report.rows.iter().chain(report.baseline.as_ref()).collect()
 }
@@ -156,6 +172,7 @@ pub fn markdown(report: &CompareReport) -> String {
         "Model `{}`; {} test examples ({task}); shots drawn from {} train examples with seed {}.\n",
         report.model, report.examples, report.train_examples, report.seed
     );
+    let _ = writeln!(s, "{}\n", report.leakage.summary());
     let _ = writeln!(s, "## Recommendation\n\n{}\n", report.recommendation);
     let metric_names: Vec<&str> = report
         .rows
@@ -218,6 +235,50 @@ pub fn markdown(report: &CompareReport) -> String {
             "- {} − {}: {} {:+.3} [95% CI {:+.3}, {:+.3}] (paired bootstrap over the same examples)",
             c.a, c.b, c.metric, c.difference.value, c.difference.low, c.difference.high
         );
+    }
+    if !report.tests.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Significance\n\nEach arm against the best prompting strategy on the same rows: the exact McNemar test on the rows only one of the two gets right, Holm-adjusted across the arms, and the smallest difference these rows detect (80% power, α 0.05).\n\n| arm | against | only the arm right | only the other right | p | p (Holm) | detectable difference |\n|---|---|---|---|---|---|---|"
+        );
+        for t in &report.tests {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                t.arm,
+                t.against,
+                t.only_arm,
+                t.only_against,
+                p_value(t.p),
+                p_value(t.p_holm),
+                detectable(t.detectable)
+            );
+        }
+    }
+    if !report.flips.is_empty() {
+        let _ = writeln!(s, "\n## Flips\n");
+        for f in &report.flips {
+            let _ = writeln!(
+                s,
+                "- {} right, {} wrong: {} rows; {} right, {} wrong: {} rows.",
+                f.a, f.b, f.a_only, f.b, f.a, f.b_only
+            );
+            for (who, rows) in [(&f.a, &f.a_only_rows), (&f.b, &f.b_only_rows)] {
+                for r in rows {
+                    let _ = writeln!(
+                        s,
+                        "  - line {} (only {who} right): {} → reference {:?}, {} {:?}, {} {:?}",
+                        r.line,
+                        short(&r.input, 80),
+                        r.reference,
+                        f.a,
+                        r.a.trim(),
+                        f.b,
+                        r.b.trim()
+                    );
+                }
+            }
+        }
     }
     if !report.learning_curve.is_empty() {
         let _ = writeln!(s, "\n## Learning curve\n\n| train examples | steps | training time | {} [95% CI] |\n|---|---|---|---|", report.learning_curve[0].metric.name);
@@ -551,6 +612,7 @@ pub fn html(report: &CompareReport) -> String {
 table{{border-collapse:collapse;margin:1em 0;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}
 th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padding:.6em 1em}}.warn{{color:#b00}}code{{background:#f5f5f5}}</style></head><body>
 <h1>Prompting vs fine-tuning</h1><p>Model <code>{model}</code>, test set <code>{title}</code>: {n} examples; {train} train examples; seed {seed}.</p>
+<p>{leakage}</p>
 <div class="rec"><strong>Recommendation.</strong> {rec}</div>"#,
         title = esc(&report.test_path),
         model = esc(&report.model),
@@ -558,6 +620,7 @@ th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padd
         train = report.train_examples,
         seed = report.seed,
         rec = esc(&report.recommendation),
+        leakage = esc(&report.leakage.summary()),
     );
     let metric_names: Vec<&str> = report
         .rows
@@ -599,6 +662,54 @@ th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padd
             c.difference.low,
             c.difference.high
         );
+    }
+    if !report.tests.is_empty() {
+        s.push_str("<h2>Significance</h2><p>Each arm against the best prompting strategy on the same rows: the exact McNemar test on the rows only one of the two gets right, Holm-adjusted across the arms, and the smallest difference these rows detect (80% power, α 0.05).</p><table><tr><th>arm</th><th>against</th><th>only the arm right</th><th>only the other right</th><th>p</th><th>p (Holm)</th><th>detectable difference</th></tr>");
+        for t in &report.tests {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&t.arm),
+                esc(&t.against),
+                t.only_arm,
+                t.only_against,
+                p_value(t.p),
+                p_value(t.p_holm),
+                detectable(t.detectable)
+            );
+        }
+        s.push_str("</table>");
+    }
+    if !report.flips.is_empty() {
+        s.push_str("<h2>Flips</h2><ul>");
+        for f in &report.flips {
+            let _ = write!(
+                s,
+                "<li>{a} right, {b} wrong: {} rows; {b} right, {a} wrong: {} rows.<ul>",
+                f.a_only,
+                f.b_only,
+                a = esc(&f.a),
+                b = esc(&f.b)
+            );
+            for (who, rows) in [(&f.a, &f.a_only_rows), (&f.b, &f.b_only_rows)] {
+                for r in rows {
+                    let _ = write!(
+                        s,
+                        "<li>line {} (only {} right): {} → reference {}, {} {}, {} {}</li>",
+                        r.line,
+                        esc(who),
+                        esc(&short(&r.input, 80)),
+                        esc(&r.reference),
+                        esc(&f.a),
+                        esc(r.a.trim()),
+                        esc(&f.b),
+                        esc(r.b.trim())
+                    );
+                }
+            }
+            s.push_str("</ul></li>");
+        }
+        s.push_str("</ul>");
     }
     let _ = write!(
         s,

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 use tuna_data::FieldNames;
 use tuna_model::Pretrained;
 
@@ -44,6 +46,87 @@ pub struct TaskOptions {
     /// The adapter run's wording and shots per prompt (default: none).
     pub tuned_shape: PromptShape,
     pub tuned_shots: usize,
+    /// Drop test rows whose input also appears in the train split.
+    pub exclude_leaks: bool,
+}
+
+/// A test row whose input the train split also holds (a duplicate inflates the tuned
+/// number: the adapter may have seen the answer).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Leak {
+    pub test_line: usize,
+    pub train_line: usize,
+    /// The same text exactly, or only after case, whitespace and punctuation are normalized.
+    pub exact: bool,
+}
+
+/// The leakage guard's findings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Leakage {
+    pub train_path: Option<String>,
+    pub exact: usize,
+    pub normalized: usize,
+    /// Whether the leaked rows were dropped from the test set (--exclude-leaks).
+    pub excluded: bool,
+    pub leaks: Vec<Leak>,
+}
+
+impl Leakage {
+    /// One sentence for the report.
+    pub fn summary(&self) -> String {
+        let Some(train) = &self.train_path else {
+            return "Leakage check: no train split to check the test inputs against.".into();
+        };
+        match self.exact + self.normalized {
+            0 => format!("Leakage check: no test input appears in {train}."),
+            n => format!(
+                "Leakage: {n} test inputs also appear in {train} ({} exactly, {} after normalizing case, whitespace and punctuation); {}",
+                self.exact,
+                self.normalized,
+                if self.excluded {
+                    "they were left out of the test set (--exclude-leaks)."
+                } else {
+                    "they are scored, so the tuned number may be inflated (--exclude-leaks leaves them out)."
+                }
+            ),
+        }
+    }
+}
+
+/// Case, whitespace and punctuation aside: what makes two inputs the same text.
+fn leak_key(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// Test rows whose input the train split holds, exactly or after `leak_key`.
+fn find_leaks(test: &[TaskExample], train: &[TaskExample]) -> Vec<Leak> {
+    use std::collections::HashMap;
+    let mut exact: HashMap<&str, usize> = HashMap::new();
+    let mut normalized: HashMap<String, usize> = HashMap::new();
+    for x in train {
+        exact.entry(x.input()).or_insert(x.line);
+        normalized.entry(leak_key(x.input())).or_insert(x.line);
+    }
+    test.iter()
+        .filter_map(|x| match exact.get(x.input()) {
+            Some(&line) => Some(Leak {
+                test_line: x.line,
+                train_line: line,
+                exact: true,
+            }),
+            None => normalized.get(&leak_key(x.input())).map(|&line| Leak {
+                test_line: x.line,
+                train_line: line,
+                exact: false,
+            }),
+        })
+        .collect()
 }
 
 /// The test and train examples and every choice made from the options, ready to score.
@@ -62,6 +145,7 @@ pub struct Task {
     pub tuned_shape: PromptShape,
     /// Shots the adapter's run trained with in each prompt.
     pub tuned_shots: usize,
+    pub leakage: Leakage,
 }
 
 impl Task {
@@ -71,19 +155,49 @@ impl Task {
         let mut strategies = options.strategies.clone();
         let fields = &options.fields;
         let mut test = task::load_examples(test_path, fields, &options.rationale_field)?;
+        if let Some(train) = &options.train_path {
+            if same_file(train, test_path) {
+                return Err(EvalError::BadOption {
+                    field: "--train",
+                    reason: format!(
+                        "{} is the test file: shots and labels must come from another split",
+                        train.display()
+                    ),
+                });
+            }
+        }
+        let train = match &options.train_path {
+            Some(p) => task::load_examples(p, fields, &options.rationale_field)?,
+            None => Vec::new(),
+        };
+        let leaks = find_leaks(&test, &train);
+        if options.exclude_leaks {
+            test.retain(|x| !leaks.iter().any(|l| l.test_line == x.line));
+        }
         if let Some(limit) = options.limit {
             test.truncate(limit);
         }
+        // What is scored: the leaks among the rows kept (all of them, when excluded).
+        let kept: Vec<Leak> = match options.exclude_leaks {
+            true => leaks,
+            false => leaks
+                .into_iter()
+                .filter(|l| test.iter().any(|x| x.line == l.test_line))
+                .collect(),
+        };
+        let leakage = Leakage {
+            train_path: options.train_path.as_ref().map(|p| p.display().to_string()),
+            exact: kept.iter().filter(|l| l.exact).count(),
+            normalized: kept.iter().filter(|l| !l.exact).count(),
+            excluded: options.exclude_leaks,
+            leaks: kept,
+        };
         if test.is_empty() {
             return Err(EvalError::BadOption {
                 field: "--limit",
                 reason: "no test examples left to score".into(),
             });
         }
-        let train = match &options.train_path {
-            Some(p) => task::load_examples(p, fields, &options.rationale_field)?,
-            None => Vec::new(),
-        };
         let kind = match &options.labels {
             Some(labels) => TaskKind::Labels {
                 labels: labels.clone(),
@@ -151,7 +265,16 @@ impl Task {
             prompt_shape,
             tuned_shape,
             tuned_shots: options.tuned_shots,
+            leakage,
         })
+    }
+}
+
+/// Whether two paths name one file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -221,6 +344,8 @@ pub struct Study<'a> {
     pub curve: Vec<(usize, PathBuf)>,
     /// The main adapter's directory: its curve point reuses the tuned row.
     pub main_adapter: Option<PathBuf>,
+    /// What the leakage guard found (`Task::leakage`).
+    pub leakage: Leakage,
 }
 
 impl Study<'_> {
@@ -291,6 +416,13 @@ impl Study<'_> {
             .as_ref()
             .map(|s| s.valid_path.display().to_string());
         report.learning_curve = learning_curve;
+        let leaked = self.leakage.exact + self.leakage.normalized;
+        if leaked > 0 && !self.leakage.excluded && report.rows.iter().any(|r| r.uses_adapter) {
+            report.recommendation.push_str(&format!(
+                " Caution: {leaked} test inputs also appear in the train split; if the adapter trained on them, its number is inflated (--exclude-leaks scores without them)."
+            ));
+        }
+        report.leakage = self.leakage.clone();
         Ok(report)
     }
 
