@@ -123,6 +123,23 @@ fn every_strategy_lands_in_the_three_reports() {
     assert_eq!(report["adapter"]["steps"], 4);
     assert!(report["adapter"]["parameters"].as_u64().unwrap() > 0);
     assert_eq!(report["baseline"]["key"], "majority");
+    // Provenance: every file hashed (its sha256 matches one computed here), tuna's version.
+    let files = report["provenance"]["files"].as_array().unwrap();
+    let role = |r: &str| files.iter().filter(|f| f["role"] == r).count();
+    assert_eq!((role("test"), role("train")), (1, 1));
+    assert!(role("model") >= 2 && role("adapter") == 2, "{files:?}");
+    let test_hash = files.iter().find(|f| f["role"] == "test").unwrap()["sha256"].clone();
+    assert_eq!(
+        test_hash,
+        tuna_eval::provenance::sha256_file(Path::new(&test)).unwrap()
+    );
+    assert!(report["provenance"]["tuna"]
+        .as_str()
+        .unwrap()
+        .starts_with(env!("CARGO_PKG_VERSION")));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let short = &test_hash.as_str().unwrap()[..12];
+    assert!(md.contains(&format!("test test.jsonl {short}")), "{md}");
     for row in report["rows"].as_array().unwrap() {
         for m in row["metrics"].as_array().unwrap() {
             let (v, lo, hi) = (

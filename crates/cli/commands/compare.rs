@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use tuna_eval::compare;
+use tuna_eval::provenance::Provenance;
 use tuna_eval::study::{split_file, AdapterArm, BoxError, InstructionSweep, Study, Task};
 use tuna_eval::{generate, PromptSpec, SamplingOptions};
+use tuna_model::source::ModelSource;
 use tuna_train::run_dir::{self, RunInfo};
 
 use crate::args::CompareArgs;
@@ -113,7 +115,16 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut load = |dir: &Path| -> Result<AdapterArm, BoxError> {
         load_arm(&args, dir, scoring).map_err(BoxError::from)
     };
-    let report = study.run(&mut load, &mut |line| eprintln!("{line}"))?;
+    let mut report = study.run(&mut load, &mut |line| eprintln!("{line}"))?;
+    let shape = report.prompt_shape.clone();
+    report.provenance = provenance(
+        &args,
+        &base,
+        located.as_ref(),
+        &task,
+        study.sweep.as_ref(),
+        &shape,
+    )?;
     write_reports(output, &report)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -127,6 +138,55 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         output.join("report.json").display()
     );
     Ok(())
+}
+
+/// What the report was made from: the model's files, the adapters', the data files and
+/// the wording, hashed; tuna's version and the command line.
+fn provenance(
+    args: &CompareArgs,
+    base: &tuna_model::Pretrained,
+    located: Option<&run_dir::LocatedAdapter>,
+    task: &Task,
+    sweep: Option<&InstructionSweep>,
+    wording: &tuna_eval::strategy::PromptShape,
+) -> anyhow::Result<Provenance> {
+    let mut p = Provenance::new(crate::args::VERSION, std::env::args().collect());
+    match &base.source {
+        ModelSource::Gguf(path) => p.add("model", path)?,
+        ModelSource::HfDir(dir) => {
+            for file in ["config.json", "tokenizer.json"] {
+                if dir.join(file).is_file() {
+                    p.add("model", &dir.join(file))?;
+                }
+            }
+            for shard in tuna_model::source::safetensors_files(dir)? {
+                p.add("model", &shard)?;
+            }
+        }
+    }
+    if let Some(located) = located {
+        p.add("adapter", &located.dir)?;
+    }
+    for extra in &args.also_adapters {
+        p.add("also-adapter", &run_dir::locate_adapter(extra)?.dir)?;
+    }
+    p.add("test", &task.test_path)?;
+    if let Some(train) = &task.leakage.train_path {
+        p.add("train", Path::new(train))?;
+    }
+    if let Some(sweep) = sweep {
+        p.add("valid", &sweep.valid_path)?;
+    }
+    if let Some(path) = &args.instructions {
+        p.add("instructions", path)?;
+    }
+    if let Some(template) = &wording.template {
+        p.add_text("instruction", template);
+    }
+    if let Some(system) = &wording.system {
+        p.add_text("system", system);
+    }
+    Ok(p)
 }
 
 /// The adapter at `dir` over the base, with what its run says of how it was prompted.

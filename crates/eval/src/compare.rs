@@ -242,6 +242,8 @@ pub struct CompareReport {
     pub flips: Vec<Flips>,
     /// Test inputs the train split also holds (set by the study).
     pub leakage: crate::study::Leakage,
+    /// What produced the report (set by the command that writes it).
+    pub provenance: crate::provenance::Provenance,
     pub recommendation: String,
     pub samples: Vec<Sample>,
     pub notes: Vec<String>,
@@ -460,6 +462,7 @@ pub fn summarize(
         tests,
         flips,
         leakage: Default::default(),
+        provenance: Default::default(),
         recommendation,
         samples,
         notes,

@@ -32,6 +32,8 @@ pub enum EvalError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("{path}: cannot hash for the report's provenance: {reason}")]
+    Provenance { path: String, reason: String },
     #[error("{path}: the test set is empty")]
     EmptyTestSet { path: String },
     #[error("{path}:{line}: the reference {reference:?} is not in the label set ({labels})")]

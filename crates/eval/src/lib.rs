@@ -7,6 +7,7 @@ pub mod generate;
 pub mod loss;
 pub mod metrics;
 pub mod prompt;
+pub mod provenance;
 pub mod report;
 pub mod scoring;
 pub mod significance;

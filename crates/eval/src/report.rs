@@ -173,6 +173,9 @@ pub fn markdown(report: &CompareReport) -> String {
         report.model, report.examples, report.train_examples, report.seed
     );
     let _ = writeln!(s, "{}\n", report.leakage.summary());
+    if !report.provenance.files.is_empty() {
+        let _ = writeln!(s, "{}\n", report.provenance.summary());
+    }
     let _ = writeln!(s, "## Recommendation\n\n{}\n", report.recommendation);
     let metric_names: Vec<&str> = report
         .rows
@@ -612,7 +615,7 @@ pub fn html(report: &CompareReport) -> String {
 table{{border-collapse:collapse;margin:1em 0;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}
 th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padding:.6em 1em}}.warn{{color:#b00}}code{{background:#f5f5f5}}</style></head><body>
 <h1>Prompting vs fine-tuning</h1><p>Model <code>{model}</code>, test set <code>{title}</code>: {n} examples; {train} train examples; seed {seed}.</p>
-<p>{leakage}</p>
+<p>{leakage}</p>{provenance}
 <div class="rec"><strong>Recommendation.</strong> {rec}</div>"#,
         title = esc(&report.test_path),
         model = esc(&report.model),
@@ -621,6 +624,14 @@ th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padd
         seed = report.seed,
         rec = esc(&report.recommendation),
         leakage = esc(&report.leakage.summary()),
+        provenance = if report.provenance.files.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "<p><small>{}</small></p>",
+                esc(&report.provenance.summary())
+            )
+        },
     );
     let metric_names: Vec<&str> = report
         .rows
