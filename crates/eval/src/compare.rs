@@ -166,6 +166,40 @@ pub struct ArmTest {
     pub detectable: f64,
 }
 
+/// When the adapter's training pays for itself against the best prompting arm, from the
+/// seconds per query measured on this machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct Payback {
+    pub against: String,
+    #[serde(flatten)]
+    pub break_even: significance::BreakEven,
+    pub training_cpu_s: Option<f64>,
+    /// Prompt tokens per 1k queries, tuned and prompted.
+    pub tuned_prompt_tokens_per_1k: f64,
+    pub prompt_prompt_tokens_per_1k: f64,
+}
+
+impl Payback {
+    pub fn sentence(&self) -> String {
+        let b = &self.break_even;
+        let tokens = format!(
+            "per 1k queries the adapter sends {:.0}k prompt tokens against {:.0}k",
+            self.tuned_prompt_tokens_per_1k / 1000.0,
+            self.prompt_prompt_tokens_per_1k / 1000.0
+        );
+        match b.queries {
+            Some(q) => format!(
+                "At the speeds measured here ({:.3} s a query for {}, {:.3} s tuned), the {:.0} s of training pay for themselves after {q:.0} queries; {tokens}.",
+                b.prompt_s_per_query, self.against, b.tuned_s_per_query, b.training_s
+            ),
+            None => format!(
+                "Tuned queries are no faster here than {}'s ({:.3} s against {:.3} s), so the {:.0} s of training are not repaid in query time; {tokens}.",
+                self.against, b.tuned_s_per_query, b.prompt_s_per_query, b.training_s
+            ),
+        }
+    }
+}
+
 /// Rows one arm gets right and another wrong, both ways, with the first few of each.
 #[derive(Debug, Clone, Serialize)]
 pub struct Flips {
@@ -240,6 +274,8 @@ pub struct CompareReport {
     pub tests: Vec<ArmTest>,
     /// tuned vs the best prompting arm, and hybrid vs tuned.
     pub flips: Vec<Flips>,
+    /// When tuning pays for itself against the best prompting arm.
+    pub payback: Option<Payback>,
     /// Test inputs the train split also holds (set by the study).
     pub leakage: crate::study::Leakage,
     /// What produced the report (set by the command that writes it).
@@ -411,11 +447,26 @@ pub fn summarize(
         }
     }
     let tuned_test = tests.iter().find(|t| t.arm == Strategy::Tuned.key());
+    let payback = match (tuned, best_prompting, &setup.adapter) {
+        (Some(t), Some(p), Some(a)) if a.train_seconds > 0.0 => Some(Payback {
+            against: p.title.clone(),
+            break_even: significance::break_even(
+                a.train_seconds,
+                t.seconds_per_1k / 1000.0,
+                p.seconds_per_1k / 1000.0,
+            ),
+            training_cpu_s: a.cpu_seconds,
+            tuned_prompt_tokens_per_1k: t.prompt_tokens_per_example * 1000.0,
+            prompt_prompt_tokens_per_1k: p.prompt_tokens_per_example * 1000.0,
+        }),
+        _ => None,
+    };
     let recommendation = recommend(
         headline,
         best_prompting,
         tuned,
         tuned_test,
+        payback.as_ref(),
         hybrid,
         baseline.as_ref(),
         tuned_vs_prompt,
@@ -461,6 +512,7 @@ pub fn summarize(
         comparisons,
         tests,
         flips,
+        payback,
         leakage: Default::default(),
         provenance: Default::default(),
         recommendation,
@@ -791,6 +843,7 @@ fn recommend(
     best_prompting: Option<&StrategyRow>,
     tuned: Option<&StrategyRow>,
     tuned_test: Option<&ArmTest>,
+    payback: Option<&Payback>,
     hybrid: Option<&StrategyRow>,
     baseline: Option<&StrategyRow>,
     tuned_vs_prompt: Option<Estimate>,
@@ -842,6 +895,9 @@ fn recommend(
                         None => "an interval that includes 0".to_string(),
                     }
                 ));
+            }
+            if let Some(payback) = payback {
+                out.push(payback.sentence());
             }
             if let Some(test) = tuned_test.filter(|t| t.detectable.is_finite()) {
                 out.push(format!(
@@ -990,6 +1046,7 @@ mod tests {
             Some(&t),
             tested.as_ref(),
             None,
+            None,
             b.as_ref(),
             d,
             None,
@@ -1081,12 +1138,29 @@ mod tests {
             Some(&test(0.3)),
             None,
             None,
+            None,
             difference(0.05, -0.02, 0.12),
             Some(1.10),
             None,
             0,
         );
         assert!(text.contains("Caution: the adapter's label loss (1.090 nats) is no better than the prior-only floor (1.100)"), "{text}");
+    }
+
+    #[test]
+    fn the_payback_sentence_says_when_training_is_repaid() {
+        let payback = |tuned_s: f64| Payback {
+            against: "few-shot (k=5)".into(),
+            break_even: significance::break_even(80.0, tuned_s, 0.45),
+            training_cpu_s: Some(150.0),
+            tuned_prompt_tokens_per_1k: 72_000.0,
+            prompt_prompt_tokens_per_1k: 356_000.0,
+        };
+        assert_eq!(
+            payback(0.30).sentence(),
+            "At the speeds measured here (0.450 s a query for few-shot (k=5), 0.300 s tuned), the 80 s of training pay for themselves after 534 queries; per 1k queries the adapter sends 72k prompt tokens against 356k."
+        );
+        assert!(payback(0.5).sentence().starts_with("Tuned queries are no faster here than few-shot (k=5)'s (0.500 s against 0.450 s), so the 80 s of training are not repaid in query time"));
     }
 
     #[test]

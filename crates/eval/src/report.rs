@@ -239,6 +239,9 @@ pub fn markdown(report: &CompareReport) -> String {
             c.a, c.b, c.metric, c.difference.value, c.difference.low, c.difference.high
         );
     }
+    if let Some(payback) = &report.payback {
+        let _ = writeln!(s, "\nBreak-even: {}", payback.sentence());
+    }
     if !report.tests.is_empty() {
         let _ = writeln!(
             s,
@@ -673,6 +676,9 @@ th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padd
             c.difference.low,
             c.difference.high
         );
+    }
+    if let Some(payback) = &report.payback {
+        let _ = write!(s, "<p>Break-even: {}</p>", esc(&payback.sentence()));
     }
     if !report.tests.is_empty() {
         s.push_str("<h2>Significance</h2><p>Each arm against the best prompting strategy on the same rows: the exact McNemar test on the rows only one of the two gets right, Holm-adjusted across the arms, and the smallest difference these rows detect (80% power, α 0.05).</p><table><tr><th>arm</th><th>against</th><th>only the arm right</th><th>only the other right</th><th>p</th><th>p (Holm)</th><th>detectable difference</th></tr>");
