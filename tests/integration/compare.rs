@@ -173,6 +173,37 @@ fn every_strategy_lands_in_the_three_reports() {
     assert!(md.contains("| strategy | modification | data required | implementation time | cost per 1k test examples | accuracy [95% CI] | macro-F1 [95% CI] | predictions |"), "{md}");
     assert!(md.contains("majority class"));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    // One renderer: the two reports hold the same sections, in the same order.
+    let md_titles: Vec<String> = md
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|t| t.replace('`', ""))
+        .collect();
+    let html_titles: Vec<String> = html
+        .split("<h2>")
+        .skip(1)
+        .map(|rest| {
+            let title = rest.split("</h2>").next().unwrap();
+            title.replace("<code>", "").replace("</code>", "")
+        })
+        .collect();
+    assert_eq!(md_titles, html_titles);
+    for title in [
+        "Recommendation",
+        "The table",
+        "Significance",
+        "Flips",
+        "Wording",
+    ] {
+        assert!(
+            md_titles.iter().any(|t| t == title),
+            "{title} missing: {md_titles:?}"
+        );
+    }
+    // The facts the HTML used to lack.
+    for fact in ["Scoring: ", "prior-only floor", "prompting: template"] {
+        assert!(html.contains(fact), "report.html lacks {fact:?}");
+    }
     assert!(html.starts_with("<!doctype html>") && html.trim_end().ends_with("</html>"));
     assert_eq!(html.matches("<svg").count(), 2);
     assert!(

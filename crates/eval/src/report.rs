@@ -160,214 +160,6 @@ fn all_rows(report: &CompareReport) -> Vec<&StrategyRow> {
     report.rows.iter().chain(report.baseline.as_ref()).collect()
 }
 
-pub fn markdown(report: &CompareReport) -> String {
-    let mut s = String::new();
-    let task = match report.task.labels() {
-        [] => "sequence answers".to_string(),
-        labels => format!("labels: {}", labels.join(", ")),
-    };
-    let _ = writeln!(s, "# Prompting vs fine-tuning on `{}`\n", report.test_path);
-    let _ = writeln!(
-        s,
-        "Model `{}`; {} test examples ({task}); shots drawn from {} train examples with seed {}.\n",
-        report.model, report.examples, report.train_examples, report.seed
-    );
-    let _ = writeln!(s, "{}\n", report.leakage.summary());
-    if !report.provenance.files.is_empty() {
-        let _ = writeln!(s, "{}\n", report.provenance.summary());
-    }
-    let _ = writeln!(s, "## Recommendation\n\n{}\n", report.recommendation);
-    let metric_names: Vec<&str> = report
-        .rows
-        .first()
-        .map_or(vec![], |r| r.metrics.iter().map(|m| m.name).collect());
-    let _ = write!(
-        s,
-        "## The table\n\n| strategy | modification | data required | implementation time | cost per 1k test examples |"
-    );
-    for m in &metric_names {
-        let _ = write!(s, " {m} [95% CI] |");
-    }
-    let _ = writeln!(s, " predictions |");
-    let _ = writeln!(s, "|{}", "---|".repeat(6 + metric_names.len()));
-    for r in all_rows(report) {
-        let _ = write!(
-            s,
-            "| {} | {} | {} | {} | {} |",
-            r.title,
-            modification(r),
-            data_required(r),
-            implementation_time(r),
-            cost(r)
-        );
-        for i in 0..r.metrics.len() {
-            let _ = write!(s, " {} |", metric_cell(r, i));
-        }
-        let _ = writeln!(s, " {} |", predictions_cell(r));
-    }
-    let _ = writeln!(s);
-    let methods: Vec<String> = report
-        .rows
-        .iter()
-        .map(|r| format!("{}: {}", r.title, r.method))
-        .collect();
-    let _ = writeln!(
-        s,
-        "Scoring: {}. Answers compared with references after `{:?}` normalization.\n",
-        methods.join("; "),
-        report.normalization
-    );
-    if let Some(text) = shot_draws_text(report) {
-        let _ = writeln!(s, "{text}\n");
-    }
-    if let Some(floor) = report.prior_floor_nll {
-        let _ = writeln!(
-            s,
-            "Label loss (−log p of the reference, labels normalized) against the prior-only floor {floor:.3} nats: {}.\n",
-            report
-                .rows
-                .iter()
-                .filter_map(|r| r.label_nll.map(|l| format!("{} {l:.3}", r.title)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    for c in &report.comparisons {
-        let _ = writeln!(
-            s,
-            "- {} − {}: {} {:+.3} [95% CI {:+.3}, {:+.3}] (paired bootstrap over the same examples)",
-            c.a, c.b, c.metric, c.difference.value, c.difference.low, c.difference.high
-        );
-    }
-    if let Some(payback) = &report.payback {
-        let _ = writeln!(s, "\nBreak-even: {}", payback.sentence());
-    }
-    if !report.tests.is_empty() {
-        let _ = writeln!(
-            s,
-            "\n## Significance\n\nEach arm against the best prompting strategy on the same rows: the exact McNemar test on the rows only one of the two gets right, Holm-adjusted across the arms, and the smallest difference these rows detect (80% power, α 0.05).\n\n| arm | against | only the arm right | only the other right | p | p (Holm) | detectable difference |\n|---|---|---|---|---|---|---|"
-        );
-        for t in &report.tests {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                t.arm,
-                t.against,
-                t.only_arm,
-                t.only_against,
-                p_value(t.p),
-                p_value(t.p_holm),
-                detectable(t.detectable)
-            );
-        }
-    }
-    if !report.flips.is_empty() {
-        let _ = writeln!(s, "\n## Flips\n");
-        for f in &report.flips {
-            let _ = writeln!(
-                s,
-                "- {} right, {} wrong: {} rows; {} right, {} wrong: {} rows.",
-                f.a, f.b, f.a_only, f.b, f.a, f.b_only
-            );
-            for (who, rows) in [(&f.a, &f.a_only_rows), (&f.b, &f.b_only_rows)] {
-                for r in rows {
-                    let _ = writeln!(
-                        s,
-                        "  - line {} (only {who} right): {} → reference {:?}, {} {:?}, {} {:?}",
-                        r.line,
-                        short(&r.input, 80),
-                        r.reference,
-                        f.a,
-                        r.a.trim(),
-                        f.b,
-                        r.b.trim()
-                    );
-                }
-            }
-        }
-    }
-    if !report.learning_curve.is_empty() {
-        let _ = writeln!(s, "\n## Learning curve\n\n| train examples | steps | training time | {} [95% CI] |\n|---|---|---|---|", report.learning_curve[0].metric.name);
-        for p in &report.learning_curve {
-            let e = &p.metric.estimate;
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.0} s | {:.3} [{:.3}, {:.3}] |",
-                p.train_examples, p.steps, p.train_seconds, e.value, e.low, e.high
-            );
-        }
-        if let Some(best) = best_prompting(report) {
-            let _ = writeln!(
-                s,
-                "\nBest prompting strategy for comparison: {} at {:.3}.",
-                best.title,
-                best.headline().estimate.value
-            );
-        }
-    }
-    if !report.instruction_sweep.is_empty() {
-        let _ = writeln!(s, "\n## Instruction sweep (zero-shot on `{}`)\n\n| instruction | {} [95% CI] | chosen |\n|---|---|---|", report.sweep_path.as_deref().unwrap_or("valid"), report.instruction_sweep[0].metric.name);
-        for t in &report.instruction_sweep {
-            let e = &t.metric.estimate;
-            let _ = writeln!(
-                s,
-                "| {} | {:.3} [{:.3}, {:.3}] | {} |",
-                short(&t.template, 90),
-                e.value,
-                e.low,
-                e.high,
-                if t.chosen { "✓" } else { "" }
-            );
-        }
-    }
-    let _ = writeln!(s, "\n## Wording\n");
-    let shown = |t: &Option<String>| match t {
-        Some(t) => format!("`{}`", t.replace('\n', "⏎")),
-        None => "(none)".to_string(),
-    };
-    let _ = writeln!(
-        s,
-        "- prompting: template {}, system {}",
-        shown(&report.prompt_shape.template),
-        shown(&report.prompt_shape.system)
-    );
-    let _ = writeln!(
-        s,
-        "- adapter (as trained): template {}, system {}",
-        shown(&report.tuned_shape.template),
-        shown(&report.tuned_shape.system)
-    );
-    if !report.samples.is_empty() {
-        let keys = sample_keys(report);
-        let _ = write!(
-            s,
-            "\n## Side by side (first {})\n\n| line | input | reference |",
-            report.samples.len()
-        );
-        for k in &keys {
-            let _ = write!(s, " {k} |");
-        }
-        let _ = writeln!(s, "\n|{}", "---|".repeat(3 + keys.len()));
-        for x in &report.samples {
-            let _ = write!(
-                s,
-                "| {} | {} | {} |",
-                x.line,
-                short(&x.input, 80),
-                short(&x.reference, 40)
-            );
-            for (_, p) in &x.predictions {
-                let _ = write!(s, " {} |", short(p, 40));
-            }
-            let _ = writeln!(s);
-        }
-    }
-    for n in &report.notes {
-        let _ = writeln!(s, "\nNote: {n}");
-    }
-    s
-}
-
 /// The best prompting row, by the recommendation's own rule.
 fn best_prompting(report: &CompareReport) -> Option<&StrategyRow> {
     crate::compare::best_prompting(&report.rows, report.examples)
@@ -608,195 +400,446 @@ fn cost_chart(report: &CompareReport) -> String {
     s
 }
 
+/// One block of a report section, rendered the same way into Markdown and HTML (charts
+/// are HTML only: SVG has no Markdown form).
+enum Block {
+    /// A paragraph; `backticks` mark code.
+    Text(String),
+    Table {
+        header: Vec<String>,
+        /// Cells, each with whether it is a wrong answer or a warning (HTML colors it).
+        rows: Vec<Vec<(String, bool)>>,
+    },
+    /// Items, each with sub-items.
+    List(Vec<(String, Vec<String>)>),
+    Chart(String),
+}
+
+struct Section {
+    title: String,
+    blocks: Vec<Block>,
+}
+
+fn cells(values: Vec<String>) -> Vec<(String, bool)> {
+    values.into_iter().map(|v| (v, false)).collect()
+}
+
+/// The report as a list of sections: the one description both renderers draw.
+fn sections(report: &CompareReport) -> Vec<Section> {
+    let mut out = Vec::new();
+    let task = match report.task.labels() {
+        [] => "sequence answers".to_string(),
+        labels => format!("labels: {}", labels.join(", ")),
+    };
+    let mut intro = vec![
+        Block::Text(format!(
+            "Model `{}`; {} test examples ({task}); shots drawn from {} train examples with seed {}.",
+            report.model, report.examples, report.train_examples, report.seed
+        )),
+        Block::Text(report.leakage.summary()),
+    ];
+    if !report.provenance.files.is_empty() {
+        intro.push(Block::Text(report.provenance.summary()));
+    }
+    out.push(Section {
+        title: String::new(),
+        blocks: intro,
+    });
+    out.push(Section {
+        title: "Recommendation".into(),
+        blocks: vec![Block::Text(report.recommendation.clone())],
+    });
+
+    let metric = report.rows.first().map_or("metric", |r| r.metrics[0].name);
+    let metric_names: Vec<&str> = report
+        .rows
+        .first()
+        .map_or(vec![], |r| r.metrics.iter().map(|m| m.name).collect());
+    let mut header: Vec<String> = [
+        "strategy",
+        "modification",
+        "data required",
+        "implementation time",
+        "cost per 1k test examples",
+    ]
+    .map(String::from)
+    .to_vec();
+    header.extend(metric_names.iter().map(|m| format!("{m} [95% CI]")));
+    header.push("predictions".into());
+    let rows = all_rows(report)
+        .into_iter()
+        .map(|r| {
+            let mut row = cells(vec![
+                r.title.clone(),
+                modification(r),
+                data_required(r),
+                implementation_time(r),
+                cost(r),
+            ]);
+            row.extend((0..r.metrics.len()).map(|i| (metric_cell(r, i), false)));
+            row.push((predictions_cell(r), r.collapsed));
+            row
+        })
+        .collect();
+    let mut table = vec![Block::Table { header, rows }];
+    let methods: Vec<String> = report
+        .rows
+        .iter()
+        .map(|r| format!("{}: {}", r.title, r.method))
+        .collect();
+    table.push(Block::Text(format!(
+        "Scoring: {}. Answers compared with references after `{:?}` normalization.",
+        methods.join("; "),
+        report.normalization
+    )));
+    if let Some(text) = shot_draws_text(report) {
+        table.push(Block::Text(text));
+    }
+    if let Some(floor) = report.prior_floor_nll {
+        table.push(Block::Text(format!(
+            "Label loss (−log p of the reference, labels normalized) against the prior-only floor {floor:.3} nats: {}.",
+            report
+                .rows
+                .iter()
+                .filter_map(|r| r.label_nll.map(|l| format!("{} {l:.3}", r.title)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if !report.comparisons.is_empty() {
+        table.push(Block::List(
+            report
+                .comparisons
+                .iter()
+                .map(|c| {
+                    (
+                        format!(
+                            "{} − {}: {} {:+.3} [95% CI {:+.3}, {:+.3}] (paired bootstrap over the same examples)",
+                            c.a, c.b, c.metric, c.difference.value, c.difference.low, c.difference.high
+                        ),
+                        Vec::new(),
+                    )
+                })
+                .collect(),
+        ));
+    }
+    if let Some(payback) = &report.payback {
+        table.push(Block::Text(format!("Break-even: {}", payback.sentence())));
+    }
+    table.push(Block::Chart(format!(
+        "<h3>{} per strategy (95% CI)</h3>{}",
+        esc(metric),
+        bar_chart(report)
+    )));
+    table.push(Block::Chart(format!(
+        "<h3>{} against cost</h3>{}",
+        esc(metric),
+        cost_chart(report)
+    )));
+    out.push(Section {
+        title: "The table".into(),
+        blocks: table,
+    });
+
+    if !report.tests.is_empty() {
+        out.push(Section {
+            title: "Significance".into(),
+            blocks: vec![
+                Block::Text("Each arm against the best prompting strategy on the same rows: the exact McNemar test on the rows only one of the two gets right, Holm-adjusted across the arms, and the smallest difference these rows detect (80% power, α 0.05).".into()),
+                Block::Table {
+                    header: ["arm", "against", "only the arm right", "only the other right", "p", "p (Holm)", "detectable difference"].map(String::from).to_vec(),
+                    rows: report
+                        .tests
+                        .iter()
+                        .map(|t| {
+                            cells(vec![
+                                t.arm.clone(),
+                                t.against.clone(),
+                                t.only_arm.to_string(),
+                                t.only_against.to_string(),
+                                p_value(t.p),
+                                p_value(t.p_holm),
+                                detectable(t.detectable),
+                            ])
+                        })
+                        .collect(),
+                },
+            ],
+        });
+    }
+    if !report.flips.is_empty() {
+        let items = report
+            .flips
+            .iter()
+            .map(|f| {
+                let mut examples = Vec::new();
+                for (who, rows) in [(&f.a, &f.a_only_rows), (&f.b, &f.b_only_rows)] {
+                    for r in rows {
+                        examples.push(format!(
+                            "line {} (only {who} right): {} → reference {:?}, {} {:?}, {} {:?}",
+                            r.line,
+                            short(&r.input, 80),
+                            r.reference,
+                            f.a,
+                            r.a.trim(),
+                            f.b,
+                            r.b.trim()
+                        ));
+                    }
+                }
+                (
+                    format!(
+                        "{} right, {} wrong: {} rows; {} right, {} wrong: {} rows.",
+                        f.a, f.b, f.a_only, f.b, f.a, f.b_only
+                    ),
+                    examples,
+                )
+            })
+            .collect();
+        out.push(Section {
+            title: "Flips".into(),
+            blocks: vec![Block::List(items)],
+        });
+    }
+    if !report.learning_curve.is_empty() {
+        let mut blocks = vec![
+            Block::Text("The adapter trained on nested subsets of the train split (`tuna train --train-sizes`), each scored on the same test rows.".into()),
+            Block::Chart(curve_chart(report)),
+            Block::Table {
+                header: vec![
+                    "train examples".into(),
+                    "steps".into(),
+                    "training time".into(),
+                    format!("{} [95% CI]", report.learning_curve[0].metric.name),
+                ],
+                rows: report
+                    .learning_curve
+                    .iter()
+                    .map(|p| {
+                        let e = &p.metric.estimate;
+                        cells(vec![
+                            p.train_examples.to_string(),
+                            p.steps.to_string(),
+                            format!("{:.0} s", p.train_seconds),
+                            format!("{:.3} [{:.3}, {:.3}]", e.value, e.low, e.high),
+                        ])
+                    })
+                    .collect(),
+            },
+        ];
+        if let Some(best) = best_prompting(report) {
+            blocks.push(Block::Text(format!(
+                "Best prompting strategy for comparison: {} at {:.3}.",
+                best.title,
+                best.headline().estimate.value
+            )));
+        }
+        out.push(Section {
+            title: "Learning curve".into(),
+            blocks,
+        });
+    }
+    if !report.instruction_sweep.is_empty() {
+        out.push(Section {
+            title: format!(
+                "Instruction sweep (zero-shot on `{}`)",
+                report.sweep_path.as_deref().unwrap_or("valid")
+            ),
+            blocks: vec![
+                Block::Text("Each wording tried zero-shot on the valid split; the best words every prompting strategy.".into()),
+                Block::Table {
+                    header: vec![
+                        "instruction".into(),
+                        format!("{} [95% CI]", report.instruction_sweep[0].metric.name),
+                        "chosen".into(),
+                    ],
+                    rows: report
+                        .instruction_sweep
+                        .iter()
+                        .map(|t| {
+                            let e = &t.metric.estimate;
+                            cells(vec![
+                                short(&t.template, 90),
+                                format!("{:.3} [{:.3}, {:.3}]", e.value, e.low, e.high),
+                                if t.chosen { "✓" } else { "" }.into(),
+                            ])
+                        })
+                        .collect(),
+                },
+            ],
+        });
+    }
+    let shown = |t: &Option<String>| match t {
+        Some(t) => format!("`{}`", t.replace('\n', "⏎")),
+        None => "(none)".to_string(),
+    };
+    out.push(Section {
+        title: "Wording".into(),
+        blocks: vec![Block::List(vec![
+            (
+                format!(
+                    "prompting: template {}, system {}",
+                    shown(&report.prompt_shape.template),
+                    shown(&report.prompt_shape.system)
+                ),
+                Vec::new(),
+            ),
+            (
+                format!(
+                    "adapter (as trained): template {}, system {}",
+                    shown(&report.tuned_shape.template),
+                    shown(&report.tuned_shape.system)
+                ),
+                Vec::new(),
+            ),
+        ])],
+    });
+    if !report.samples.is_empty() {
+        let mut header: Vec<String> = ["line", "input", "reference"].map(String::from).to_vec();
+        header.extend(sample_keys(report).iter().map(|k| k.to_string()));
+        let rows = report
+            .samples
+            .iter()
+            .map(|x| {
+                let mut row = cells(vec![
+                    x.line.to_string(),
+                    short(&x.input, 80),
+                    short(&x.reference, 40),
+                ]);
+                for (_, p) in &x.predictions {
+                    let wrong =
+                        crate::metrics::normalize(p) != crate::metrics::normalize(&x.reference);
+                    row.push((short(p, 40), wrong));
+                }
+                row
+            })
+            .collect();
+        out.push(Section {
+            title: format!("Side by side (first {})", report.samples.len()),
+            blocks: vec![Block::Table { header, rows }],
+        });
+    }
+    if !report.notes.is_empty() {
+        out.push(Section {
+            title: "Notes".into(),
+            blocks: report
+                .notes
+                .iter()
+                .map(|n| Block::Text(format!("Note: {n}")))
+                .collect(),
+        });
+    }
+    out
+}
+
+pub fn markdown(report: &CompareReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Prompting vs fine-tuning on `{}`\n", report.test_path);
+    for section in sections(report) {
+        if !section.title.is_empty() {
+            let _ = writeln!(s, "## {}\n", section.title);
+        }
+        for block in &section.blocks {
+            match block {
+                Block::Text(text) => {
+                    let _ = writeln!(s, "{text}\n");
+                }
+                Block::Table { header, rows } => {
+                    let _ = writeln!(s, "| {} |", header.join(" | "));
+                    let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
+                    for row in rows {
+                        let texts: Vec<&str> = row.iter().map(|(t, _)| t.as_str()).collect();
+                        let _ = writeln!(s, "| {} |", texts.join(" | "));
+                    }
+                    let _ = writeln!(s);
+                }
+                Block::List(items) => {
+                    for (item, subs) in items {
+                        let _ = writeln!(s, "- {item}");
+                        for sub in subs {
+                            let _ = writeln!(s, "  - {sub}");
+                        }
+                    }
+                    let _ = writeln!(s);
+                }
+                Block::Chart(_) => {}
+            }
+        }
+    }
+    s
+}
+
+/// Text for HTML: escaped, with `backticks` as code.
+fn html_text(text: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in esc(text).split('`').enumerate() {
+        if i % 2 == 1 {
+            let _ = write!(out, "<code>{part}</code>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 pub fn html(report: &CompareReport) -> String {
     let mut s = String::new();
-    let metric = report.rows.first().map_or("metric", |r| r.metrics[0].name);
     let _ = write!(
         s,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>tuna compare: {title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse;margin:1em 0;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}
 th{{background:#f3f3f3}}.rec{{background:#eef6ee;border-left:4px solid #3a3;padding:.6em 1em}}.warn{{color:#b00}}code{{background:#f5f5f5}}</style></head><body>
-<h1>Prompting vs fine-tuning</h1><p>Model <code>{model}</code>, test set <code>{title}</code>: {n} examples; {train} train examples; seed {seed}.</p>
-<p>{leakage}</p>{provenance}
-<div class="rec"><strong>Recommendation.</strong> {rec}</div>"#,
+<h1>Prompting vs fine-tuning on <code>{title}</code></h1>"#,
         title = esc(&report.test_path),
-        model = esc(&report.model),
-        n = report.examples,
-        train = report.train_examples,
-        seed = report.seed,
-        rec = esc(&report.recommendation),
-        leakage = esc(&report.leakage.summary()),
-        provenance = if report.provenance.files.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "<p><small>{}</small></p>",
-                esc(&report.provenance.summary())
-            )
-        },
     );
-    let metric_names: Vec<&str> = report
-        .rows
-        .first()
-        .map_or(vec![], |r| r.metrics.iter().map(|m| m.name).collect());
-    s.push_str("<h2>The table</h2><table><tr><th>strategy</th><th>modification</th><th>data required</th><th>implementation time</th><th>cost per 1k test examples</th>");
-    for m in &metric_names {
-        let _ = write!(s, "<th>{} [95% CI]</th>", esc(m));
-    }
-    s.push_str("<th>predictions</th></tr>");
-    for r in all_rows(report) {
-        let _ = write!(
-            s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
-            esc(&r.title),
-            esc(&modification(r)),
-            esc(&data_required(r)),
-            esc(&implementation_time(r)),
-            esc(&cost(r))
-        );
-        for i in 0..r.metrics.len() {
-            let _ = write!(s, "<td>{}</td>", esc(&metric_cell(r, i)));
+    for section in sections(report) {
+        let recommendation = section.title == "Recommendation";
+        if !section.title.is_empty() {
+            let _ = write!(s, "<h2>{}</h2>", html_text(&section.title));
         }
-        let class = if r.collapsed { " class=\"warn\"" } else { "" };
-        let _ = write!(s, "<td{class}>{}</td></tr>", esc(&predictions_cell(r)));
-    }
-    s.push_str("</table>");
-    if let Some(text) = shot_draws_text(report) {
-        let _ = write!(s, "<p>{}</p>", esc(&text));
-    }
-    for c in &report.comparisons {
-        let _ = write!(
-            s,
-            "<p>{} − {}: {} {:+.3} [95% CI {:+.3}, {:+.3}] (paired bootstrap)</p>",
-            esc(&c.a),
-            esc(&c.b),
-            esc(c.metric),
-            c.difference.value,
-            c.difference.low,
-            c.difference.high
-        );
-    }
-    if let Some(payback) = &report.payback {
-        let _ = write!(s, "<p>Break-even: {}</p>", esc(&payback.sentence()));
-    }
-    if !report.tests.is_empty() {
-        s.push_str("<h2>Significance</h2><p>Each arm against the best prompting strategy on the same rows: the exact McNemar test on the rows only one of the two gets right, Holm-adjusted across the arms, and the smallest difference these rows detect (80% power, α 0.05).</p><table><tr><th>arm</th><th>against</th><th>only the arm right</th><th>only the other right</th><th>p</th><th>p (Holm)</th><th>detectable difference</th></tr>");
-        for t in &report.tests {
-            let _ = write!(
-                s,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&t.arm),
-                esc(&t.against),
-                t.only_arm,
-                t.only_against,
-                p_value(t.p),
-                p_value(t.p_holm),
-                detectable(t.detectable)
-            );
-        }
-        s.push_str("</table>");
-    }
-    if !report.flips.is_empty() {
-        s.push_str("<h2>Flips</h2><ul>");
-        for f in &report.flips {
-            let _ = write!(
-                s,
-                "<li>{a} right, {b} wrong: {} rows; {b} right, {a} wrong: {} rows.<ul>",
-                f.a_only,
-                f.b_only,
-                a = esc(&f.a),
-                b = esc(&f.b)
-            );
-            for (who, rows) in [(&f.a, &f.a_only_rows), (&f.b, &f.b_only_rows)] {
-                for r in rows {
-                    let _ = write!(
-                        s,
-                        "<li>line {} (only {} right): {} → reference {}, {} {}, {} {}</li>",
-                        r.line,
-                        esc(who),
-                        esc(&short(&r.input, 80)),
-                        esc(&r.reference),
-                        esc(&f.a),
-                        esc(r.a.trim()),
-                        esc(&f.b),
-                        esc(r.b.trim())
-                    );
+        for block in &section.blocks {
+            match block {
+                Block::Text(text) if recommendation => {
+                    let _ = write!(s, "<div class=\"rec\">{}</div>", html_text(text));
                 }
+                Block::Text(text) => {
+                    let _ = write!(s, "<p>{}</p>", html_text(text));
+                }
+                Block::Table { header, rows } => {
+                    s.push_str("<table><tr>");
+                    for h in header {
+                        let _ = write!(s, "<th>{}</th>", html_text(h));
+                    }
+                    s.push_str("</tr>");
+                    for row in rows {
+                        s.push_str("<tr>");
+                        for (text, warn) in row {
+                            let class = if *warn { " class=\"warn\"" } else { "" };
+                            let _ = write!(s, "<td{class}>{}</td>", html_text(text));
+                        }
+                        s.push_str("</tr>");
+                    }
+                    s.push_str("</table>");
+                }
+                Block::List(items) => {
+                    s.push_str("<ul>");
+                    for (item, subs) in items {
+                        let _ = write!(s, "<li>{}", html_text(item));
+                        if !subs.is_empty() {
+                            s.push_str("<ul>");
+                            for sub in subs {
+                                let _ = write!(s, "<li>{}</li>", html_text(sub));
+                            }
+                            s.push_str("</ul>");
+                        }
+                        s.push_str("</li>");
+                    }
+                    s.push_str("</ul>");
+                }
+                Block::Chart(svg) => s.push_str(svg),
             }
-            s.push_str("</ul></li>");
         }
-        s.push_str("</ul>");
-    }
-    let _ = write!(
-        s,
-        "<h2>{} per strategy (95% CI)</h2>{}",
-        esc(metric),
-        bar_chart(report)
-    );
-    let _ = write!(
-        s,
-        "<h2>{} against cost</h2>{}",
-        esc(metric),
-        cost_chart(report)
-    );
-    if !report.instruction_sweep.is_empty() {
-        let _ = write!(s, "<h2>Instruction sweep</h2><p>Each wording tried zero-shot on <code>{}</code>; the best words every prompting strategy.</p><table><tr><th>instruction</th><th>{} [95% CI]</th><th>chosen</th></tr>", esc(report.sweep_path.as_deref().unwrap_or("valid")), esc(metric));
-        for t in &report.instruction_sweep {
-            let e = &t.metric.estimate;
-            let _ = write!(
-                s,
-                "<tr><td>{}</td><td>{:.3} [{:.3}, {:.3}]</td><td>{}</td></tr>",
-                esc(&t.template),
-                e.value,
-                e.low,
-                e.high,
-                if t.chosen { "✓" } else { "" }
-            );
-        }
-        s.push_str("</table>");
-    }
-    if !report.learning_curve.is_empty() {
-        let _ = write!(s, "<h2>Learning curve</h2><p>The adapter trained on nested subsets of the train split (<code>tuna train --train-sizes</code>), each scored on the same test rows; the dashed line is the best prompting strategy.</p>{}<table><tr><th>train examples</th><th>steps</th><th>training time</th><th>{} [95% CI]</th></tr>", curve_chart(report), esc(metric));
-        for p in &report.learning_curve {
-            let e = &p.metric.estimate;
-            let _ = write!(
-                s,
-                "<tr><td>{}</td><td>{}</td><td>{:.0} s</td><td>{:.3} [{:.3}, {:.3}]</td></tr>",
-                p.train_examples, p.steps, p.train_seconds, e.value, e.low, e.high
-            );
-        }
-        s.push_str("</table>");
-    }
-    if !report.samples.is_empty() {
-        s.push_str("<h2>Side by side</h2><table><tr><th>line</th><th>input</th><th>reference</th>");
-        for k in sample_keys(report) {
-            let _ = write!(s, "<th>{}</th>", esc(k));
-        }
-        s.push_str("</tr>");
-        for x in &report.samples {
-            let _ = write!(
-                s,
-                "<tr><td>{}</td><td>{}</td><td>{}</td>",
-                x.line,
-                esc(&short(&x.input, 200)),
-                esc(&x.reference)
-            );
-            for (_, p) in &x.predictions {
-                let mark =
-                    if crate::metrics::normalize(p) == crate::metrics::normalize(&x.reference) {
-                        ""
-                    } else {
-                        " class=\"warn\""
-                    };
-                let _ = write!(s, "<td{mark}>{}</td>", esc(&short(p, 80)));
-            }
-            s.push_str("</tr>");
-        }
-        s.push_str("</table>");
-    }
-    for n in &report.notes {
-        let _ = write!(s, "<p><em>Note: {}</em></p>", esc(n));
     }
     s.push_str("</body></html>\n");
     s
