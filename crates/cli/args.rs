@@ -74,6 +74,9 @@ pub enum Command {
     Export(ExportArgs),
     /// LoRA fine-tuning: writes a run directory with checkpoints and a PEFT adapter.
     Train(Box<TrainArgs>),
+    /// The whole study in one directory: train the adapter (one run per --seeds), then
+    /// compare every prompting strategy with it; a second run reuses what is done.
+    Study(Box<StudyArgs>),
     /// Check datasets and see what training will train on.
     #[command(subcommand)]
     Data(DataCommand),
@@ -263,6 +266,11 @@ pub struct CompareArgs {
     /// each is scored like the tuned strategy, as a row of its own.
     #[arg(long = "also-adapter", value_name = "ADAPTER")]
     pub also_adapters: Vec<PathBuf>,
+    /// The training seeds of --adapter and of each --also-adapter, when these are one
+    /// training run repeated with other seeds (tuna study does this): the report gives the
+    /// tuned number's spread and whether the verdict holds on every seed.
+    #[arg(long, value_delimiter = ',', requires = "also_adapters")]
+    pub training_seeds: Vec<u64>,
     /// One prompt, base and tuned answers streamed one after the other.
     #[arg(long)]
     pub prompt: Option<String>,
@@ -275,6 +283,118 @@ pub struct CompareArgs {
     /// Print the report as JSON on stdout too.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StudyArgs {
+    /// A .gguf file, a Hugging Face model directory or a hub id.
+    #[arg(long, env = "TUNA_MODEL", default_value = crate::model_args::DEFAULT_MODEL)]
+    pub model: String,
+    /// cpu, cuda, cuda:N, metal, or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Training JSONL: what the adapter trains on, and where shots and labels come from.
+    #[arg(long, value_parser = input_file)]
+    pub train: PathBuf,
+    /// Test JSONL: every strategy is scored on it.
+    #[arg(long, value_parser = input_file)]
+    pub test: PathBuf,
+    /// Held-out JSONL: evaluation during training, and the instruction sweep.
+    #[arg(long, value_parser = input_file)]
+    pub valid: Option<PathBuf>,
+    /// The study directory (seed-N/ runs, report/, study.json).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Adapters trained, each with its own training seed: the report gives the spread across
+    /// them and whether the verdict holds on every one.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub seeds: usize,
+    /// The first training seed (the others follow it).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub training: StudyTrainingArgs,
+    #[command(flatten)]
+    pub compare: StudyCompareArgs,
+}
+
+/// The training flags a study passes on to `tuna train` (see `tuna train --help`).
+#[derive(Debug, Args)]
+pub struct StudyTrainingArgs {
+    /// A training config (see configs/smollm2-135m-lora.toml); the flags below override it.
+    #[arg(short = 'c', long = "config", value_parser = input_file)]
+    pub config: Option<PathBuf>,
+    /// Optimizer steps per adapter (default: the config's, else one epoch).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Passes over the training data, when --max-steps is not given.
+    #[arg(long, allow_negative_numbers = true)]
+    pub epochs: Option<f64>,
+    /// Peak learning rate.
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    /// LoRA rank.
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// LoRA scale numerator (alpha / r).
+    #[arg(long, allow_negative_numbers = true)]
+    pub lora_alpha: Option<f64>,
+    /// Training examples per micro-batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Longest training example in tokens.
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// all-linear, or a list such as q_proj,v_proj.
+    #[arg(long)]
+    pub target_modules: Option<String>,
+    /// Wraps prompts of prompt/completion records in training, e.g. "Review: {prompt}".
+    #[arg(long)]
+    pub prompt_template: Option<String>,
+    /// System message for training records that have none.
+    #[arg(long)]
+    pub system_prompt: Option<String>,
+    /// How the frozen projections are held while training (tuna train --weights).
+    #[arg(long = "train-weights", value_enum)]
+    pub train_weights: Option<InferenceWeights>,
+}
+
+/// The scoring flags a study passes on to `tuna compare` (see `tuna compare --help`).
+#[derive(Debug, Args)]
+pub struct StudyCompareArgs {
+    /// Comma-separated strategies (default: zero,one,few,cot,tuned,hybrid).
+    #[arg(long)]
+    pub strategies: Option<String>,
+    /// Shots for few-shot and hybrid.
+    #[arg(long)]
+    pub shots: Option<usize>,
+    /// Seeded draws of shots per strategy that shows some.
+    #[arg(long)]
+    pub shot_draws: Option<u64>,
+    /// Score the first N test examples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Chain-of-thought on the first N test examples at most.
+    #[arg(long)]
+    pub cot_limit: Option<usize>,
+    /// Instruction variants (separated by lines of ---) swept zero-shot on --valid.
+    #[arg(long, value_parser = input_file)]
+    pub instructions: Option<PathBuf>,
+    /// Metrics, comma-separated, the first the headline.
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// The label set, comma-separated.
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Rows of the side-by-side table.
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// How the frozen projections are held while scoring (tuna compare --weights).
+    #[arg(long = "score-weights", value_enum)]
+    pub score_weights: Option<InferenceWeights>,
+    /// Leave out test rows whose input also appears in the train split.
+    #[arg(long)]
+    pub exclude_leaks: bool,
 }
 
 #[derive(Debug, Args)]

@@ -66,6 +66,7 @@ fn main() {
         args::Command::Compare(a) => commands::compare::run(*a),
         args::Command::Export(a) => commands::export::run(a),
         args::Command::Train(a) => commands::train::run(*a),
+        args::Command::Study(a) => commands::study::run(*a),
         args::Command::Data(a) => commands::data::run(a),
         args::Command::Bench(a) => commands::bench::run(a),
     });

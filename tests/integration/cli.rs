@@ -514,6 +514,8 @@ fn every_flag_has_help_and_train_shows_its_defaults() {
         &["compare"],
         &["export"],
         &["train"],
+        &["study"],
+        &["chat"],
         &["data", "validate"],
         &["data", "preview"],
         &["bench", "generate"],

@@ -10,5 +10,6 @@ mod export;
 mod gpu;
 mod hub;
 mod real_model;
+mod study;
 mod train;
 mod util;

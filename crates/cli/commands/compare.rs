@@ -51,6 +51,15 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(output)
         .with_context(|| format!("--output {}: cannot create", output.display()))?;
+    if !args.training_seeds.is_empty() && args.training_seeds.len() != 1 + args.also_adapters.len()
+    {
+        bail!(
+            "--training-seeds: {} seeds for {} adapters (--adapter and {} --also-adapter); give one seed per adapter",
+            args.training_seeds.len(),
+            1 + args.also_adapters.len(),
+            args.also_adapters.len()
+        );
+    }
     let fields = parse_field_names(&args.fields)?;
     let options = args.task.options(
         data,
@@ -109,6 +118,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         curve: curve.clone(),
         main_adapter: adapter.clone(),
         leakage: task.leakage.clone(),
+        training_seeds: args.training_seeds.clone(),
     };
     // Extra adapters and learning-curve runs load as the study reaches them, over the same
     // base and weights.

@@ -223,6 +223,7 @@ fn task_metrics(
         curve: Vec::new(),
         main_adapter: None,
         leakage: task.leakage.clone(),
+        training_seeds: Vec::new(),
     };
     let mut no_more_adapters = |dir: &Path| -> Result<AdapterArm, BoxError> {
         Err(format!("{}: not loaded", dir.display()).into())

@@ -5,4 +5,5 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod study;
 pub mod train;

@@ -276,6 +276,8 @@ pub struct CompareReport {
     pub flips: Vec<Flips>,
     /// When tuning pays for itself against the best prompting arm.
     pub payback: Option<Payback>,
+    /// The tuned arm across training seeds (set by a study with several seeds).
+    pub seed_spread: Option<crate::study::SeedSpread>,
     /// Test inputs the train split also holds (set by the study).
     pub leakage: crate::study::Leakage,
     /// What produced the report (set by the command that writes it).
@@ -513,6 +515,7 @@ pub fn summarize(
         tests,
         flips,
         payback,
+        seed_spread: None,
         leakage: Default::default(),
         provenance: Default::default(),
         recommendation,

@@ -541,6 +541,23 @@ fn sections(report: &CompareReport) -> Vec<Section> {
         blocks: table,
     });
 
+    if let Some(spread) = &report.seed_spread {
+        out.push(Section {
+            title: "Training seeds".into(),
+            blocks: vec![
+                Block::Text(spread.sentence.clone()),
+                Block::Table {
+                    header: vec!["training seed".into(), format!("{metric}")],
+                    rows: spread
+                        .seeds
+                        .iter()
+                        .zip(&spread.values)
+                        .map(|(s, v)| cells(vec![s.to_string(), format!("{v:.3}")]))
+                        .collect(),
+                },
+            ],
+        });
+    }
     if !report.tests.is_empty() {
         out.push(Section {
             title: "Significance".into(),

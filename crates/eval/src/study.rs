@@ -346,6 +346,23 @@ pub struct Study<'a> {
     pub main_adapter: Option<PathBuf>,
     /// What the leakage guard found (`Task::leakage`).
     pub leakage: Leakage,
+    /// The training seeds of the main adapter and of each extra adapter, when the extras
+    /// are the same training run with other seeds: the report then gives the tuned
+    /// number's spread across seeds and says whether the verdict holds on every one.
+    pub training_seeds: Vec<u64>,
+}
+
+/// The tuned arm's headline across training seeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeedSpread {
+    pub seeds: Vec<u64>,
+    pub values: Vec<f64>,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Whether every seed's adapter reaches the same verdict against the best prompting arm.
+    pub verdict_holds: bool,
+    pub sentence: String,
 }
 
 impl Study<'_> {
@@ -364,7 +381,10 @@ impl Study<'_> {
             let arm = load(path).map_err(|e| arm_error(path, e))?;
             let mut row = score_arm(&setup, &arm, progress)?;
             row.key = format!("tuned-{}", i + 2);
-            row.title = format!("fine-tuned ({})", path.display());
+            row.title = match self.training_seeds.get(i + 1) {
+                Some(seed) => format!("fine-tuned (LoRA, training seed {seed})"),
+                None => format!("fine-tuned ({})", path.display()),
+            };
             rows.push(row);
         }
         let mut learning_curve = Vec::new();
@@ -423,6 +443,14 @@ impl Study<'_> {
             ));
         }
         report.leakage = self.leakage.clone();
+        if self.training_seeds.len() > 1 {
+            let spread = seed_spread(&report, &self.training_seeds);
+            if let Some(spread) = spread {
+                report.recommendation.push(' ');
+                report.recommendation.push_str(&spread.sentence);
+                report.seed_spread = Some(spread);
+            }
+        }
         Ok(report)
     }
 
@@ -472,6 +500,94 @@ impl Study<'_> {
         }
         Ok((rows, notes))
     }
+}
+
+/// The tuned rows of every training seed (tuned, tuned-2, ...), their spread, and whether
+/// each reaches the main verdict against the best prompting arm: a significant win, a
+/// significant loss, or neither (by the Holm-adjusted McNemar test where the report has one,
+/// else by which side of the best prompt the seed lands).
+fn seed_spread(report: &CompareReport, seeds: &[u64]) -> Option<SeedSpread> {
+    let keys: Vec<String> = std::iter::once("tuned".to_string())
+        .chain((2..=seeds.len()).map(|i| format!("tuned-{i}")))
+        .collect();
+    let rows: Vec<&StrategyRow> = keys
+        .iter()
+        .filter_map(|k| report.rows.iter().find(|r| &r.key == k))
+        .collect();
+    if rows.len() != seeds.len() {
+        return None;
+    }
+    let best = compare::best_prompting(&report.rows, report.examples)?;
+    let metric = best.headline().metric;
+    let verdict = |row: &StrategyRow| -> i8 {
+        match report.tests.iter().find(|t| t.arm == row.key) {
+            Some(t) if t.p_holm < 0.05 => {
+                if t.only_arm > t.only_against {
+                    1
+                } else {
+                    -1
+                }
+            }
+            Some(_) => 0,
+            None => {
+                let (v, b) = (
+                    row.headline().estimate.value,
+                    best.headline().estimate.value,
+                );
+                if metric.better(v, b) {
+                    1
+                } else if metric.better(b, v) {
+                    -1
+                } else {
+                    0
+                }
+            }
+        }
+    };
+    let verdicts: Vec<i8> = rows.iter().map(|r| verdict(r)).collect();
+    let verdict_holds = verdicts.iter().all(|&v| v == verdicts[0]);
+    let values: Vec<f64> = rows.iter().map(|r| r.headline().estimate.value).collect();
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let (min, max) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let listed: Vec<String> = seeds
+        .iter()
+        .zip(&values)
+        .map(|(s, v)| format!("{v:.3} (seed {s})"))
+        .collect();
+    let word = |v: i8| match v {
+        1 => "beats",
+        -1 => "loses to",
+        _ => "cannot be told apart from",
+    };
+    let sentence = if verdict_holds {
+        format!(
+            "Across {} training seeds the adapter scored {} (mean {mean:.3}, range {min:.3} to {max:.3}) and {} {} on every seed: the verdict holds across seeds.",
+            seeds.len(),
+            listed.join(", "),
+            word(verdicts[0]),
+            best.title
+        )
+    } else {
+        format!(
+            "Across {} training seeds the adapter scored {} (mean {mean:.3}, range {min:.3} to {max:.3}), and the seeds disagree on whether it beats {}: the verdict does not hold across seeds.",
+            seeds.len(),
+            listed.join(", "),
+            best.title
+        )
+    };
+    Some(SeedSpread {
+        seeds: seeds.to_vec(),
+        values,
+        mean,
+        min,
+        max,
+        verdict_holds,
+        sentence,
+    })
 }
 
 /// The instruction variants scored zero-shot on the valid split, and the chosen wording.

@@ -1,0 +1,134 @@
+//! `tuna study` through the binary: two training seeds and the compare in one directory; a
+//! second invocation reuses every run and the report; a changed flag is refused by name.
+
+use tuna_testkit::{tiny_model, TinySpec};
+
+use crate::util::{redact, tuna};
+
+fn parity(path: &std::path::Path, range: std::ops::Range<usize>) {
+    let text: String = range
+        .map(|i| {
+            let answer = if i % 2 == 0 { "yes" } else { "no" };
+            format!("{{\"prompt\": \"is {i} even\", \"completion\": \"{answer}\"}}\n")
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_study_trains_every_seed_compares_and_reuses_what_is_done() {
+    let m = tiny_model(TinySpec::default());
+    let dir = m.path();
+    let (train, test) = (dir.join("train.jsonl"), dir.join("test.jsonl"));
+    parity(&train, 0..24);
+    parity(&test, 100..112);
+    let out = dir.join("study");
+    let model = m.path_str();
+    let study = |extra: &[&str]| {
+        let mut args = vec![
+            "study",
+            "--model",
+            &model,
+            "--train",
+            train.to_str().unwrap(),
+            "--test",
+            test.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--seeds",
+            "2",
+            "--max-steps",
+            "2",
+            "--lora-r",
+            "2",
+            "--strategies",
+            "zero,tuned",
+        ];
+        args.extend_from_slice(extra);
+        tuna(&args, &[])
+    };
+    let r = study(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.trim_end().ends_with("study/report"),
+        "{}",
+        r.stdout
+    );
+    for seed in ["seed-0", "seed-1"] {
+        assert!(out
+            .join(seed)
+            .join("adapter/adapter_model.safetensors")
+            .is_file());
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report/report.json")).unwrap())
+            .unwrap();
+    let keys: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["zero", "tuned", "tuned-2"]);
+    let spread = &report["seed_spread"];
+    assert_eq!(spread["seeds"], serde_json::json!([0, 1]));
+    assert_eq!(spread["values"].as_array().unwrap().len(), 2);
+    assert!(report["recommendation"]
+        .as_str()
+        .unwrap()
+        .contains("Across 2 training seeds the adapter scored"));
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(md.contains("## Training seeds"), "{md}");
+
+    // Again with the same flags: both runs kept, the report kept.
+    let written = std::fs::metadata(out.join("report/report.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let r = study(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let stderr = redact(&r.stderr, dir);
+    assert_eq!(
+        stderr
+            .matches("is finished with these settings: kept")
+            .count(),
+        2,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "== study 2/2: the report is up to date with the adapters, data and flags: kept"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::metadata(out.join("report/report.json"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        written
+    );
+
+    // A scoring flag changed: the runs are kept, the report made again.
+    let r = study(&["--limit", "6"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("== study 2/2: comparing every strategy with 2 adapters"),
+        "{}",
+        r.stderr
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["examples"], 6);
+
+    // A training flag changed: refused, naming it, nothing retrained.
+    let r = study(&["--lr", "0.5"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        redact(&r.stderr, dir).contains("error: study: <TMP>/study/seed-0 was trained with other settings: --lr: <TMP>/study/seed-0/config.toml has optim.lr = 0.001"),
+        "{}",
+        r.stderr
+    );
+}
