@@ -127,7 +127,7 @@ fn a_study_trains_every_seed_compares_and_reuses_what_is_done() {
     let r = study(&["--lr", "0.5"]);
     assert_eq!(r.code, 1);
     assert!(
-        redact(&r.stderr, dir).contains("error: study: <TMP>/study/seed-0 was trained with other settings: --lr: <TMP>/study/seed-0/config.toml has optim.lr = 0.001"),
+        redact(&r.stderr, dir).contains("error: study: <TMP>/study/seed-0 was trained with other settings (now: lr = 0.5); pass the flags it was trained with, or another --output"),
         "{}",
         r.stderr
     );

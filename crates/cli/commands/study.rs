@@ -87,23 +87,17 @@ fn fmt_seconds(s: f64) -> String {
     }
 }
 
-/// Trains (or resumes, or keeps) the run of training seed `seed`.
+/// Trains (or resumes, or keeps) the run of training seed `seed`; false when kept.
 fn train_seed(args: &StudyArgs, seed: u64) -> anyhow::Result<bool> {
     let dir = seed_dir(&args.output, seed);
     let mut argv: Vec<String> = vec!["tuna".into(), "train".into()];
     argv.extend(model_flags(args));
-    let has_run = tuna_train::checkpoint::list(&dir).pop().is_some();
-    if has_run {
-        argv.extend(["--resume".into(), dir.display().to_string()]);
-        argv.extend(["--data".into(), args.train.display().to_string()]);
-    } else {
-        argv.extend([
-            "--data".into(),
-            args.train.display().to_string(),
-            "--output".into(),
-            dir.display().to_string(),
-        ]);
-    }
+    argv.extend([
+        "--data".into(),
+        args.train.display().to_string(),
+        "--output".into(),
+        dir.display().to_string(),
+    ]);
     push_opt(
         &mut argv,
         "--valid",
@@ -111,28 +105,49 @@ fn train_seed(args: &StudyArgs, seed: u64) -> anyhow::Result<bool> {
     );
     argv.extend(["--seed".into(), seed.to_string()]);
     argv.extend(training_flags(args));
-    if has_run {
-        // A finished run whose settings the flags repeat is kept as it is (resolve refuses
-        // a flag that would change it, naming it).
-        let cli = Cli::try_parse_from(&argv).map_err(|e| anyhow::anyhow!("{}", e.render()))?;
-        let Command::Train(train) = cli.command else {
-            unreachable!("built as a train command")
-        };
-        let config = super::train::resolve(&train)
-            .with_context(|| format!("study: {} was trained with other settings", dir.display()))?;
-        let state = tuna_train::run_dir::read(&dir)?.state;
-        let target = config.train.max_steps;
-        let finished = state
-            .is_some_and(|s| s.step >= s.total_steps && (target == 0 || s.step >= target))
-            && dir
-                .join("adapter")
-                .join(tuna_lora::peft::CONFIG_FILE)
-                .is_file();
-        if finished {
-            return Ok(false);
-        }
+    if tuna_train::checkpoint::list(&dir).pop().is_none() {
+        run_command(&argv)?;
+        return Ok(true);
     }
-    run_command(&argv)?;
+    // A run is there: the settings these flags (and -c) resolve to against its config.toml.
+    let cli = Cli::try_parse_from(&argv).map_err(|e| anyhow::anyhow!("{}", e.render()))?;
+    let Command::Train(train) = cli.command else {
+        unreachable!("built as a train command")
+    };
+    let wanted = super::train::resolve(&train)?;
+    let info = tuna_train::run_dir::read(&dir)?;
+    let mut stored = info.config.clone();
+    stored.output = wanted.output.clone();
+    let finished = info.state.as_ref().is_some_and(|s| s.step >= s.total_steps)
+        && dir
+            .join("adapter")
+            .join(tuna_lora::peft::CONFIG_FILE)
+            .is_file();
+    if stored == wanted && finished {
+        return Ok(false);
+    }
+    let mut same_but_steps = stored.clone();
+    same_but_steps.train.max_steps = wanted.train.max_steps;
+    if same_but_steps != wanted {
+        let (old, new) = (stored.to_toml(), wanted.to_toml());
+        let changed: Vec<&str> = new
+            .lines()
+            .filter(|l| !old.lines().any(|o| o == *l))
+            .collect();
+        bail!(
+            "study: {} was trained with other settings (now: {}); pass the flags it was trained with, or another --output",
+            dir.display(),
+            changed.join("; ")
+        );
+    }
+    // The same run, unfinished or asked for more steps: it goes on where it stopped.
+    let mut resume: Vec<String> = vec!["tuna".into(), "train".into()];
+    resume.extend(model_flags(args));
+    resume.extend(["--resume".into(), dir.display().to_string()]);
+    if wanted.train.max_steps != stored.train.max_steps || args.training.max_steps.is_some() {
+        resume.extend(["--max-steps".into(), wanted.train.max_steps.to_string()]);
+    }
+    run_command(&resume)?;
     Ok(true)
 }
 
