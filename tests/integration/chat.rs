@@ -3,24 +3,14 @@
 
 use tuna_testkit::{tiny_model, TinySpec};
 
-use crate::util::{tuna, tuna_with_input};
-
-fn parity_data(path: &std::path::Path) {
-    let text: String = (0..12)
-        .map(|i| {
-            let answer = if i % 2 == 0 { "yes" } else { "no" };
-            format!("{{\"prompt\": \"is {i} even\", \"completion\": \"{answer}\"}}\n")
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
-}
+use crate::util::{tuna, tuna_with_input, write_parity};
 
 #[test]
 fn two_turns_through_a_pipe_compared_and_reset() {
     let m = tiny_model(TinySpec::default());
     let model = m.path_str();
     let data = m.path().join("train.jsonl");
-    parity_data(&data);
+    write_parity(&data, 0..12);
     let run_dir = m.path().join("run");
     let r = tuna(
         &[

@@ -3,25 +3,15 @@
 
 use tuna_testkit::{tiny_model, TinySpec};
 
-use crate::util::{redact, tuna};
-
-fn parity(path: &std::path::Path, range: std::ops::Range<usize>) {
-    let text: String = range
-        .map(|i| {
-            let answer = if i % 2 == 0 { "yes" } else { "no" };
-            format!("{{\"prompt\": \"is {i} even\", \"completion\": \"{answer}\"}}\n")
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
-}
+use crate::util::{redact, tuna, write_parity};
 
 #[test]
 fn a_study_trains_every_seed_compares_and_reuses_what_is_done() {
     let m = tiny_model(TinySpec::default());
     let dir = m.path();
     let (train, test) = (dir.join("train.jsonl"), dir.join("test.jsonl"));
-    parity(&train, 0..24);
-    parity(&test, 100..112);
+    write_parity(&train, 0..24);
+    write_parity(&test, 100..112);
     let out = dir.join("study");
     let model = m.path_str();
     let study = |extra: &[&str]| {

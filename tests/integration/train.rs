@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use tuna_testkit::{smollm2_gguf, tiny_model, TinySpec};
 
-use crate::util::{redact, tuna};
+use crate::util::{redact, tuna, write_parity};
 
 #[test]
 fn a_short_run_on_the_real_model_yields_an_adapter_that_generate_uses() {
@@ -261,16 +261,6 @@ fn ctrl_c_writes_a_resumable_checkpoint_and_exits_130() {
 }
 
 /// prompt/completion lines "is N even" -> yes/no, for the tiny model.
-fn write_parity(path: &std::path::Path, range: std::ops::Range<usize>) {
-    let text: String = range
-        .map(|i| {
-            let answer = if i % 2 == 0 { "yes" } else { "no" };
-            format!("{{\"prompt\": \"is {i} even\", \"completion\": \"{answer}\"}}\n")
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
-}
-
 #[test]
 fn a_moved_run_resumes_where_it_is_and_failed_runs_leave_nothing() {
     let m = tiny_model(TinySpec::default());

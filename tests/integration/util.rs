@@ -60,6 +60,17 @@ fn run_tuna(dir: &Path, args: &[&str], envs: &[(&str, &str)], input: Option<&str
     }
 }
 
+/// prompt/completion lines of a parity task: "is 3 even" -> "no".
+pub fn write_parity(path: &Path, range: std::ops::Range<usize>) {
+    let text: String = range
+        .map(|i| {
+            let answer = if i % 2 == 0 { "yes" } else { "no" };
+            format!("{{\"prompt\": \"is {i} even\", \"completion\": \"{answer}\"}}\n")
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
 /// Replaces `dir` in `text` with `<TMP>`.
 pub fn redact(text: &str, dir: &Path) -> String {
     text.replace(&dir.display().to_string(), "<TMP>")

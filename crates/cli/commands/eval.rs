@@ -38,7 +38,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let pool = match run.as_ref().filter(|_| options.shots > 0) {
         Some(run) => Some((
             tuna_train::trainer::shot_pool(&model, &run.config)?,
-            same_file(&args.data, &run.config.data.train),
+            tuna_eval::study::same_file(&args.data, &run.config.data.train),
         )),
         None => None,
     };
@@ -93,14 +93,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         print_task_metrics(report);
     }
     Ok(())
-}
-
-/// Whether two paths name one file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
 }
 
 /// --json: the loss report's fields, then the task metrics when asked for.

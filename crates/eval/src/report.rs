@@ -124,7 +124,8 @@ fn shot_draws_text(report: &CompareReport) -> Option<String> {
     })
 }
 
-fn short(s: &str, n: usize) -> String {
+/// One line of at most `n` characters (newlines and table bars as spaces).
+pub(crate) fn short(s: &str, n: usize) -> String {
     let s = s.replace(['\n', '|'], " ");
     if s.chars().count() <= n {
         s

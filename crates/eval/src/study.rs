@@ -271,7 +271,7 @@ impl Task {
 }
 
 /// Whether two paths name one file.
-fn same_file(a: &Path, b: &Path) -> bool {
+pub fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
@@ -607,7 +607,7 @@ fn run_sweep(
             "instruction {}/{}: {:?}",
             i + 1,
             sweep.variants.len(),
-            short(template)
+            crate::report::short(template, 70)
         ));
         let trial = CompareSetup {
             tuned: None,
@@ -666,13 +666,5 @@ fn arm_error(path: &Path, source: BoxError) -> EvalError {
     EvalError::Adapter {
         path: path.display().to_string(),
         source,
-    }
-}
-
-fn short(s: &str) -> String {
-    let one_line = s.replace('\n', " ");
-    match one_line.char_indices().nth(70) {
-        Some((at, _)) => format!("{}…", &one_line[..at]),
-        None => one_line,
     }
 }

@@ -31,6 +31,8 @@ pub struct AttentionLayout {
     window: usize,
     /// Every row lays its keys out alike (one mask row-broadcast).
     rows_alike: bool,
+    /// Built by `causal`: every key one sequence, positions 0..s (decode's fast path).
+    causal: bool,
 }
 
 impl AttentionLayout {
@@ -45,6 +47,7 @@ impl AttentionLayout {
             groups: vec![0; b * s],
             window: window.unwrap_or(usize::MAX),
             rows_alike: true,
+            causal: true,
         }
     }
 
@@ -65,6 +68,7 @@ impl AttentionLayout {
             groups: p.segments.to_vec(),
             window: window.unwrap_or(usize::MAX),
             rows_alike: false,
+            causal: false,
         })
     }
 
@@ -89,6 +93,7 @@ impl AttentionLayout {
             groups,
             window: window.unwrap_or(usize::MAX),
             rows_alike: false,
+            causal: false,
         }
     }
 
@@ -111,6 +116,7 @@ impl AttentionLayout {
             groups,
             window: window.unwrap_or(usize::MAX),
             rows_alike: true,
+            causal: false,
         }
     }
 
@@ -135,6 +141,9 @@ impl AttentionLayout {
     /// take its tables by offset).
     pub fn consecutive_from(&self) -> Option<usize> {
         let start = self.start();
+        if self.causal {
+            return Some(start);
+        }
         let first = *self.key_positions.get(start)? as usize;
         let plain = (0..self.rows).all(|r| {
             self.key_positions[r * self.keys + start..(r + 1) * self.keys]
@@ -168,6 +177,10 @@ impl AttentionLayout {
     /// (one new token with no window in reach).
     pub fn mask(&self, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
         let (t, s) = (self.queries, self.keys);
+        // Decode: one new token that sees every key, without building the pattern.
+        if self.causal && t == 1 && s <= self.window {
+            return Ok(None);
+        }
         let rows = if self.rows_alike { 1 } else { self.rows };
         let mut mask = Vec::with_capacity(rows * t * s);
         let mut all_visible = true;
