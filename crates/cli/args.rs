@@ -271,6 +271,11 @@ pub struct CompareArgs {
     /// tuned number's spread and whether the verdict holds on every seed.
     #[arg(long, value_delimiter = ',', requires = "also_adapters")]
     pub training_seeds: Vec<u64>,
+    /// Keep each scored strategy in DIR and reuse it when the same strategy is asked for
+    /// again with the same model, adapter, data, wording and settings (tuna study keeps its
+    /// scores in OUTPUT/scores).
+    #[arg(long, value_name = "DIR")]
+    pub score_cache: Option<PathBuf>,
     /// One prompt, base and tuned answers streamed one after the other.
     #[arg(long)]
     pub prompt: Option<String>,

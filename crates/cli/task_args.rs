@@ -260,6 +260,7 @@ impl TaskArgs {
             batch_size: self.batch_size,
             adapter,
             samples,
+            cache: None,
         }
     }
 }

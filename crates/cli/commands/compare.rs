@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use tuna_eval::compare;
 use tuna_eval::provenance::Provenance;
+use tuna_eval::score_cache::ScoreCache;
 use tuna_eval::study::{split_file, AdapterArm, BoxError, InstructionSweep, Study, Task};
 use tuna_eval::{generate, PromptSpec, SamplingOptions};
 use tuna_model::source::ModelSource;
@@ -108,10 +109,22 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|a| adapter_facts(a, tuned.as_ref()))
         .transpose()?;
+    // What the report is made from, hashed before the scoring: the score cache names its
+    // rows by the model's hashes.
+    let mut provenance = provenance(&args, &base, located.as_ref(), &task, sweep.as_ref())?;
+    let cache = match &args.score_cache {
+        Some(dir) => Some(ScoreCache::open(
+            dir,
+            score_context(&provenance, scoring, &args.model.device),
+        )?),
+        None => None,
+    };
+    let mut setup = args
+        .task
+        .setup(&task, &base, tuned.as_ref(), facts, args.samples);
+    setup.cache = cache.as_ref();
     let study = Study {
-        setup: args
-            .task
-            .setup(&task, &base, tuned.as_ref(), facts, args.samples),
+        setup,
         cot_limit: args.task.cot_limit,
         sweep,
         extra_adapters: args.also_adapters.clone(),
@@ -126,15 +139,8 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         load_arm(&args, dir, scoring).map_err(BoxError::from)
     };
     let mut report = study.run(&mut load, &mut |line| eprintln!("{line}"))?;
-    let shape = report.prompt_shape.clone();
-    report.provenance = provenance(
-        &args,
-        &base,
-        located.as_ref(),
-        &task,
-        study.sweep.as_ref(),
-        &shape,
-    )?;
+    add_wording(&mut provenance, &report.prompt_shape);
+    report.provenance = provenance;
     write_reports(output, &report)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -150,15 +156,31 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the report was made from: the model's files, the adapters', the data files and
-/// the wording, hashed; tuna's version and the command line.
+/// What a scored row depends on beyond its setup: tuna's version, the model's files, the
+/// weight form and the device it was scored with.
+fn score_context(p: &Provenance, weights: InferenceWeights, device: &str) -> String {
+    let model: Vec<&str> = p
+        .files
+        .iter()
+        .filter(|f| f.role == "model")
+        .map(|f| f.sha256.as_str())
+        .collect();
+    format!(
+        "tuna {}; model {}; weights {}; device {device}",
+        p.tuna,
+        model.join(","),
+        weights.name()
+    )
+}
+
+/// What the report was made from: the model's files, the adapters', the data files,
+/// hashed; tuna's version and the command line (the wording is added once chosen).
 fn provenance(
     args: &CompareArgs,
     base: &tuna_model::Pretrained,
     located: Option<&run_dir::LocatedAdapter>,
     task: &Task,
     sweep: Option<&InstructionSweep>,
-    wording: &tuna_eval::strategy::PromptShape,
 ) -> anyhow::Result<Provenance> {
     let mut p = Provenance::new(crate::args::VERSION, std::env::args().collect());
     match &base.source {
@@ -190,13 +212,17 @@ fn provenance(
     if let Some(path) = &args.instructions {
         p.add("instructions", path)?;
     }
+    Ok(p)
+}
+
+/// The prompting strategies' wording, as rendered into the prompts.
+fn add_wording(p: &mut Provenance, wording: &tuna_eval::strategy::PromptShape) {
     if let Some(template) = &wording.template {
         p.add_text("instruction", template);
     }
     if let Some(system) = &wording.system {
         p.add_text("system", system);
     }
-    Ok(p)
 }
 
 /// The adapter at `dir` over the base, with what its run says of how it was prompted.

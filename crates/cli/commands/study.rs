@@ -1,11 +1,13 @@
 //! `tuna study`: the whole prompting-vs-tuning study in one command and one directory —
 //! train the adapter (one run per training seed), then `compare` every strategy against
 //! them — where a second invocation reuses what is done: finished runs are kept, unfinished
-//! ones resumed, and the report rebuilt only when an adapter, a data file or a flag changed.
+//! ones resumed, and the report rebuilt only when an adapter, a data file or a flag changed —
+//! and then only the strategies these touch are scored again.
 //!
 //! ```text
 //! OUTPUT/seed-<S>/     one `tuna train` run per training seed
 //! OUTPUT/report/       report.md, report.html, report.json
+//! OUTPUT/scores/       one file per scored strategy (`compare --score-cache`)
 //! OUTPUT/study.json    what the report was made from (reuse check)
 //! ```
 //!
@@ -229,6 +231,8 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
         seed_dir(&args.output, seeds[0]).display().to_string(),
         "--output".into(),
         report_dir.display().to_string(),
+        "--score-cache".into(),
+        args.output.join("scores").display().to_string(),
     ]);
     for &seed in &seeds[1..] {
         argv.extend([

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tuna_model::Pretrained;
 
 use crate::error::Result;
@@ -27,7 +27,7 @@ pub enum Method {
 }
 
 /// What the run directory tells about the adapter, for the table's cost columns.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AdapterFacts {
     pub path: String,
     pub parameters: usize,
@@ -69,17 +69,21 @@ pub struct CompareSetup<'a> {
     pub adapter: Option<AdapterFacts>,
     /// Side-by-side rows in the report.
     pub samples: usize,
+    /// Where scored strategies are kept and found again (None: score everything).
+    pub cache: Option<&'a crate::score_cache::ScoreCache>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetricValue {
     pub metric: Metric,
+    /// The metric's name (`Metric::name`; not read back).
+    #[serde(skip_deserializing)]
     pub name: &'static str,
     #[serde(flatten)]
     pub estimate: Estimate,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StrategyRow {
     pub key: String,
     pub title: String,
@@ -102,14 +106,16 @@ pub struct StrategyRow {
     pub generated_tokens_per_example: f64,
     pub seconds: f64,
     pub seconds_per_1k: f64,
+    /// CPU-seconds (all threads) per 1k examples, where the process's CPU time is known.
+    pub cpu_seconds_per_1k: Option<f64>,
     /// Every seeded draw of shots, the row's own first (strategies with shots only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shot_draws: Vec<ShotDraw>,
     pub predictions: Vec<String>,
 }
 
 /// One draw of shots and the headline metric it scored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShotDraw {
     pub seed: u64,
     /// The shots' line numbers in the train file, in prompt order.
@@ -174,6 +180,8 @@ pub struct Payback {
     #[serde(flatten)]
     pub break_even: significance::BreakEven,
     pub training_cpu_s: Option<f64>,
+    /// The same in CPU-seconds (all threads), where both sides' CPU time is known.
+    pub cpu_break_even: Option<significance::BreakEven>,
     /// Prompt tokens per 1k queries, tuned and prompted.
     pub tuned_prompt_tokens_per_1k: f64,
     pub prompt_prompt_tokens_per_1k: f64,
@@ -182,21 +190,34 @@ pub struct Payback {
 impl Payback {
     pub fn sentence(&self) -> String {
         let b = &self.break_even;
-        let tokens = format!(
-            "per 1k queries the adapter sends {:.0}k prompt tokens against {:.0}k",
-            self.tuned_prompt_tokens_per_1k / 1000.0,
-            self.prompt_prompt_tokens_per_1k / 1000.0
-        );
-        match b.queries {
+        let mut out = match b.queries {
             Some(q) => format!(
-                "At the speeds measured here ({:.3} s a query for {}, {:.3} s tuned), the {:.0} s of training pay for themselves after {q:.0} queries; {tokens}.",
+                "At the speeds measured here ({:.3} s a query for {}, {:.3} s tuned), the {:.0} s of training pay for themselves after {q:.0} queries",
                 b.prompt_s_per_query, self.against, b.tuned_s_per_query, b.training_s
             ),
             None => format!(
-                "Tuned queries are no faster here than {}'s ({:.3} s against {:.3} s), so the {:.0} s of training are not repaid in query time; {tokens}.",
+                "Tuned queries are no faster here than {}'s ({:.3} s against {:.3} s), so the {:.0} s of training are not repaid in query time",
                 self.against, b.tuned_s_per_query, b.prompt_s_per_query, b.training_s
             ),
+        };
+        if let Some(c) = &self.cpu_break_even {
+            out.push_str(&format!(
+                "; in CPU time, {:.0} CPU-s of training against {:.0} CPU-s per 1k queries tuned and {:.0} prompted, {}",
+                c.training_s,
+                c.tuned_s_per_query * 1000.0,
+                c.prompt_s_per_query * 1000.0,
+                match c.queries {
+                    Some(q) => format!("repaid after {q:.0} queries"),
+                    None => "never repaid".to_string(),
+                }
+            ));
         }
+        out.push_str(&format!(
+            "; per 1k queries the adapter sends {:.0}k prompt tokens against {:.0}k.",
+            self.tuned_prompt_tokens_per_1k / 1000.0,
+            self.prompt_prompt_tokens_per_1k / 1000.0
+        ));
+        out
     }
 }
 
@@ -276,8 +297,8 @@ pub struct CompareReport {
     pub flips: Vec<Flips>,
     /// When tuning pays for itself against the best prompting arm.
     pub payback: Option<Payback>,
-    /// The tuned arm across training seeds (set by a study with several seeds).
-    pub seed_spread: Option<crate::study::SeedSpread>,
+    /// The tuned and hybrid arms across training seeds (set by a study with several seeds).
+    pub seed_spreads: Vec<crate::study::SeedSpread>,
     /// Test inputs the train split also holds (set by the study).
     pub leakage: crate::study::Leakage,
     /// What produced the report (set by the command that writes it).
@@ -344,7 +365,23 @@ pub fn score_strategies(
         } else {
             setup.base
         };
+        let key = match setup.cache {
+            Some(cache) => cache.key(setup, strategy)?,
+            None => None,
+        };
+        let kept = key
+            .as_ref()
+            .zip(setup.cache)
+            .and_then(|(key, cache)| cache.get(key));
+        if let Some(row) = kept {
+            progress(&format!("{}: scored before, kept", row.title));
+            rows.push(row);
+            continue;
+        }
         let row = run_strategy(setup, strategy, model, &labels, progress)?;
+        if let (Some(key), Some(cache)) = (&key, setup.cache) {
+            cache.put(key, &row)?;
+        }
         rows.push(row);
     }
     Ok((rows, notes))
@@ -458,6 +495,14 @@ pub fn summarize(
                 p.seconds_per_1k / 1000.0,
             ),
             training_cpu_s: a.cpu_seconds,
+            cpu_break_even: match (a.cpu_seconds, t.cpu_seconds_per_1k, p.cpu_seconds_per_1k) {
+                (Some(train), Some(tuned), Some(prompt)) => Some(significance::break_even(
+                    train,
+                    tuned / 1000.0,
+                    prompt / 1000.0,
+                )),
+                _ => None,
+            },
             tuned_prompt_tokens_per_1k: t.prompt_tokens_per_example * 1000.0,
             prompt_prompt_tokens_per_1k: p.prompt_tokens_per_example * 1000.0,
         }),
@@ -515,7 +560,7 @@ pub fn summarize(
         tests,
         flips,
         payback,
-        seed_spread: None,
+        seed_spreads: Vec::new(),
         leakage: Default::default(),
         provenance: Default::default(),
         recommendation,
@@ -746,6 +791,7 @@ fn row_from_predictions(
         generated_tokens_per_example: usage.generated_tokens as f64 / n,
         seconds: usage.seconds,
         seconds_per_1k: usage.seconds / n * 1000.0,
+        cpu_seconds_per_1k: (usage.cpu_seconds > 0.0).then(|| usage.cpu_seconds / n * 1000.0),
         shot_draws: Vec::new(),
         predictions,
     }
@@ -1012,6 +1058,7 @@ mod tests {
             generated_tokens_per_example: 0.0,
             seconds: 0.0,
             seconds_per_1k: 0.0,
+            cpu_seconds_per_1k: None,
             shot_draws: Vec::new(),
             predictions: Vec::new(),
         }
@@ -1156,6 +1203,7 @@ mod tests {
             against: "few-shot (k=5)".into(),
             break_even: significance::break_even(80.0, tuned_s, 0.45),
             training_cpu_s: Some(150.0),
+            cpu_break_even: None,
             tuned_prompt_tokens_per_1k: 72_000.0,
             prompt_prompt_tokens_per_1k: 356_000.0,
         };
@@ -1164,6 +1212,21 @@ mod tests {
             "At the speeds measured here (0.450 s a query for few-shot (k=5), 0.300 s tuned), the 80 s of training pay for themselves after 534 queries; per 1k queries the adapter sends 72k prompt tokens against 356k."
         );
         assert!(payback(0.5).sentence().starts_with("Tuned queries are no faster here than few-shot (k=5)'s (0.500 s against 0.450 s), so the 80 s of training are not repaid in query time"));
+        // In CPU time: 150 CPU-s of training, 0.5 CPU-s a query tuned against 0.75
+        // prompted, so 150 / 0.25 = 600 queries.
+        let mut cpu = payback(0.30);
+        cpu.cpu_break_even = Some(significance::break_even(150.0, 0.5, 0.75));
+        assert_eq!(
+            cpu.sentence(),
+            "At the speeds measured here (0.450 s a query for few-shot (k=5), 0.300 s tuned), the 80 s of training pay for themselves after 534 queries; in CPU time, 150 CPU-s of training against 500 CPU-s per 1k queries tuned and 750 prompted, repaid after 600 queries; per 1k queries the adapter sends 72k prompt tokens against 356k."
+        );
+        cpu.cpu_break_even = Some(significance::break_even(150.0, 0.9, 0.85));
+        assert!(
+            cpu.sentence()
+                .contains("tuned and 850 prompted, never repaid;"),
+            "{}",
+            cpu.sentence()
+        );
     }
 
     #[test]

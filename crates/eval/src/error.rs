@@ -34,6 +34,8 @@ pub enum EvalError {
     },
     #[error("{path}: cannot hash for the report's provenance: {reason}")]
     Provenance { path: String, reason: String },
+    #[error("{path}: cannot keep a scored strategy: {reason}")]
+    ScoreCache { path: String, reason: String },
     #[error("{path}: the test set is empty")]
     EmptyTestSet { path: String },
     #[error("{path}:{line}: the reference {reference:?} is not in the label set ({labels})")]

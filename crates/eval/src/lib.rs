@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod prompt;
 pub mod provenance;
 pub mod report;
+pub mod score_cache;
 pub mod scoring;
 pub mod significance;
 pub mod strategy;

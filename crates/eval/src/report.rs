@@ -55,6 +55,9 @@ fn cost(r: &StrategyRow) -> String {
         "{:.0}k prompt tokens, {:.0} s",
         r.prompt_tokens_per_example, r.seconds_per_1k
     );
+    if let Some(cpu) = r.cpu_seconds_per_1k {
+        let _ = write!(s, " ({cpu:.0} CPU-s)");
+    }
     if r.generated_tokens_per_example > 0.0 {
         let _ = write!(s, ", {:.0}k generated", r.generated_tokens_per_example);
     }
@@ -122,6 +125,37 @@ fn shot_draws_text(report: &CompareReport) -> Option<String> {
             parts.join("; ")
         )
     })
+}
+
+/// One sentence on how much the training seed moved the tuned and hybrid arms, beside the
+/// shot draws' spread; nothing with one seed.
+fn seed_spread_text(report: &CompareReport) -> Option<String> {
+    let parts: Vec<String> = report
+        .seed_spreads
+        .iter()
+        .map(|s| {
+            format!(
+                "{} mean {:.3} (range {:.3} to {:.3}, spread {:.3})",
+                s.title,
+                s.mean,
+                s.min,
+                s.max,
+                s.max - s.min
+            )
+        })
+        .collect();
+    let seeds = report.seed_spreads.first()?.seeds.len();
+    Some(format!(
+        "Training seeds: the adapter was trained {seeds} times with seeds {}, and the table shows the first; over the seeds ({}): {}.",
+        report.seed_spreads[0]
+            .seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        report.rows[0].metrics[0].name,
+        parts.join("; ")
+    ))
 }
 
 /// One line of at most `n` characters (newlines and table bars as spaces).
@@ -496,6 +530,9 @@ fn sections(report: &CompareReport) -> Vec<Section> {
     if let Some(text) = shot_draws_text(report) {
         table.push(Block::Text(text));
     }
+    if let Some(text) = seed_spread_text(report) {
+        table.push(Block::Text(text));
+    }
     if let Some(floor) = report.prior_floor_nll {
         table.push(Block::Text(format!(
             "Label loss (−log p of the reference, labels normalized) against the prior-only floor {floor:.3} nats: {}.",
@@ -542,21 +579,38 @@ fn sections(report: &CompareReport) -> Vec<Section> {
         blocks: table,
     });
 
-    if let Some(spread) = &report.seed_spread {
+    if let Some(first) = report.seed_spreads.first() {
+        let mut header = vec!["training seed".to_string()];
+        header.extend(
+            report
+                .seed_spreads
+                .iter()
+                .map(|s| format!("{} ({metric})", s.title)),
+        );
+        let rows = first
+            .seeds
+            .iter()
+            .enumerate()
+            .map(|(i, seed)| {
+                let mut row = vec![seed.to_string()];
+                row.extend(
+                    report
+                        .seed_spreads
+                        .iter()
+                        .map(|s| format!("{:.3}", s.values[i])),
+                );
+                cells(row)
+            })
+            .collect();
+        let mut blocks: Vec<Block> = report
+            .seed_spreads
+            .iter()
+            .map(|s| Block::Text(s.sentence.clone()))
+            .collect();
+        blocks.push(Block::Table { header, rows });
         out.push(Section {
             title: "Training seeds".into(),
-            blocks: vec![
-                Block::Text(spread.sentence.clone()),
-                Block::Table {
-                    header: vec!["training seed".into(), format!("{metric}")],
-                    rows: spread
-                        .seeds
-                        .iter()
-                        .zip(&spread.values)
-                        .map(|(s, v)| cells(vec![s.to_string(), format!("{v:.3}")]))
-                        .collect(),
-                },
-            ],
+            blocks,
         });
     }
     if !report.tests.is_empty() {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor, D};
 use tuna_data::{EncodeOptions, Encoded, Encoder, LineRecord, PromptFormat, Record};
+use tuna_model::cpu_time::CpuTimer;
 use tuna_model::{AttentionLayout, Kernels, KvCache, Llama, Message, Pretrained};
 
 use crate::error::{EvalError, Result};
@@ -129,6 +130,8 @@ pub struct Usage {
     pub computed_tokens: usize,
     pub generated_tokens: usize,
     pub seconds: f64,
+    /// CPU-seconds of this process (all threads) over the same calls.
+    pub cpu_seconds: f64,
 }
 
 pub struct Scorer<'a> {
@@ -198,6 +201,7 @@ impl<'a> Scorer<'a> {
     /// and its own tokens only), not one forward each.
     pub fn rank(&mut self, prompt: &[u32], candidates: &[Vec<u32>]) -> Result<Vec<f64>> {
         let started = Instant::now();
+        let cpu = CpuTimer::start();
         let first = self.feed(prompt)?;
         // A candidate's first token is scored by the prompt's last logits; the rest by the
         // branch forward, fed every token but the candidate's last.
@@ -232,6 +236,7 @@ impl<'a> Scorer<'a> {
             })
             .collect();
         self.usage.seconds += started.elapsed().as_secs_f64();
+        self.usage.cpu_seconds += cpu.seconds();
         Ok(scores)
     }
 }
@@ -241,6 +246,7 @@ impl Scorer<'_> {
     /// cache, each row stopping at its own stop token (excluded) or `max_new` tokens.
     pub fn greedy_batch(&mut self, prompts: &[Vec<u32>], max_new: usize) -> Result<Vec<Vec<u32>>> {
         let started = Instant::now();
+        let cpu = CpuTimer::start();
         let b = prompts.len();
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if b == 0 {
@@ -295,6 +301,7 @@ impl Scorer<'_> {
         self.usage.computed_tokens += b * longest;
         self.usage.generated_tokens += out.iter().map(Vec::len).sum::<usize>();
         self.usage.seconds += started.elapsed().as_secs_f64();
+        self.usage.cpu_seconds += cpu.seconds();
         Ok(out)
     }
 }

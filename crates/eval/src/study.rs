@@ -352,9 +352,12 @@ pub struct Study<'a> {
     pub training_seeds: Vec<u64>,
 }
 
-/// The tuned arm's headline across training seeds.
+/// An adapter arm's headline (tuned or hybrid) across training seeds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SeedSpread {
+    /// The arm's key (`tuned`, `hybrid`); its other seeds' rows are `<key>-2`, `<key>-3`, ...
+    pub arm: String,
+    pub title: String,
     pub seeds: Vec<u64>,
     pub values: Vec<f64>,
     pub mean: f64,
@@ -376,16 +379,30 @@ impl Study<'_> {
             sweep_trials = trials;
         }
         let (mut rows, mut notes) = self.strategy_rows(&setup, progress)?;
+        let hybrid_asked = setup.strategies.contains(&Strategy::Hybrid);
         for (i, path) in self.extra_adapters.iter().enumerate() {
             progress(&format!("also: {}", path.display()));
             let arm = load(path).map_err(|e| arm_error(path, e))?;
-            let mut row = score_arm(&setup, &arm, progress)?;
+            let seed = self.training_seeds.get(i + 1);
+            let mut row = score_arm(&setup, &arm, Strategy::Tuned, progress)?;
             row.key = format!("tuned-{}", i + 2);
-            row.title = match self.training_seeds.get(i + 1) {
+            row.title = match seed {
                 Some(seed) => format!("fine-tuned (LoRA, training seed {seed})"),
                 None => format!("fine-tuned ({})", path.display()),
             };
             rows.push(row);
+            // Another training seed of the main run: its hybrid row too, with the main
+            // hybrid row's first draw of shots, so the two differ by the training seed alone.
+            if let (Some(seed), true) = (seed, hybrid_asked) {
+                let one_draw = CompareSetup {
+                    shot_draws: 1,
+                    ..setup.clone()
+                };
+                let mut row = score_arm(&one_draw, &arm, Strategy::Hybrid, progress)?;
+                row.key = format!("hybrid-{}", i + 2);
+                row.title = format!("{}, training seed {seed}", row.title);
+                rows.push(row);
+            }
         }
         let mut learning_curve = Vec::new();
         for (n, dir) in &self.curve {
@@ -399,7 +416,7 @@ impl Study<'_> {
                         dir.display()
                     ));
                     let arm = load(dir).map_err(|e| arm_error(dir, e))?;
-                    let row = score_arm(&setup, &arm, progress)?;
+                    let row = score_arm(&setup, &arm, Strategy::Tuned, progress)?;
                     (row.metrics[0].clone(), arm.facts)
                 }
             };
@@ -444,11 +461,13 @@ impl Study<'_> {
         }
         report.leakage = self.leakage.clone();
         if self.training_seeds.len() > 1 {
-            let spread = seed_spread(&report, &self.training_seeds);
-            if let Some(spread) = spread {
+            report.seed_spreads = [Strategy::Tuned, Strategy::Hybrid]
+                .iter()
+                .filter_map(|s| seed_spread(&report, s.key(), &self.training_seeds))
+                .collect();
+            if let Some(tuned) = report.seed_spreads.first().filter(|s| s.arm == "tuned") {
                 report.recommendation.push(' ');
-                report.recommendation.push_str(&spread.sentence);
-                report.seed_spread = Some(spread);
+                report.recommendation.push_str(&tuned.sentence);
             }
         }
         Ok(report)
@@ -502,13 +521,13 @@ impl Study<'_> {
     }
 }
 
-/// The tuned rows of every training seed (tuned, tuned-2, ...), their spread, and whether
-/// each reaches the main verdict against the best prompting arm: a significant win, a
-/// significant loss, or neither (by the Holm-adjusted McNemar test where the report has one,
-/// else by which side of the best prompt the seed lands).
-fn seed_spread(report: &CompareReport, seeds: &[u64]) -> Option<SeedSpread> {
-    let keys: Vec<String> = std::iter::once("tuned".to_string())
-        .chain((2..=seeds.len()).map(|i| format!("tuned-{i}")))
+/// The rows of arm `arm` for every training seed (`tuned`, `tuned-2`, ...), their spread,
+/// and whether each reaches the same verdict against the best prompting arm: a significant
+/// win, a significant loss, or neither (by the Holm-adjusted McNemar test where the report
+/// has one, else by which side of the best prompt the seed lands).
+fn seed_spread(report: &CompareReport, arm: &str, seeds: &[u64]) -> Option<SeedSpread> {
+    let keys: Vec<String> = std::iter::once(arm.to_string())
+        .chain((2..=seeds.len()).map(|i| format!("{arm}-{i}")))
         .collect();
     let rows: Vec<&StrategyRow> = keys
         .iter()
@@ -563,9 +582,13 @@ fn seed_spread(report: &CompareReport, seeds: &[u64]) -> Option<SeedSpread> {
         -1 => "loses to",
         _ => "cannot be told apart from",
     };
+    let who = match arm {
+        "tuned" => "the adapter".to_string(),
+        _ => rows[0].title.clone(),
+    };
     let sentence = if verdict_holds {
         format!(
-            "Across {} training seeds the adapter scored {} (mean {mean:.3}, range {min:.3} to {max:.3}) and {} {} on every seed: the verdict holds across seeds.",
+            "Across {} training seeds {who} scored {} (mean {mean:.3}, range {min:.3} to {max:.3}) and {} {} on every seed: the verdict holds across seeds.",
             seeds.len(),
             listed.join(", "),
             word(verdicts[0]),
@@ -573,13 +596,15 @@ fn seed_spread(report: &CompareReport, seeds: &[u64]) -> Option<SeedSpread> {
         )
     } else {
         format!(
-            "Across {} training seeds the adapter scored {} (mean {mean:.3}, range {min:.3} to {max:.3}), and the seeds disagree on whether it beats {}: the verdict does not hold across seeds.",
+            "Across {} training seeds {who} scored {} (mean {mean:.3}, range {min:.3} to {max:.3}), and the seeds disagree on whether it beats {}: the verdict does not hold across seeds.",
             seeds.len(),
             listed.join(", "),
             best.title
         )
     };
     Some(SeedSpread {
+        arm: arm.to_string(),
+        title: rows[0].title.clone(),
         seeds: seeds.to_vec(),
         values,
         mean,
@@ -643,15 +668,17 @@ fn run_sweep(
     Ok((trials, sweep.variants[chosen].clone()))
 }
 
-/// An extra adapter scored like the tuned strategy, prompted as its own run was trained.
+/// An extra adapter scored by `strategy` (tuned or hybrid), prompted as its own run was
+/// trained.
 fn score_arm(
     setup: &CompareSetup,
     arm: &AdapterArm,
+    strategy: Strategy,
     progress: &mut dyn FnMut(&str),
 ) -> Result<StrategyRow> {
     let one = CompareSetup {
         tuned: Some(&arm.model),
-        strategies: vec![Strategy::Tuned],
+        strategies: vec![strategy],
         tuned_shape: arm.shape.clone(),
         tuned_shots: arm.shots,
         adapter: Some(arm.facts.clone()),

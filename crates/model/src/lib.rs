@@ -9,6 +9,7 @@ pub mod block_dot;
 pub mod chat;
 pub mod compact;
 pub mod config;
+pub mod cpu_time;
 pub mod decoder;
 pub mod device;
 pub mod dpbf16;

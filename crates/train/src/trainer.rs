@@ -208,16 +208,6 @@ fn eval_loss(model: &mut Pretrained, valid: &Dataset) -> Result<(f64, usize), Tr
     Ok((sum / n.max(1) as f64, n))
 }
 
-/// User + system CPU time of this process (Linux: /proc/self/stat, in USER_HZ = 100 ticks).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-    Some((ticks(11)? + ticks(12)?) / 100.0)
-}
-
 /// Greedy completions of the first `sample_count` held-out examples that have a prompt.
 fn eval_samples(
     model: &mut Pretrained,
@@ -549,7 +539,7 @@ fn train_in(
     let started = Instant::now();
     let seconds_before = state.train_seconds;
     let cpu_before = state.cpu_seconds;
-    let cpu_start = process_cpu_seconds();
+    let cpu_start = tuna_model::cpu_time::process_seconds();
     let mut stopped_early = false;
     while state.step < total_steps {
         let step_started = Instant::now();
@@ -585,7 +575,7 @@ fn train_in(
         state.batch_in_epoch = stream.index;
         state.tokens_seen += tokens;
         state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
-        if let (Some(start), Some(now)) = (cpu_start, process_cpu_seconds()) {
+        if let (Some(start), Some(now)) = (cpu_start, tuna_model::cpu_time::process_seconds()) {
             state.cpu_seconds = cpu_before + (now - start);
         }
         let event = TrainEvent::Step {
