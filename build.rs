@@ -16,6 +16,10 @@ fn main() {
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     let suffix = if dirty { "+changes" } else { "" };
     println!("cargo:rustc-env=TUNA_COMMIT={commit}{suffix}");
+    // Edited sources make the tree dirty without touching the index: look again then too.
+    for path in ["crates", "Cargo.toml", "Cargo.lock", "build.rs"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
         println!("cargo:rerun-if-changed={dir}/HEAD");
         println!("cargo:rerun-if-changed={dir}/index");

@@ -362,6 +362,11 @@ pub struct StudyTrainingArgs {
     /// How the frozen projections are held while training (tuna train --weights).
     #[arg(long = "train-weights", value_enum)]
     pub train_weights: Option<InferenceWeights>,
+    /// What picks each adapter's best/ checkpoint (tuna train --eval-metric).
+    #[arg(long, value_name = "METRIC", value_parser = [
+        "loss", "accuracy", "macro-f1", "exact-match", "token-f1", "token-error-rate", "char-error-rate",
+    ])]
+    pub eval_metric: Option<String>,
 }
 
 /// The scoring flags a study passes on to `tuna compare` (see `tuna compare --help`).
@@ -610,6 +615,13 @@ pub struct TrainArgs {
     /// Evaluate on the valid split every N steps (0: only at the end).
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// What picks best/ (and early stopping): the valid loss, or a task metric scored on the
+    /// valid split as `tuna compare` scores the tuned adapter (labels ranked for a label
+    /// task, greedy answers otherwise); costs one scoring pass over the valid split per eval.
+    #[arg(long, value_name = "METRIC", value_parser = [
+        "loss", "accuracy", "macro-f1", "exact-match", "token-f1", "token-error-rate", "char-error-rate",
+    ])]
+    pub eval_metric: Option<String>,
     /// Write a checkpoint every N steps (0: only at the end).
     #[arg(long)]
     pub save_every: Option<usize>,
@@ -651,6 +663,12 @@ pub struct TrainArgs {
     /// Print the resolved config as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Data-parallel on this machine: runs N ranks under `mpirun -n N` (the `mpi` build),
+    /// each on its share of the cores and of every batch; the same command trains the same
+    /// adapter at any N. (Launching `mpirun -n N tuna train ...` or `srun` yourself does the
+    /// same across machines.)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nproc: Option<u32>,
     /// No progress lines (metrics.jsonl is still written).
     #[arg(long)]
     pub quiet: bool,

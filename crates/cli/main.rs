@@ -39,8 +39,13 @@ fn pin_thread_counts() {
     if std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return; // both read it already
     }
-    let candle_threads = candle_core::utils::get_num_threads();
-    let rayon_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut candle_threads = candle_core::utils::get_num_threads();
+    let mut rayon_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Ranks of a data-parallel job on one machine share its cores.
+    if let Some(share) = commands::distributed::rank_threads(rayon_threads) {
+        candle_threads = candle_threads.min(share);
+        rayon_threads = share;
+    }
     // Safety: no other thread exists yet (this runs first in main), so nothing reads the
     // environment concurrently.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", candle_threads.to_string()) };

@@ -150,13 +150,13 @@ pub struct TaskArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Longest generated answer (sequence tasks, generate method).
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = tuna_eval::compare::DEFAULT_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
     /// Longest chain-of-thought answer.
-    #[arg(long, default_value_t = 160)]
+    #[arg(long, default_value_t = tuna_eval::compare::DEFAULT_COT_MAX_NEW_TOKENS)]
     pub cot_max_new_tokens: usize,
     /// Prompts generated together (generation-scored strategies).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = tuna_eval::compare::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// Leave out test rows whose input also appears in the train split (the report counts
     /// and lists them either way).

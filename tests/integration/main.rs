@@ -9,6 +9,8 @@ mod export;
 #[cfg(any(feature = "cuda", feature = "metal"))]
 mod gpu;
 mod hub;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod real_model;
 mod study;
 mod train;

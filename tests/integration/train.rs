@@ -145,6 +145,11 @@ fn bad_configs_and_flags_name_the_key() {
             "0",
             "error: --lora-r: must be at least 1 (config key lora.r)\n",
         ),
+        (
+            "--eval-metric",
+            "accuracy",
+            "error: --eval-metric: accuracy is scored on a valid split, and this run has none (--valid FILE or data.valid_fraction) (config key train.eval_metric)\n",
+        ),
     ] {
         let run = tuna(
             &[

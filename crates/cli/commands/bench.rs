@@ -225,6 +225,7 @@ fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
             step as u64,
             max_grad_norm,
             2e-4,
+            &tuna_train::collective::Single,
         )?;
         let (f, b, o) = (done.forward_s, done.backward_s, done.optimizer_s);
         let loss = done.loss;

@@ -2,6 +2,7 @@ pub mod bench;
 pub mod chat;
 pub mod compare;
 pub mod data;
+pub mod distributed;
 pub mod eval;
 pub mod export;
 pub mod generate;

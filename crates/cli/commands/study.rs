@@ -57,6 +57,7 @@ fn training_flags(args: &StudyArgs) -> Vec<String> {
         "--weights",
         t.train_weights.map(|w| w.name().to_string()),
     );
+    push_opt(&mut argv, "--eval-metric", t.eval_metric.as_ref());
     argv
 }
 
@@ -79,6 +80,17 @@ fn run_command(argv: &[String]) -> anyhow::Result<()> {
 
 fn seed_dir(output: &Path, seed: u64) -> PathBuf {
     output.join(format!("seed-{seed}"))
+}
+
+/// The adapter of seed `seed` that the compare scores: best/ when --eval-metric picked it
+/// (the best evaluation on the valid split by that metric), else the final adapter/.
+fn seed_adapter(args: &StudyArgs, seed: u64) -> PathBuf {
+    let dir = seed_dir(&args.output, seed);
+    let best = dir.join("best");
+    match &args.training.eval_metric {
+        Some(_) if best.join(tuna_lora::peft::WEIGHTS_FILE).is_file() => best,
+        _ => dir.join("adapter"),
+    }
 }
 
 fn fmt_seconds(s: f64) -> String {
@@ -163,9 +175,7 @@ fn manifest(
     let hash = |p: &Path| -> anyhow::Result<String> { Ok(tuna_eval::provenance::sha256_file(p)?) };
     let mut files = serde_json::Map::new();
     for seed in seeds {
-        let weights = seed_dir(&args.output, *seed)
-            .join("adapter")
-            .join(tuna_lora::peft::WEIGHTS_FILE);
+        let weights = seed_adapter(args, *seed).join(tuna_lora::peft::WEIGHTS_FILE);
         files.insert(weights.display().to_string(), hash(&weights)?.into());
     }
     for path in [Some(&args.train), Some(&args.test), args.valid.as_ref()]
@@ -228,7 +238,7 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
         "--train".into(),
         args.train.display().to_string(),
         "--adapter".into(),
-        seed_dir(&args.output, seeds[0]).display().to_string(),
+        seed_adapter(&args, seeds[0]).display().to_string(),
         "--output".into(),
         report_dir.display().to_string(),
         "--score-cache".into(),
@@ -237,7 +247,7 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     for &seed in &seeds[1..] {
         argv.extend([
             "--also-adapter".into(),
-            seed_dir(&args.output, seed).display().to_string(),
+            seed_adapter(&args, seed).display().to_string(),
         ]);
     }
     if seeds.len() > 1 {

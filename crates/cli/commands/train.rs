@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tuna_lora::TargetModules;
-use tuna_train::{train, TrainConfig, TrainEvent};
+use tuna_train::{train_on, TrainConfig, TrainEvent};
 
 use crate::args::TrainArgs;
 
@@ -175,6 +175,13 @@ pub fn config_flags(args: &TrainArgs) -> Vec<FlagSetting<'_>> {
         args.eval_every,
         |c, v| c.train.eval_every = v,
         |c| c.train.eval_every.to_string()
+    );
+    flag!(
+        "--eval-metric",
+        "train.eval_metric",
+        args.eval_metric.clone(),
+        |c, v| c.train.eval_metric = v.clone(),
+        |c| format!("{:?}", c.train.eval_metric)
     );
     flag!(
         "--save-every",
@@ -463,6 +470,7 @@ fn progress_line(e: &TrainEvent) -> String {
             valid_examples,
             train_target_tokens,
             trainable_params,
+            world_size,
             skipped_untrainable,
             truncated,
         } => {
@@ -476,8 +484,12 @@ fn progress_line(e: &TrainEvent) -> String {
                     skipped_untrainable.0, skipped_untrainable.1
                 ));
             }
+            let ranks = match world_size {
+                1 => String::new(),
+                n => format!("; data-parallel over {n} ranks (tok/s below are the job's)"),
+            };
             format!(
-                "training: {train_examples} examples ({train_target_tokens} target tokens), {valid_examples} valid; {trainable_params} trainable parameters; steps {}..{total_steps}{dropped}",
+                "training: {train_examples} examples ({train_target_tokens} target tokens), {valid_examples} valid; {trainable_params} trainable parameters; steps {}..{total_steps}{ranks}{dropped}",
                 start_step + 1
             )
         }
@@ -503,9 +515,15 @@ fn progress_line(e: &TrainEvent) -> String {
             loss,
             perplexity,
             tokens,
+            metric,
+            metric_value,
             best,
         } => format!(
-            "eval @ {step}: loss {loss:.4}  ppl {perplexity:.3}  ({tokens} target tokens){}",
+            "eval @ {step}: loss {loss:.4}  ppl {perplexity:.3}  ({tokens} target tokens){}{}",
+            match (metric, metric_value) {
+                (Some(m), Some(v)) => format!("  {m} {v:.4}"),
+                _ => String::new(),
+            },
             if *best { "  best" } else { "" }
         ),
         TrainEvent::Sample {
@@ -524,6 +542,8 @@ fn progress_line(e: &TrainEvent) -> String {
         TrainEvent::Finished {
             adapter,
             best_eval_loss,
+            best_eval_metric,
+            eval_metric,
             best_step,
             train_seconds,
             stopped_early,
@@ -532,8 +552,11 @@ fn progress_line(e: &TrainEvent) -> String {
             "done{} in {}: adapter {adapter}{}",
             if *stopped_early { " (early stop)" } else { "" },
             fmt_duration(*train_seconds),
-            match (best_eval_loss, best_step) {
-                (Some(l), Some(s)) => format!("; best eval loss {l:.4} at step {s}"),
+            match (best_eval_loss, best_eval_metric, best_step) {
+                (Some(l), Some(m), Some(s)) => {
+                    format!("; best {eval_metric} {m:.4} at step {s} (eval loss {l:.4} there)")
+                }
+                (Some(l), None, Some(s)) => format!("; best eval loss {l:.4} at step {s}"),
                 _ => String::new(),
             }
         ),
@@ -613,6 +636,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
+    if let Some(n) = args.nproc.filter(|&n| n > 1) {
+        // Every rank checks the flags again; this process only waits for the job.
+        let code = super::distributed::spawn_ranks(n)?;
+        if code != 0 {
+            std::process::exit(code);
+        }
+        return Ok(());
+    }
     if args.train_sizes.is_empty() {
         return train_one(&args, config);
     }
@@ -652,9 +683,29 @@ fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
             "\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to quit now)"
         );
     });
-    let mut progress = Progress::new(args.quiet);
+    let comm = super::distributed::world()?;
+    // Rank 0 speaks for the job; the others report only their own failure.
+    let mut progress = Progress::new(args.quiet || comm.rank() > 0);
     let mut observe = |e: &TrainEvent| progress.show(e);
-    let outcome = train(&mut model, &config, resume, &interrupt, &mut observe)?;
+    let outcome = match train_on(
+        &mut model,
+        &config,
+        resume,
+        &interrupt,
+        &*comm,
+        &mut observe,
+    ) {
+        Ok(outcome) => outcome,
+        Err(e @ tuna_train::TrainError::Interrupted { .. }) => return Err(e.into()),
+        Err(e) => {
+            let err = anyhow::Error::from(e);
+            super::distributed::fail_rank(&*comm, &err);
+            return Err(err);
+        }
+    };
+    if comm.rank() > 0 {
+        return Ok(());
+    }
     if args.json {
         let run = serde_json::json!({
             "run": config.output.display().to_string(),

@@ -16,6 +16,13 @@ use crate::significance;
 use crate::strategy::{draw_shots, extract_answer, messages, PromptShape, Strategy};
 use crate::task::{label_index, label_prior, majority_label, TaskExample, TaskKind};
 
+/// Tokens generated per answer at most, when answers are generated.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 48;
+/// The same for chain-of-thought, whose answers reason first.
+pub const DEFAULT_COT_MAX_NEW_TOKENS: usize = 160;
+/// Prompts generated together.
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+
 /// How label tasks are scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

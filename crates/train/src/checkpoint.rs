@@ -23,7 +23,11 @@ pub struct TrainerState {
     /// Where the data stream continues: epoch and micro-batch within it.
     pub epoch: u64,
     pub batch_in_epoch: usize,
+    /// The eval loss at the best evaluation (by `train.eval_metric`), and the task metric
+    /// there when one is the judge.
     pub best_eval_loss: Option<f64>,
+    #[serde(default)]
+    pub best_eval_metric: Option<f64>,
     pub best_step: Option<usize>,
     pub evals_since_best: usize,
     pub tokens_seen: usize,

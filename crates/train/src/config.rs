@@ -86,7 +86,12 @@ pub struct LoopSection {
     pub save_every: usize,
     /// Checkpoints kept besides best/ (oldest removed first).
     pub keep_last: usize,
-    /// Stop after this many evaluations without a better eval loss (0: never).
+    /// What an evaluation is judged by, for best/ and early stopping: "loss" (the valid
+    /// loss), or a task metric scored on the valid split as `tuna compare` scores the tuned
+    /// strategy (accuracy, macro-f1, exact-match, token-f1, token-error-rate,
+    /// char-error-rate).
+    pub eval_metric: String,
+    /// Stop after this many evaluations without a better `eval_metric` (0: never).
     pub early_stopping_patience: usize,
     /// At each evaluation, greedy completions of this many held-out prompts (0: none).
     pub sample_count: usize,
@@ -96,6 +101,12 @@ pub struct LoopSection {
 }
 
 impl TrainConfig {
+    /// What evaluations are judged by (`validate` has checked the name).
+    pub fn eval_metric(&self) -> crate::task_metric::EvalMetric {
+        crate::task_metric::EvalMetric::parse(&self.train.eval_metric)
+            .unwrap_or(crate::task_metric::EvalMetric::Loss)
+    }
+
     /// The encoding, with training shots drawn with the run's seed.
     pub fn encoding_with_seed(&self) -> EncodeOptions {
         EncodeOptions {
@@ -177,6 +188,7 @@ impl Default for LoopSection {
             eval_every: 50,
             save_every: 100,
             keep_last: 2,
+            eval_metric: "loss".into(),
             early_stopping_patience: 0,
             sample_count: 2,
             sample_max_new_tokens: 32,
@@ -247,6 +259,30 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.data.valid_fraction) {
             return bad("data.valid_fraction", "must be in [0, 1)");
+        }
+        match crate::task_metric::EvalMetric::parse(&self.train.eval_metric) {
+            None => {
+                return bad(
+                    "train.eval_metric",
+                    &format!(
+                        "{:?} is not a metric ({})",
+                        self.train.eval_metric,
+                        crate::task_metric::EVAL_METRICS
+                    ),
+                )
+            }
+            Some(crate::task_metric::EvalMetric::Task(m))
+                if self.data.valid.as_os_str().is_empty() && self.data.valid_fraction == 0.0 =>
+            {
+                return bad(
+                    "train.eval_metric",
+                    &format!(
+                        "{} is scored on a valid split, and this run has none (--valid FILE or data.valid_fraction)",
+                        m.name()
+                    ),
+                )
+            }
+            Some(_) => {}
         }
         if self.encoding.max_seq_len < 2 {
             return bad("encoding.max_seq_len", "must be at least 2");

@@ -32,6 +32,8 @@ pub enum TrainError {
     },
     #[error("interrupted after step {step}; a checkpoint was written")]
     Interrupted { step: usize, run: PathBuf },
+    #[error("data-parallel training: {reason}")]
+    Distributed { reason: String },
     #[error("{split}: no example with a target token{detail}")]
     NoTrainingData { split: String, detail: String },
     #[error(transparent)]

@@ -3,6 +3,7 @@
 
 pub mod chart;
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -10,9 +11,10 @@ pub mod loss;
 pub mod optim;
 pub mod run_dir;
 pub mod schedule;
+pub mod task_metric;
 pub mod trainer;
 
 pub use config::TrainConfig;
 pub use error::TrainError;
 pub use events::TrainEvent;
-pub use trainer::{train, TrainOutcome};
+pub use trainer::{train, train_on, TrainOutcome};

@@ -31,10 +31,12 @@ pub const CHART_FILE: &str = "chart.svg";
 pub const ADAPTER_DIR: &str = "adapter";
 pub const BEST_DIR: &str = "best";
 
-/// A run directory opened for training.
+/// A run directory opened for training. Under data-parallel training only rank 0 writes
+/// it; the other ranks open it to read (resume) and every write is a no-op there.
 pub struct RunDir {
     path: PathBuf,
-    metrics: File,
+    /// None: this process does not write the directory.
+    metrics: Option<File>,
     /// Whether the directory was made by this run or found empty: a failure before anything
     /// was recorded then leaves it as it was.
     fresh: bool,
@@ -44,8 +46,8 @@ pub struct RunDir {
 
 impl RunDir {
     /// Opens `path` for a new run (refused when it holds a run already) or, with `resume`, to
-    /// continue the run there.
-    pub fn open(path: &Path, resume: bool) -> Result<Self, TrainError> {
+    /// continue the run there; `writes` false opens it only to read (a rank other than 0).
+    pub fn open(path: &Path, resume: bool, writes: bool) -> Result<Self, TrainError> {
         if path.is_file() {
             return Err(TrainError::bad_config(
                 "config",
@@ -55,6 +57,15 @@ impl RunDir {
         }
         if !resume && checkpoint::list(path).pop().is_some() {
             return Err(TrainError::RunExists { path: path.into() });
+        }
+        if !writes {
+            return Ok(Self {
+                path: path.into(),
+                metrics: None,
+                fresh: false,
+                existed: true,
+                recorded: false,
+            });
         }
         let existed = path.exists();
         let fresh = std::fs::read_dir(path).map_or(true, |mut d| d.next().is_none());
@@ -67,7 +78,7 @@ impl RunDir {
             .map_err(TrainError::io(&metrics_path))?;
         Ok(Self {
             path: path.into(),
-            metrics,
+            metrics: Some(metrics),
             fresh: fresh && !resume,
             existed,
             recorded: false,
@@ -79,21 +90,30 @@ impl RunDir {
     }
 
     pub fn write_config(&self, config: &TrainConfig) -> Result<(), TrainError> {
+        if self.metrics.is_none() {
+            return Ok(());
+        }
         peft::write_atomic(&self.path.join(CONFIG_FILE), config.to_toml().as_bytes())?;
         Ok(())
     }
 
     /// Appends `event` to metrics.jsonl.
     pub fn record(&mut self, event: &TrainEvent) -> Result<(), TrainError> {
+        let Some(metrics) = self.metrics.as_mut() else {
+            return Ok(());
+        };
         let path = self.path.join(METRICS_FILE);
         let line = serde_json::to_string(event).expect("events serialize");
-        writeln!(self.metrics, "{line}").map_err(TrainError::io(&path))?;
+        writeln!(metrics, "{line}").map_err(TrainError::io(&path))?;
         self.recorded = true;
         Ok(())
     }
 
     /// Redraws chart.svg from the run's history.
     pub fn draw_chart(&self, history: &History, total_steps: usize) -> Result<(), TrainError> {
+        if self.metrics.is_none() {
+            return Ok(());
+        }
         history.write(&self.path.join(CHART_FILE), total_steps)
     }
 

@@ -17,6 +17,7 @@ use tuna_model::Pretrained;
 
 use crate::chart::History;
 use crate::checkpoint::{self, TrainerState};
+use crate::collective::{Collective, Single};
 use crate::config::{LoopSection, TrainConfig};
 use crate::error::TrainError;
 use crate::events::TrainEvent;
@@ -24,6 +25,7 @@ use crate::loss::loss_and_grads;
 use crate::optim::{clip_grad_norm, AdamW, AdamWParams};
 use crate::run_dir::RunDir;
 use crate::schedule::Schedule;
+use crate::task_metric::{EvalMetric, TaskMetric};
 
 /// Tokens per forward batch when scoring the valid split.
 const EVAL_BATCH_TOKENS: usize = 4096;
@@ -33,7 +35,10 @@ pub struct TrainOutcome {
     pub state: TrainerState,
 }
 
-/// The micro-batches of all epochs, in order, from any position (resume).
+/// The micro-batches of all epochs, in order, from any position (resume). Under
+/// data-parallel training every rank walks the same plan and takes its share of each
+/// micro-batch's rows (`rank`, `rank + world`, ...), so the ranks together train exactly
+/// the micro-batch one process would.
 struct BatchStream<'a> {
     examples: &'a [Example],
     config: &'a TrainConfig,
@@ -41,6 +46,8 @@ struct BatchStream<'a> {
     epoch: u64,
     index: usize,
     plan: Vec<Vec<Vec<usize>>>,
+    rank: usize,
+    world: usize,
 }
 
 impl<'a> BatchStream<'a> {
@@ -59,6 +66,17 @@ impl<'a> BatchStream<'a> {
             epoch,
             index,
             plan,
+            rank: 0,
+            world: 1,
+        }
+    }
+
+    /// This rank's share of every micro-batch.
+    fn sharded(self, rank: usize, world: usize) -> Self {
+        Self {
+            rank,
+            world: world.max(1),
+            ..self
         }
     }
 
@@ -73,9 +91,15 @@ impl<'a> BatchStream<'a> {
                 self.epoch,
             );
         }
+        let rows: Vec<Vec<usize>> = self.plan[self.index]
+            .iter()
+            .skip(self.rank)
+            .step_by(self.world)
+            .cloned()
+            .collect();
         let batch = make_batch(
             self.examples,
-            &self.plan[self.index],
+            &rows,
             self.pad,
             self.config.batch.pad_to_multiple_of,
         );
@@ -201,11 +225,34 @@ fn attach_adapters(
     Ok((vars, names, saved_as))
 }
 
-fn eval_loss(model: &mut Pretrained, valid: &Dataset) -> Result<(f64, usize), TrainError> {
+/// The valid loss per target token; each rank scores its share of the examples and the
+/// sums are reduced.
+fn eval_loss(
+    model: &mut Pretrained,
+    valid: &Dataset,
+    comm: &dyn Collective,
+) -> Result<(f64, usize), TrainError> {
     model.model.set_training(false);
-    let (sum, n) = examples_nll(&model.model, &valid.examples, EVAL_BATCH_TOKENS)?;
+    let share: Vec<Example> = valid
+        .examples
+        .iter()
+        .skip(comm.rank())
+        .step_by(comm.world_size())
+        .cloned()
+        .collect();
+    let (sum, n) = examples_nll(&model.model, &share, EVAL_BATCH_TOKENS)?;
     model.model.set_training(true);
-    Ok((sum / n.max(1) as f64, n))
+    let mut totals = [sum, n as f64];
+    comm.all_reduce_f64(&mut totals)?;
+    let n = totals[1] as usize;
+    Ok((totals[0] / n.max(1) as f64, n))
+}
+
+/// Whether `flag` is set on any rank.
+fn on_any_rank(comm: &dyn Collective, flag: bool) -> Result<bool, TrainError> {
+    let mut v = [flag as u8 as f64];
+    comm.all_reduce_f64(&mut v)?;
+    Ok(v[0] > 0.0)
 }
 
 /// Greedy completions of the first `sample_count` held-out examples that have a prompt.
@@ -251,25 +298,65 @@ pub fn accumulate_gradients(
     micro: &[Batch],
     seed: u64,
 ) -> Result<(Vec<Tensor>, f64, usize), TrainError> {
-    let pass = accumulate(model, vars, micro, seed)?;
+    let pass = accumulate(model, vars, micro, seed, &Single)?;
     Ok((pass.grads, pass.loss, pass.target_tokens))
+}
+
+/// The gradients summed over every rank: one all-reduce of one flat f32 buffer, the
+/// tensors in the order of `vars` (the adapter's names, sorted, on every rank).
+fn all_reduce_grads(grads: &[Tensor], comm: &dyn Collective) -> Result<Vec<Tensor>, TrainError> {
+    let mut flat: Vec<f32> = Vec::with_capacity(grads.iter().map(|g| g.elem_count()).sum());
+    for g in grads {
+        flat.extend(
+            g.flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?,
+        );
+    }
+    comm.all_reduce_f32(&mut flat)?;
+    let mut at = 0;
+    grads
+        .iter()
+        .map(|g| {
+            let n = g.elem_count();
+            let t =
+                Tensor::from_slice(&flat[at..at + n], g.shape(), g.device())?.to_dtype(g.dtype());
+            at += n;
+            Ok(t?)
+        })
+        .collect()
 }
 
 struct Accumulated {
     grads: Vec<Tensor>,
+    /// Input tokens of the step (every rank's).
+    tokens: usize,
     loss: f64,
     target_tokens: usize,
     forward_s: f64,
     backward_s: f64,
 }
 
+/// Under data-parallel training `micro` is this rank's share of each micro-batch: the
+/// step's target tokens are counted over every rank first (so each share's loss is scaled
+/// as one process would scale it), and the gradients and loss summed over the ranks after.
 fn accumulate(
     model: &Pretrained,
     vars: &[Var],
     micro: &[Batch],
     seed: u64,
+    comm: &dyn Collective,
 ) -> Result<Accumulated, TrainError> {
-    let step_targets: usize = micro.iter().map(|b| b.n_targets).sum::<usize>().max(1);
+    let local_targets: usize = micro.iter().map(|b| b.n_targets).sum();
+    let step_targets = match comm.world_size() {
+        1 => local_targets,
+        _ => {
+            let mut count = [local_targets as f64];
+            comm.all_reduce_f64(&mut count)?;
+            count[0] as usize
+        }
+    }
+    .max(1);
     let mut grads: Vec<Tensor> = vars
         .iter()
         .map(|v| v.zeros_like())
@@ -291,8 +378,18 @@ fn accumulate(
         }
         backward_s += started.elapsed().as_secs_f64();
     }
+    let mut tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
+    if comm.world_size() > 1 {
+        let started = Instant::now();
+        grads = all_reduce_grads(&grads, comm)?;
+        let mut totals = [loss_sum, tokens as f64];
+        comm.all_reduce_f64(&mut totals)?;
+        (loss_sum, tokens) = (totals[0], totals[1] as usize);
+        backward_s += started.elapsed().as_secs_f64();
+    }
     Ok(Accumulated {
         grads,
+        tokens,
         loss: loss_sum / step_targets as f64,
         target_tokens: step_targets,
         forward_s,
@@ -319,6 +416,7 @@ pub struct StepOutcome {
 /// step's micro-batches accumulated over its target tokens, the global norm clipped to
 /// `max_grad_norm` (0: off), then the AdamW update at `lr`. A non-finite loss skips the update
 /// and is returned for the caller to stop on.
+#[allow(clippy::too_many_arguments)]
 pub fn optimizer_step(
     model: &Pretrained,
     vars: &[Var],
@@ -327,9 +425,10 @@ pub fn optimizer_step(
     seed: u64,
     max_grad_norm: f64,
     lr: f64,
+    comm: &dyn Collective,
 ) -> Result<StepOutcome, TrainError> {
-    let pass = accumulate(model, vars, micro, seed)?;
-    let tokens = micro.iter().map(|b| b.n_tokens).sum();
+    let pass = accumulate(model, vars, micro, seed, comm)?;
+    let tokens = pass.tokens;
     let mut outcome = StepOutcome {
         loss: pass.loss,
         grad_norm: f64::NAN,
@@ -352,9 +451,6 @@ pub fn optimizer_step(
     Ok(outcome)
 }
 
-/// Trains `model` as `config` says; `resume` continues the run in `config.output` exactly.
-/// Setting `interrupt` (Ctrl-C) ends the run after the current step with a resumable
-/// checkpoint and `TrainError::Interrupted`.
 /// The learning-rate schedule of a run of `total_steps` steps under `config`.
 pub fn schedule_for(config: &TrainConfig, total_steps: usize) -> Schedule {
     let o = &config.optim;
@@ -382,6 +478,9 @@ fn emit(
     Ok(())
 }
 
+/// Trains `model` as `config` says; `resume` continues the run in `config.output` exactly.
+/// Setting `interrupt` (Ctrl-C) ends the run after the current step with a resumable
+/// checkpoint and `TrainError::Interrupted`.
 pub fn train(
     model: &mut Pretrained,
     config: &TrainConfig,
@@ -389,9 +488,23 @@ pub fn train(
     interrupt: &AtomicBool,
     report: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainOutcome, TrainError> {
+    train_on(model, config, resume, interrupt, &Single, report)
+}
+
+/// `train` as one rank of `comm`: every rank holds the whole model and the same LoRA
+/// weights, trains its share of each micro-batch, and applies the same reduced step; rank 0
+/// writes the run directory. One process (`Single`) is the plain run.
+pub fn train_on(
+    model: &mut Pretrained,
+    config: &TrainConfig,
+    resume: bool,
+    interrupt: &AtomicBool,
+    comm: &dyn Collective,
+    report: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainOutcome, TrainError> {
     config.validate()?;
-    let mut run = RunDir::open(&config.output, resume)?;
-    let outcome = train_in(model, config, resume, interrupt, &mut run, report);
+    let mut run = RunDir::open(&config.output, resume, comm.writes())?;
+    let outcome = train_in(model, config, resume, interrupt, comm, &mut run, report);
     if outcome.is_err() {
         // A run that failed before recording anything leaves no directory it created.
         run.discard_if_nothing_recorded();
@@ -404,6 +517,7 @@ fn train_in(
     config: &TrainConfig,
     resume: bool,
     interrupt: &AtomicBool,
+    comm: &dyn Collective,
     run: &mut RunDir,
     report: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainOutcome, TrainError> {
@@ -436,6 +550,14 @@ fn train_in(
         // An eval loss over nothing would read 0 and win every "best" comparison.
         return Err(empty(valid, "valid"));
     }
+    let judge = config.eval_metric();
+    // `validate` has made sure a task metric has a valid split to score.
+    let task_metric = match (judge, valid_data.as_ref()) {
+        (EvalMetric::Task(metric), Some(valid)) => {
+            Some(TaskMetric::prepare(metric, config, valid)?)
+        }
+        _ => None,
+    };
     let pad = model
         .tokenizer
         .special
@@ -478,6 +600,7 @@ fn train_in(
         epoch: 0,
         batch_in_epoch: 0,
         best_eval_loss: None,
+        best_eval_metric: None,
         best_step: None,
         evals_since_best: 0,
         tokens_seen: 0,
@@ -506,7 +629,8 @@ fn train_in(
         pad,
         state.epoch,
         state.batch_in_epoch,
-    );
+    )
+    .sharded(comm.rank(), comm.world_size());
     emit(
         run,
         report,
@@ -517,6 +641,7 @@ fn train_in(
             valid_examples: valid_data.as_ref().map_or(0, |v| v.examples.len()),
             train_target_tokens: train_data.trained_tokens(),
             trainable_params: vars.iter().map(|v| v.elem_count()).sum(),
+            world_size: comm.world_size(),
             skipped_untrainable: (
                 train_data.skipped_untrainable,
                 valid_data.as_ref().map_or(0, |v| v.skipped_untrainable),
@@ -555,6 +680,7 @@ fn train_in(
             config.train.seed ^ (state.step as u64 + 1),
             o.max_grad_norm,
             lr,
+            comm,
         )?;
         let StepOutcome {
             loss,
@@ -599,10 +725,31 @@ fn train_in(
             .as_ref()
             .filter(|_| every(config.train.eval_every) || last)
         {
-            let (eval, n) = eval_loss(model, valid)?;
-            improved = state.best_eval_loss.is_none_or(|b| eval < b);
+            let (eval, n) = eval_loss(model, valid, comm)?;
+            // The task metric is scored on rank 0 and shared, so every rank judges alike.
+            let metric_value = match &task_metric {
+                Some(t) => {
+                    let mut value = [0.0];
+                    if comm.rank() == 0 {
+                        model.model.set_training(false);
+                        let scored = t.score(model);
+                        model.model.set_training(true);
+                        value[0] = scored?;
+                    }
+                    comm.all_reduce_f64(&mut value)?;
+                    Some(value[0])
+                }
+                None => None,
+            };
+            improved = match (judge, metric_value) {
+                (EvalMetric::Task(_), Some(v)) => {
+                    state.best_eval_metric.is_none_or(|b| judge.better(v, b))
+                }
+                _ => state.best_eval_loss.is_none_or(|b| eval < b),
+            };
             if improved {
                 state.best_eval_loss = Some(eval);
+                state.best_eval_metric = metric_value;
                 state.best_step = Some(state.step);
                 state.evals_since_best = 0;
             } else {
@@ -613,19 +760,26 @@ fn train_in(
                 loss: eval,
                 perplexity: eval.exp(),
                 tokens: n,
+                metric: task_metric.as_ref().map(|t| t.metric.name()),
+                metric_value,
                 best: improved,
             };
             state.history.observe(&event);
             emit(run, report, event)?;
-            for sample in eval_samples(model, valid, &config.train, state.step)? {
-                emit(run, report, sample)?;
+            if comm.writes() {
+                for sample in eval_samples(model, valid, &config.train, state.step)? {
+                    emit(run, report, sample)?;
+                }
             }
             run.draw_chart(&state.history, total_steps)?;
             let patience = config.train.early_stopping_patience;
             stopped_early = patience > 0 && state.evals_since_best >= patience && !last;
         }
-        let interrupted = interrupt.load(Ordering::SeqCst);
-        if every(config.train.save_every) || last || improved || stopped_early || interrupted {
+        // Ctrl-C reaches the ranks at different moments: they stop at the same step.
+        let interrupted = on_any_rank(comm, interrupt.load(Ordering::SeqCst))?;
+        let save_now =
+            every(config.train.save_every) || last || improved || stopped_early || interrupted;
+        if save_now && comm.writes() {
             let dir = save(model, &optimizer, &state)?;
             if improved {
                 checkpoint::publish_adapter(&dir, &run.best_dir())?;
@@ -654,6 +808,7 @@ fn train_in(
     let adapter_dir = run.adapter_dir();
     let newest = run.latest_checkpoint().map(|(_, p)| p);
     match newest {
+        _ if !comm.writes() => {}
         Some(dir) => checkpoint::publish_adapter(&dir, &adapter_dir)?,
         None => model.model.save_lora(&adapter_dir, &lora_config)?,
     }
@@ -668,6 +823,8 @@ fn train_in(
             step: state.step,
             adapter: adapter_dir.display().to_string(),
             best_eval_loss: state.best_eval_loss,
+            best_eval_metric: state.best_eval_metric,
+            eval_metric: config.train.eval_metric.clone(),
             best_step: state.best_step,
             train_seconds: state.train_seconds,
             cpu_seconds: state.cpu_seconds,

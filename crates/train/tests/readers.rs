@@ -16,6 +16,7 @@ fn trainer_state(n: usize) {
         epoch: 0,
         batch_in_epoch: 3,
         best_eval_loss: Some(1.25),
+        best_eval_metric: None,
         best_step: Some(2),
         evals_since_best: 1,
         tokens_seen: 3072,

@@ -372,3 +372,92 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         .iter()
         .any(|e| matches!(e, TrainEvent::Finished { .. })));
 }
+
+#[test]
+fn eval_metric_scores_the_valid_split_and_best_follows_it() {
+    use tuna_train::task_metric::TaskMetric;
+    let m = tiny_model(TinySpec::default());
+    let mut c = config(&m, "by-accuracy", 12);
+    c.train.eval_every = 2;
+    c.train.sample_count = 0;
+    c.train.eval_metric = "accuracy".into();
+    let (events, result) = run_events(&m, &c);
+    result.unwrap();
+    let evals: Vec<(usize, f64, f64, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Eval {
+                step,
+                loss,
+                metric,
+                metric_value,
+                best,
+                ..
+            } => {
+                assert_eq!(*metric, Some("accuracy"));
+                Some((*step, *loss, metric_value.unwrap(), *best))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evals.len(), 6);
+    assert!(
+        evals.iter().all(|e| (0.0..=1.0).contains(&e.2)),
+        "{evals:?}"
+    );
+    // best/ is the first evaluation with the highest accuracy, whatever the loss did.
+    let top = evals.iter().map(|e| e.2).fold(f64::MIN, f64::max);
+    let best = evals.iter().find(|e| e.2 == top).unwrap();
+    let mut so_far = f64::MIN;
+    for e in &evals {
+        assert_eq!(e.3, e.2 > so_far, "{evals:?}");
+        so_far = so_far.max(e.2);
+    }
+    let (best_step, best_metric, best_loss) = match events.last() {
+        Some(TrainEvent::Finished {
+            best_step,
+            best_eval_metric,
+            best_eval_loss,
+            eval_metric,
+            ..
+        }) => {
+            assert_eq!(eval_metric, "accuracy");
+            (*best_step, *best_eval_metric, *best_eval_loss)
+        }
+        other => panic!("last event {other:?}"),
+    };
+    assert_eq!(best_step, Some(best.0));
+    assert_eq!(best_metric, Some(best.2));
+    assert_eq!(best_loss, Some(best.1));
+    // The adapter in best/, loaded from disk and scored the same way, scores what the run
+    // recorded for that step (the scoring in the loop saw the adapter as saved).
+    let mut tuned = load(&m);
+    let adapter = tuna_lora::peft::load(&m.path().join("by-accuracy/best")).unwrap();
+    tuned.model.load_lora(&adapter).unwrap();
+    let options = EncodeOptions::default();
+    let encoder = Encoder::new(&tuned, &options).unwrap();
+    let valid = Dataset::load(&c.data.valid, &encoder, &FieldNames::default()).unwrap();
+    let scorer = TaskMetric::prepare(tuna_eval::metrics::Metric::Accuracy, &c, &valid).unwrap();
+    assert_eq!(scorer.rows(), 6);
+    assert_eq!(scorer.score(&tuned).unwrap(), best.2);
+}
+
+#[test]
+fn a_bad_eval_metric_is_refused_naming_the_key() {
+    let m = tiny_model(TinySpec::default());
+    let mut c = config(&m, "bad-metric", 2);
+    c.train.eval_metric = "accurcy".into();
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "config: train.eval_metric: \"accurcy\" is not a metric (loss, accuracy, macro-f1, exact-match, token-f1, token-error-rate, char-error-rate)"
+    );
+    c.train.eval_metric = "accuracy".into();
+    c.data.valid = "".into();
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "config: train.eval_metric: accuracy is scored on a valid split, and this run has none (--valid FILE or data.valid_fraction)"
+    );
+    let (_, result) = run_events(&m, &c);
+    assert!(result.is_err());
+    assert!(!m.path().join("bad-metric").exists());
+}

@@ -1,0 +1,217 @@
+//! The one small interface data-parallel training needs from a distributed engine: this
+//! process's rank, the world size, and a summing all-reduce that leaves the same result on
+//! every rank. `Single` is one process (every call a no-op); `Mpi` (cargo feature `mpi`)
+//! runs over an MPI library (OpenMPI, MPICH) for CPU processes on one or several machines,
+//! launched by `mpirun -n N tuna train ...` or SLURM's `srun`.
+//!
+//! The trainer never talks to an engine directly: it shards each micro-batch by rank,
+//! reduces the step's target-token count and then the flat LoRA gradient buffer through
+//! this trait, and lets rank 0 write the run directory.
+
+use crate::error::TrainError;
+
+pub trait Collective {
+    /// This process's rank, 0-based.
+    fn rank(&self) -> usize;
+    /// How many processes train together.
+    fn world_size(&self) -> usize;
+    /// The engine's name, for progress and errors ("single", "mpi").
+    fn engine(&self) -> &'static str;
+    /// Sums `buffer` element-wise over every rank, in place, identically on every rank.
+    fn all_reduce_f32(&self, buffer: &mut [f32]) -> Result<(), TrainError>;
+    fn all_reduce_f64(&self, buffer: &mut [f64]) -> Result<(), TrainError>;
+    /// Ends every rank of the job at once (after one rank failed: the others would wait for
+    /// it in the next all-reduce forever). Returns only for a single process.
+    fn abort(&self, code: i32);
+
+    /// Whether this rank writes the run directory (checkpoints, metrics, chart).
+    fn writes(&self) -> bool {
+        self.rank() == 0
+    }
+}
+
+/// One process: the whole batch here, nothing to reduce.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Single;
+
+impl Collective for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn engine(&self) -> &'static str {
+        "single"
+    }
+    fn all_reduce_f32(&self, _: &mut [f32]) -> Result<(), TrainError> {
+        Ok(())
+    }
+    fn all_reduce_f64(&self, _: &mut [f64]) -> Result<(), TrainError> {
+        Ok(())
+    }
+    fn abort(&self, _: i32) {}
+}
+
+/// The launcher's view of this process: the rank and world size that mpirun, srun or
+/// torchrun put in the environment, and which launcher it was. None: launched alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub launcher: &'static str,
+    pub rank: usize,
+    pub world_size: usize,
+    /// Ranks on this machine (for splitting its cores between them).
+    pub local_size: Option<usize>,
+}
+
+impl Launch {
+    /// Reads the launcher's variables from `var` (the process environment in `from_env`).
+    pub fn detect(var: &dyn Fn(&str) -> Option<String>) -> Option<Launch> {
+        let num = |name: &str| var(name).and_then(|v| v.trim().parse::<usize>().ok());
+        let found = |launcher, rank: &str, size: &str, local: &str| {
+            Some(Launch {
+                launcher,
+                rank: num(rank)?,
+                world_size: num(size)?,
+                local_size: num(local),
+            })
+        };
+        // The MPI launchers first: under srun --mpi=pmix both sets may be there.
+        found(
+            "mpirun (OpenMPI)",
+            "OMPI_COMM_WORLD_RANK",
+            "OMPI_COMM_WORLD_SIZE",
+            "OMPI_COMM_WORLD_LOCAL_SIZE",
+        )
+        .or_else(|| found("MPI (PMI)", "PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS"))
+        .or_else(|| {
+            found(
+                "srun (SLURM)",
+                "SLURM_PROCID",
+                "SLURM_NTASKS",
+                "SLURM_NTASKS_PER_NODE",
+            )
+        })
+        .or_else(|| found("torchrun", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+        .filter(|l| l.world_size > 1 || l.rank > 0)
+    }
+
+    pub fn from_env() -> Option<Launch> {
+        Self::detect(&|name| std::env::var(name).ok())
+    }
+
+    /// Whether an MPI library runs this process (its ranks then reduce over MPI).
+    pub fn is_mpi(&self) -> bool {
+        self.launcher != "torchrun"
+    }
+}
+
+#[cfg(feature = "mpi")]
+pub use self::mpi_engine::Mpi;
+
+#[cfg(feature = "mpi")]
+mod mpi_engine {
+    use mpi::collective::SystemOperation;
+    use mpi::topology::{Communicator, SimpleCommunicator};
+    use mpi::traits::*;
+
+    use super::Collective;
+    use crate::error::TrainError;
+
+    /// MPI's world communicator. MPI is initialized with `Threading::Funneled`: every call
+    /// comes from the thread that initialized it (the trainer's; the compute threads never
+    /// call MPI). Dropping it finalizes MPI.
+    pub struct Mpi {
+        // Declared first, dropped first: the communicator before MPI_Finalize.
+        world: SimpleCommunicator,
+        _universe: mpi::environment::Universe,
+    }
+
+    impl Mpi {
+        /// Initializes MPI; None when it already was (one Mpi per process).
+        pub fn init() -> Result<Mpi, TrainError> {
+            let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+                .ok_or_else(|| TrainError::Distributed {
+                    reason: "MPI was initialized already in this process".into(),
+                })?;
+            Ok(Mpi {
+                world: universe.world(),
+                _universe: universe,
+            })
+        }
+    }
+
+    impl Collective for Mpi {
+        fn rank(&self) -> usize {
+            self.world.rank() as usize
+        }
+        fn world_size(&self) -> usize {
+            self.world.size() as usize
+        }
+        fn engine(&self) -> &'static str {
+            "mpi"
+        }
+        fn all_reduce_f32(&self, buffer: &mut [f32]) -> Result<(), TrainError> {
+            let send = buffer.to_vec();
+            self.world
+                .all_reduce_into(&send[..], buffer, SystemOperation::sum());
+            Ok(())
+        }
+        fn all_reduce_f64(&self, buffer: &mut [f64]) -> Result<(), TrainError> {
+            let send = buffer.to_vec();
+            self.world
+                .all_reduce_into(&send[..], buffer, SystemOperation::sum());
+            Ok(())
+        }
+        fn abort(&self, code: i32) {
+            self.world.abort(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_launchers_variables_give_rank_and_world() {
+        assert_eq!(Launch::detect(&env(&[])), None);
+        let ompi = env(&[
+            ("OMPI_COMM_WORLD_RANK", "1"),
+            ("OMPI_COMM_WORLD_SIZE", "2"),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "2"),
+        ]);
+        let l = Launch::detect(&ompi).unwrap();
+        assert_eq!((l.rank, l.world_size, l.local_size), (1, 2, Some(2)));
+        assert!(l.is_mpi());
+        let slurm = env(&[("SLURM_PROCID", "3"), ("SLURM_NTASKS", "8")]);
+        assert_eq!(Launch::detect(&slurm).unwrap().launcher, "srun (SLURM)");
+        let torch = env(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "4"),
+            ("LOCAL_WORLD_SIZE", "4"),
+        ]);
+        let l = Launch::detect(&torch).unwrap();
+        assert_eq!((l.launcher, l.world_size), ("torchrun", 4));
+        assert!(!l.is_mpi());
+        // One process of one is no distributed launch (srun -n 1, mpirun -n 1).
+        assert_eq!(
+            Launch::detect(&env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")])),
+            None
+        );
+        // A variable that is not a number is no launch.
+        assert_eq!(
+            Launch::detect(&env(&[("RANK", "zero"), ("WORLD_SIZE", "2")])),
+            None
+        );
+    }
+}
