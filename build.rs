@@ -16,6 +16,15 @@ fn main() {
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     let suffix = if dirty { "+changes" } else { "" };
     println!("cargo:rustc-env=TUNA_COMMIT={commit}{suffix}");
+    let features: Vec<&str> = ["cuda", "metal", "mpi"]
+        .into_iter()
+        .filter(|f| std::env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase())).is_some())
+        .collect();
+    let features = match features.is_empty() {
+        true => "none (CPU only)".to_string(),
+        false => features.join(", "),
+    };
+    println!("cargo:rustc-env=TUNA_FEATURES={features}");
     // Edited sources make the tree dirty without touching the index: look again then too.
     for path in ["crates", "Cargo.toml", "Cargo.lock", "build.rs"] {
         println!("cargo:rerun-if-changed={path}");

@@ -9,41 +9,17 @@ use crate::model_args::{InferenceWeights, ModelArgs};
 use crate::task_args::TaskArgs;
 use crate::value_parsers::{at_least_one, gguf_quant, input_file};
 
-/// `tuna --version`: the release, the commit it was built from and the GPU backends built in.
+/// `tuna --version`: the release, the commit it was built from and the cargo features built
+/// in (GPU backends, MPI); both recorded by build.rs.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("TUNA_COMMIT"),
     "; features: ",
-    features!(),
+    env!("TUNA_FEATURES"),
     ")"
 );
 
-#[cfg(all(feature = "cuda", feature = "metal"))]
-macro_rules! features {
-    () => {
-        "cuda, metal"
-    };
-}
-#[cfg(all(feature = "cuda", not(feature = "metal")))]
-macro_rules! features {
-    () => {
-        "cuda"
-    };
-}
-#[cfg(all(feature = "metal", not(feature = "cuda")))]
-macro_rules! features {
-    () => {
-        "metal"
-    };
-}
-#[cfg(not(any(feature = "cuda", feature = "metal")))]
-macro_rules! features {
-    () => {
-        "none (CPU only)"
-    };
-}
-use features;
 
 #[derive(Debug, Parser)]
 #[command(
