@@ -16,7 +16,7 @@ fn main() {
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     let suffix = if dirty { "+changes" } else { "" };
     println!("cargo:rustc-env=TUNA_COMMIT={commit}{suffix}");
-    let features: Vec<&str> = ["cuda", "metal", "mpi"]
+    let features: Vec<&str> = ["cuda", "metal", "mpi", "nccl"]
         .into_iter()
         .filter(|f| std::env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase())).is_some())
         .collect();

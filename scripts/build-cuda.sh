@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds tuna with --features cuda on a machine without a GPU, following
+# Builds tuna with --features cuda,nccl on a machine without a GPU, following
 # ../shared/cuda-build.md: the CUDA 13.0 toolchain from NVIDIA's PyPI wheels into
 # ~/.cache/tuna/cuda13 (once, ~674 MB of downloads), a link-time libcuda stub, kernels for
-# sm_90 (H100/H200; CUDA_COMPUTE_CAP overrides). Not part of the default build or CI.
+# sm_90 (H100/H200; CUDA_COMPUTE_CAP overrides), NCCL from NVIDIA's nvidia-nccl-cu13 wheel for
+# data-parallel GPU ranks (the `nccl` feature; libnccl.so.2 is needed at run time too). Not
+# part of the default build or CI.
 #   scripts/build-cuda.sh            -> target/cuda/release/tuna (its own target dir, so the
 #                                       CPU build in target/release stays as it is)
 #   scripts/build-cuda.sh --tests    -> also the integration test binary with the GPU parity
@@ -24,6 +26,16 @@ if [ ! -x "$C/bin/nvcc" ]; then
     nvidia-cuda-nvrtc==13.0.88 nvidia-curand==10.4.0.35 nvidia-cublas==13.0.0.19
   python3 -m pip install --quiet --no-deps --no-index --target "$PREFIX" "$W"/*.whl
 fi
+# NCCL (cudarc binds NCCL 2.30's API).
+if ! find "$PREFIX" -name 'libnccl.so.2' 2>/dev/null | grep -q .; then
+  W="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps -d "$W" nvidia-nccl-cu13==2.30.7
+  python3 -m pip install --quiet --no-deps --no-index --target "$PREFIX" "$W"/*.whl
+  rm -rf "$W"
+fi
+NCCL_LIB="$(dirname "$(find "$PREFIX" -name 'libnccl.so.2' | head -1)")"
+ln -sf libnccl.so.2 "$NCCL_LIB/libnccl.so"
+NCCL_INCLUDE="$(dirname "$(find "$PREFIX" -name 'nccl.h' | head -1)")"
 # Unversioned names for -lcudart -lcublas -lcublasLt -lcurand -lnvrtc.
 ( cd "$C/lib" && for l in cudart.so.13 cublas.so.13 cublasLt.so.13 curand.so.10 nvrtc.so.13; do
     ln -sf "lib$l" "lib${l%%.so*}.so"; done )
@@ -37,13 +49,14 @@ if [ ! -f "$C/lib/stubs/libcuda.so" ]; then
   gcc -shared -fPIC -w -Wl,-soname,libcuda.so.1 -o "$C/lib/stubs/libcuda.so" "$C/lib/stubs/cuda_stub.c"
 fi
 export PATH="$C/bin:$PATH" CUDA_ROOT="$C" CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
-export LIBRARY_PATH="$C/lib:$C/lib/stubs:${LIBRARY_PATH:-}"
+export LIBRARY_PATH="$C/lib:$C/lib/stubs:$NCCL_LIB:${LIBRARY_PATH:-}"
+export CPATH="$NCCL_INCLUDE:${CPATH:-}"
 tests=0
 if [ "${1:-}" = "--tests" ]; then tests=1; shift; fi
-cargo build --release --locked --features cuda --target-dir target/cuda "$@"
+cargo build --release --locked --features cuda,nccl --target-dir target/cuda "$@"
 if [ "$tests" = 1 ]; then
   # The test executable's path, from cargo's JSON messages (its errors still reach stderr).
-  bin="$(cargo test --release --locked --features cuda --target-dir target/cuda --test integration \
+  bin="$(cargo test --release --locked --features cuda,nccl --target-dir target/cuda --test integration \
     --no-run --message-format=json "$@" \
     | python3 -c 'import json, sys
 for m in map(json.loads, sys.stdin):
@@ -60,4 +73,4 @@ for m in map(json.loads, sys.stdin):
   rm -rf "$pack"
   echo "build-cuda: target/cuda/release/tuna-tests (the integration tests, GPU parity included), both packed in target/cuda/gpu-check.tar.xz" >&2
 fi
-echo "build-cuda: target/cuda/release/tuna (CUDA, sm_${CUDA_COMPUTE_CAP}); on the GPU machine put site-packages/nvidia/cu13/lib on LD_LIBRARY_PATH" >&2
+echo "build-cuda: target/cuda/release/tuna (CUDA, sm_${CUDA_COMPUTE_CAP}); on the GPU machine put site-packages/nvidia/cu13/lib and NCCL's lib ($NCCL_LIB here) on LD_LIBRARY_PATH" >&2

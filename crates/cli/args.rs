@@ -20,7 +20,6 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
-
 #[derive(Debug, Parser)]
 #[command(
     name = "tuna",

@@ -82,14 +82,24 @@ fn seed_dir(output: &Path, seed: u64) -> PathBuf {
     output.join(format!("seed-{seed}"))
 }
 
-/// The adapter of seed `seed` that the compare scores: best/ when --eval-metric picked it
-/// (the best evaluation on the valid split by that metric), else the final adapter/.
+/// The adapter of seed `seed` that the compare scores: the run's best/ when --eval-metric
+/// picked it (the best evaluation on the valid split by that metric), else the run, whose
+/// final adapter/ compare takes.
 fn seed_adapter(args: &StudyArgs, seed: u64) -> PathBuf {
     let dir = seed_dir(&args.output, seed);
     let best = dir.join("best");
     match &args.training.eval_metric {
         Some(_) if best.join(tuna_lora::peft::WEIGHTS_FILE).is_file() => best,
-        _ => dir.join("adapter"),
+        _ => dir,
+    }
+}
+
+/// The weights file `seed_adapter` names, for the reuse check.
+fn seed_weights(args: &StudyArgs, seed: u64) -> PathBuf {
+    let adapter = seed_adapter(args, seed);
+    match adapter.join(tuna_lora::peft::WEIGHTS_FILE).is_file() {
+        true => adapter.join(tuna_lora::peft::WEIGHTS_FILE),
+        false => adapter.join("adapter").join(tuna_lora::peft::WEIGHTS_FILE),
     }
 }
 
@@ -175,7 +185,7 @@ fn manifest(
     let hash = |p: &Path| -> anyhow::Result<String> { Ok(tuna_eval::provenance::sha256_file(p)?) };
     let mut files = serde_json::Map::new();
     for seed in seeds {
-        let weights = seed_adapter(args, *seed).join(tuna_lora::peft::WEIGHTS_FILE);
+        let weights = seed_weights(args, *seed);
         files.insert(weights.display().to_string(), hash(&weights)?.into());
     }
     for path in [Some(&args.train), Some(&args.test), args.valid.as_ref()]

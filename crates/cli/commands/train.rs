@@ -638,7 +638,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = args.nproc.filter(|&n| n > 1) {
         // Every rank checks the flags again; this process only waits for the job.
-        let code = super::distributed::spawn_ranks(n)?;
+        let gpu = !config_device_is_cpu(&args.model.device);
+        let code = super::distributed::spawn_ranks(n, gpu)?;
         if code != 0 {
             std::process::exit(code);
         }
@@ -666,10 +667,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `--device` keeps the run on the CPU (a CPU-only build, or `cpu` asked).
+fn config_device_is_cpu(device: &str) -> bool {
+    device == "cpu" || !(cfg!(feature = "cuda") || cfg!(feature = "metal"))
+}
+
 fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
     let resume = args.resume.is_some();
     let mut model_args = args.model.clone();
     model_args.model = Some(config.model.clone());
+    model_args.device = super::distributed::rank_device(&model_args.device);
     let mut model = model_args.load_as(config.weights)?;
 
     let interrupt = Arc::new(AtomicBool::new(false));
@@ -683,7 +690,7 @@ fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
             "\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to quit now)"
         );
     });
-    let comm = super::distributed::world()?;
+    let comm = super::distributed::world(model.model.device())?;
     // Rank 0 speaks for the job; the others report only their own failure.
     let mut progress = Progress::new(args.quiet || comm.rank() > 0);
     let mut observe = |e: &TrainEvent| progress.show(e);

@@ -2,7 +2,9 @@
 //! process's rank, the world size, and a summing all-reduce that leaves the same result on
 //! every rank. `Single` is one process (every call a no-op); `Mpi` (cargo feature `mpi`)
 //! runs over an MPI library (OpenMPI, MPICH) for CPU processes on one or several machines,
-//! launched by `mpirun -n N tuna train ...` or SLURM's `srun`.
+//! launched by `mpirun -n N tuna train ...` or SLURM's `srun`; `Nccl` (cargo feature
+//! `nccl`, with `cuda`) over NCCL for one GPU per process, launched by `torchrun
+//! --no-python` (rank 0 hands the other ranks NCCL's id over TCP at MASTER_ADDR:MASTER_PORT).
 //!
 //! The trainer never talks to an engine directly: it shards each micro-batch by rank,
 //! reduces the step's target-token count and then the flat LoRA gradient buffer through
@@ -62,18 +64,28 @@ pub struct Launch {
     pub world_size: usize,
     /// Ranks on this machine (for splitting its cores between them).
     pub local_size: Option<usize>,
+    /// This process's rank on its machine (its GPU under torchrun).
+    pub local_rank: Option<usize>,
+    /// Where rank 0 serves NCCL's id (torchrun's MASTER_ADDR:MASTER_PORT).
+    pub master: Option<String>,
 }
 
 impl Launch {
     /// Reads the launcher's variables from `var` (the process environment in `from_env`).
     pub fn detect(var: &dyn Fn(&str) -> Option<String>) -> Option<Launch> {
         let num = |name: &str| var(name).and_then(|v| v.trim().parse::<usize>().ok());
-        let found = |launcher, rank: &str, size: &str, local: &str| {
+        let master = match (var("MASTER_ADDR"), var("MASTER_PORT")) {
+            (Some(addr), Some(port)) => Some(format!("{addr}:{port}")),
+            _ => None,
+        };
+        let found = |launcher, rank: &str, size: &str, local: &str, local_rank: &str| {
             Some(Launch {
                 launcher,
                 rank: num(rank)?,
                 world_size: num(size)?,
                 local_size: num(local),
+                local_rank: num(local_rank),
+                master: master.clone(),
             })
         };
         // The MPI launchers first: under srun --mpi=pmix both sets may be there.
@@ -82,17 +94,35 @@ impl Launch {
             "OMPI_COMM_WORLD_RANK",
             "OMPI_COMM_WORLD_SIZE",
             "OMPI_COMM_WORLD_LOCAL_SIZE",
+            "OMPI_COMM_WORLD_LOCAL_RANK",
         )
-        .or_else(|| found("MPI (PMI)", "PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS"))
+        .or_else(|| {
+            found(
+                "MPI (PMI)",
+                "PMI_RANK",
+                "PMI_SIZE",
+                "MPI_LOCALNRANKS",
+                "MPI_LOCALRANKID",
+            )
+        })
         .or_else(|| {
             found(
                 "srun (SLURM)",
                 "SLURM_PROCID",
                 "SLURM_NTASKS",
                 "SLURM_NTASKS_PER_NODE",
+                "SLURM_LOCALID",
             )
         })
-        .or_else(|| found("torchrun", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+        .or_else(|| {
+            found(
+                "torchrun",
+                "RANK",
+                "WORLD_SIZE",
+                "LOCAL_WORLD_SIZE",
+                "LOCAL_RANK",
+            )
+        })
         .filter(|l| l.world_size > 1 || l.rank > 0)
     }
 
@@ -165,6 +195,160 @@ mod mpi_engine {
         }
         fn abort(&self, code: i32) {
             self.world.abort(code)
+        }
+    }
+}
+
+#[cfg(feature = "nccl")]
+pub use self::nccl_engine::Nccl;
+
+#[cfg(feature = "nccl")]
+mod nccl_engine {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use cudarc::driver::CudaStream;
+    use cudarc::nccl::safe::{Comm, Id, ReduceOp};
+
+    use super::Collective;
+    use crate::error::TrainError;
+
+    /// How long a rank waits for rank 0 to serve NCCL's id.
+    const ID_WAIT: Duration = Duration::from_secs(120);
+
+    /// One GPU per process, reduced over NCCL on the device's own stream (the one candle
+    /// computes on, so a reduction follows the backward that produced its gradients).
+    pub struct Nccl {
+        comm: Comm,
+        stream: Arc<CudaStream>,
+        rank: usize,
+        world: usize,
+    }
+
+    fn nccl_error(what: &str, e: impl std::fmt::Debug) -> TrainError {
+        TrainError::Distributed {
+            reason: format!("NCCL {what}: {e:?}"),
+        }
+    }
+
+    impl Nccl {
+        /// Joins the NCCL job: rank 0 makes the id and serves it at `master` (host:port) to
+        /// the `world - 1` other ranks, which fetch it; then every rank joins on `device`.
+        pub fn init(
+            device: &candle_core::Device,
+            rank: usize,
+            world: usize,
+            master: &str,
+        ) -> Result<Nccl, TrainError> {
+            let stream = device.as_cuda_device()?.cuda_stream();
+            let id = if rank == 0 {
+                let id = Id::new().map_err(|e| nccl_error("id", e))?;
+                serve_id(master, world - 1, id.internal())?;
+                id
+            } else {
+                Id::uninit(fetch_id(master)?)
+            };
+            let comm = Comm::from_rank(stream.clone(), rank, world, id)
+                .map_err(|e| nccl_error("init", e))?;
+            Ok(Nccl {
+                comm,
+                stream,
+                rank,
+                world,
+            })
+        }
+
+        fn reduce<T>(&self, buffer: &mut [T]) -> Result<(), TrainError>
+        where
+            T: cudarc::driver::DeviceRepr + cudarc::nccl::NcclType + Copy,
+        {
+            let mut on_device = self
+                .stream
+                .clone_htod(&*buffer)
+                .map_err(|e| nccl_error("copy to the GPU", e))?;
+            self.comm
+                .all_reduce_in_place(&mut on_device, &ReduceOp::Sum)
+                .map_err(|e| nccl_error("all-reduce", e))?;
+            self.stream
+                .memcpy_dtoh(&on_device, buffer)
+                .map_err(|e| nccl_error("copy from the GPU", e))?;
+            self.stream
+                .synchronize()
+                .map_err(|e| nccl_error("synchronize", e))
+        }
+    }
+
+    /// Serves the id's 128 bytes to `peers` connections, on a thread of its own (rank 0
+    /// goes on to join while the others connect).
+    fn serve_id(
+        master: &str,
+        peers: usize,
+        id: &[core::ffi::c_char; 128],
+    ) -> Result<(), TrainError> {
+        let listener = TcpListener::bind(master).map_err(|e| TrainError::Distributed {
+            reason: format!("rank 0 cannot listen on MASTER_ADDR:MASTER_PORT {master}: {e}"),
+        })?;
+        let bytes: Vec<u8> = id.iter().map(|&c| c as u8).collect();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(peers) {
+                if let Ok(mut s) = stream {
+                    let _ = s.write_all(&bytes);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The id from rank 0, retrying until it listens.
+    fn fetch_id(master: &str) -> Result<[core::ffi::c_char; 128], TrainError> {
+        let started = Instant::now();
+        loop {
+            match TcpStream::connect(master) {
+                Ok(mut s) => {
+                    let mut bytes = [0u8; 128];
+                    s.read_exact(&mut bytes)
+                        .map_err(|e| TrainError::Distributed {
+                            reason: format!("reading NCCL's id from rank 0 at {master}: {e}"),
+                        })?;
+                    return Ok(bytes.map(|b| b as core::ffi::c_char));
+                }
+                Err(_) if started.elapsed() < ID_WAIT => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => {
+                    return Err(TrainError::Distributed {
+                        reason: format!(
+                            "rank 0 did not serve NCCL's id at {master} within {} s: {e}",
+                            ID_WAIT.as_secs()
+                        ),
+                    })
+                }
+            }
+        }
+    }
+
+    impl Collective for Nccl {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn world_size(&self) -> usize {
+            self.world
+        }
+        fn engine(&self) -> &'static str {
+            "nccl"
+        }
+        fn all_reduce_f32(&self, buffer: &mut [f32]) -> Result<(), TrainError> {
+            self.reduce(buffer)
+        }
+        fn all_reduce_f64(&self, buffer: &mut [f64]) -> Result<(), TrainError> {
+            self.reduce(buffer)
+        }
+        fn abort(&self, code: i32) {
+            // NCCL cannot end the other processes; the launcher (torchrun, tuna --nproc)
+            // stops them when this one exits.
+            std::process::exit(code)
         }
     }
 }
