@@ -27,15 +27,19 @@ if [ ! -x "$C/bin/nvcc" ]; then
   python3 -m pip install --quiet --no-deps --no-index --target "$PREFIX" "$W"/*.whl
 fi
 # NCCL (cudarc binds NCCL 2.30's API).
-if ! find "$PREFIX" -name 'libnccl.so.2' 2>/dev/null | grep -q .; then
+# Its own target directory: pip will not add to the toolchain's nvidia/ once it exists.
+NCCL_PREFIX="$PREFIX-nccl"
+if ! find "$NCCL_PREFIX" -name 'libnccl.so.2' 2>/dev/null | grep -q .; then
   W="$(mktemp -d)"
   python3 -m pip download --quiet --no-deps -d "$W" nvidia-nccl-cu13==2.30.7
-  python3 -m pip install --quiet --no-deps --no-index --target "$PREFIX" "$W"/*.whl
+  python3 -m pip install --quiet --no-deps --no-index --target "$NCCL_PREFIX" "$W"/*.whl
   rm -rf "$W"
 fi
-NCCL_LIB="$(dirname "$(find "$PREFIX" -name 'libnccl.so.2' | head -1)")"
+NCCL_SO="$(find "$NCCL_PREFIX" -name 'libnccl.so.2' | head -1)"
+[ -n "$NCCL_SO" ] || { echo "build-cuda: libnccl.so.2 is not in $NCCL_PREFIX" >&2; exit 1; }
+NCCL_LIB="$(dirname "$NCCL_SO")"
 ln -sf libnccl.so.2 "$NCCL_LIB/libnccl.so"
-NCCL_INCLUDE="$(dirname "$(find "$PREFIX" -name 'nccl.h' | head -1)")"
+NCCL_INCLUDE="$(dirname "$(find "$NCCL_PREFIX" -name 'nccl.h' | head -1)")"
 # Unversioned names for -lcudart -lcublas -lcublasLt -lcurand -lnvrtc.
 ( cd "$C/lib" && for l in cudart.so.13 cublas.so.13 cublasLt.so.13 curand.so.10 nvrtc.so.13; do
     ln -sf "lib$l" "lib${l%%.so*}.so"; done )
