@@ -115,7 +115,15 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let cache = match &args.score_cache {
         Some(dir) => Some(ScoreCache::open(
             dir,
-            score_context(&provenance, scoring, &args.model.device),
+            score_context(
+                &provenance,
+                scoring,
+                &format!(
+                    "{:?} {:?}",
+                    base.model.device().location(),
+                    args.model.dtype
+                ),
+            ),
         )?),
         None => None,
     };
@@ -186,7 +194,13 @@ fn provenance(
     match &base.source {
         ModelSource::Gguf(path) => p.add("model", path)?,
         ModelSource::HfDir(dir) => {
-            for file in ["config.json", "tokenizer.json"] {
+            for file in [
+                "config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "generation_config.json",
+                "chat_template.jinja",
+            ] {
                 if dir.join(file).is_file() {
                     p.add("model", &dir.join(file))?;
                 }

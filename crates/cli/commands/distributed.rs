@@ -10,7 +10,9 @@ use tuna_train::collective::{Collective, Launch, Single};
 /// Under torchrun, the GPU of this rank (`cuda:LOCAL_RANK`) for a `--device auto`.
 pub fn rank_device(device: &str) -> String {
     match Launch::from_env() {
-        Some(l) if !l.is_mpi() && device == "auto" => format!("cuda:{}", l.local_rank.unwrap_or(0)),
+        Some(l) if !l.is_mpi() && (device == "auto" || device == "cuda") => {
+            format!("cuda:{}", l.local_rank.unwrap_or(0))
+        }
         _ => device.to_string(),
     }
 }
@@ -120,7 +122,12 @@ pub fn spawn_ranks(n: u32, gpu: bool) -> anyhow::Result<i32> {
         bail!("--nproc {n}: this tuna was built without MPI: build it with `cargo build --release --features mpi` (needs an MPI library, e.g. Debian's libopenmpi-dev and openmpi-bin)");
     }
     let mut command = std::process::Command::new("mpirun");
-    command.args(["-n", &n.to_string()]).arg(&exe).args(&args);
+    // --bind-to none: mpirun would pin each rank to one core, and the ranks split the
+    // machine's cores between them themselves.
+    command
+        .args(["-n", &n.to_string(), "--bind-to", "none"])
+        .arg(&exe)
+        .args(&args);
     eprintln!(
         "--nproc {n}: mpirun -n {n} {} {}",
         exe.display(),

@@ -646,7 +646,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.train_sizes.is_empty() {
-        return train_one(&args, config);
+        return train_one(&args, config, &mut None);
     }
     let mut sizes = args.train_sizes.clone();
     sizes.sort_unstable();
@@ -654,6 +654,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if sizes.contains(&0) {
         anyhow::bail!("--train-sizes: sizes must be > 0");
     }
+    // One engine for every size: MPI cannot start again once finalized.
+    let mut comm = None;
     for n in sizes {
         let mut c = config.clone();
         c.data.train_subset = n;
@@ -662,7 +664,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "== learning curve: {n} training records -> {}",
             c.output.display()
         );
-        train_one(&args, c)?;
+        train_one(&args, c, &mut comm)?;
     }
     Ok(())
 }
@@ -672,7 +674,13 @@ fn config_device_is_cpu(device: &str) -> bool {
     device == "cpu" || !(cfg!(feature = "cuda") || cfg!(feature = "metal"))
 }
 
-fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
+/// One run; `comm` is the data-parallel engine, made on the first run (after the model
+/// is on its device) and kept for the next.
+fn train_one(
+    args: &TrainArgs,
+    config: TrainConfig,
+    comm: &mut Option<Box<dyn tuna_train::collective::Collective>>,
+) -> anyhow::Result<()> {
     let resume = args.resume.is_some();
     let mut model_args = args.model.clone();
     model_args.model = Some(config.model.clone());
@@ -690,23 +698,19 @@ fn train_one(args: &TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
             "\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to quit now)"
         );
     });
-    let comm = super::distributed::world(model.model.device())?;
+    if comm.is_none() {
+        *comm = Some(super::distributed::world(model.model.device())?);
+    }
+    let comm = comm.as_deref().expect("made above");
     // Rank 0 speaks for the job; the others report only their own failure.
     let mut progress = Progress::new(args.quiet || comm.rank() > 0);
     let mut observe = |e: &TrainEvent| progress.show(e);
-    let outcome = match train_on(
-        &mut model,
-        &config,
-        resume,
-        &interrupt,
-        &*comm,
-        &mut observe,
-    ) {
+    let outcome = match train_on(&mut model, &config, resume, &interrupt, comm, &mut observe) {
         Ok(outcome) => outcome,
         Err(e @ tuna_train::TrainError::Interrupted { .. }) => return Err(e.into()),
         Err(e) => {
             let err = anyhow::Error::from(e);
-            super::distributed::fail_rank(&*comm, &err);
+            super::distributed::fail_rank(comm, &err);
             return Err(err);
         }
     };

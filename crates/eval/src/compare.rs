@@ -387,7 +387,12 @@ pub fn score_strategies(
         }
         let row = run_strategy(setup, strategy, model, &labels, progress)?;
         if let (Some(key), Some(cache)) = (&key, setup.cache) {
-            cache.put(key, &row)?;
+            // A row that cannot be kept is still a result: say so and go on.
+            if let Err(e) = cache.put(key, &row) {
+                progress(&format!(
+                    "warning: {e} (the row is kept in this report only)"
+                ));
+            }
         }
         rows.push(row);
     }

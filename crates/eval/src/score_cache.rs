@@ -100,7 +100,9 @@ impl ScoreCache {
     /// Keeps `row` under `key` (written whole or not at all).
     pub fn put(&self, key: &str, row: &StrategyRow) -> Result<()> {
         let path = self.path(key);
-        let tmp = self.dir.join(format!(".{key}.json.tmp"));
+        let tmp = self
+            .dir
+            .join(format!(".{key}.{}.json.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::File::create(&tmp)?;
             file.write_all(serde_json::to_string(row)?.as_bytes())?;

@@ -78,6 +78,8 @@ impl Launch {
             (Some(addr), Some(port)) => Some(format!("{addr}:{port}")),
             _ => None,
         };
+        // A launcher of one process is no launch, and must not hide another launcher's
+        // variables (torchrun inside a one-task SLURM allocation).
         let found = |launcher, rank: &str, size: &str, local: &str, local_rank: &str| {
             Some(Launch {
                 launcher,
@@ -87,7 +89,23 @@ impl Launch {
                 local_rank: num(local_rank),
                 master: master.clone(),
             })
+            .filter(|l| l.world_size > 1 || l.rank > 0)
         };
+        let torchrun = || {
+            found(
+                "torchrun",
+                "RANK",
+                "WORLD_SIZE",
+                "LOCAL_WORLD_SIZE",
+                "LOCAL_RANK",
+            )
+        };
+        // torchrun's own agent marks its workers: they are torchrun's whatever else is set.
+        if var("TORCHELASTIC_RUN_ID").is_some() {
+            if let Some(l) = torchrun() {
+                return Some(l);
+            }
+        }
         // The MPI launchers first: under srun --mpi=pmix both sets may be there.
         found(
             "mpirun (OpenMPI)",
@@ -114,16 +132,7 @@ impl Launch {
                 "SLURM_LOCALID",
             )
         })
-        .or_else(|| {
-            found(
-                "torchrun",
-                "RANK",
-                "WORLD_SIZE",
-                "LOCAL_WORLD_SIZE",
-                "LOCAL_RANK",
-            )
-        })
-        .filter(|l| l.world_size > 1 || l.rank > 0)
+        .or_else(torchrun)
     }
 
     pub fn from_env() -> Option<Launch> {
@@ -218,6 +227,17 @@ mod nccl_engine {
     /// How long a rank waits for rank 0 to serve NCCL's id.
     const ID_WAIT: Duration = Duration::from_secs(120);
 
+    /// Where the id is served: MASTER_PORT + 1 on MASTER_ADDR (torchrun's agent holds
+    /// MASTER_PORT itself for its store).
+    fn id_address(master: &str) -> Result<String, TrainError> {
+        let bad = || TrainError::Distributed {
+            reason: format!("MASTER_ADDR:MASTER_PORT {master:?} is not host:port"),
+        };
+        let (host, port) = master.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        Ok(format!("{host}:{}", port.checked_add(1).ok_or_else(bad)?))
+    }
+
     /// One GPU per process, reduced over NCCL on the device's own stream (the one candle
     /// computes on, so a reduction follows the backward that produced its gradients).
     pub struct Nccl {
@@ -243,12 +263,13 @@ mod nccl_engine {
             master: &str,
         ) -> Result<Nccl, TrainError> {
             let stream = device.as_cuda_device()?.cuda_stream();
+            let at = id_address(master)?;
             let id = if rank == 0 {
                 let id = Id::new().map_err(|e| nccl_error("id", e))?;
-                serve_id(master, world - 1, id.internal())?;
+                serve_id(&at, world - 1, id.internal())?;
                 id
             } else {
-                Id::uninit(fetch_id(master)?)
+                Id::uninit(fetch_id(&at)?)
             };
             let comm = Comm::from_rank(stream.clone(), rank, world, id)
                 .map_err(|e| nccl_error("init", e))?;
@@ -288,7 +309,9 @@ mod nccl_engine {
         id: &[core::ffi::c_char; 128],
     ) -> Result<(), TrainError> {
         let listener = TcpListener::bind(master).map_err(|e| TrainError::Distributed {
-            reason: format!("rank 0 cannot listen on MASTER_ADDR:MASTER_PORT {master}: {e}"),
+            reason: format!(
+                "rank 0 cannot listen on {master} (MASTER_PORT + 1) for NCCL's id: {e}"
+            ),
         })?;
         let bytes: Vec<u8> = id.iter().map(|&c| c as u8).collect();
         std::thread::spawn(move || {
@@ -307,6 +330,7 @@ mod nccl_engine {
         loop {
             match TcpStream::connect(master) {
                 Ok(mut s) => {
+                    let _ = s.set_read_timeout(Some(ID_WAIT));
                     let mut bytes = [0u8; 128];
                     s.read_exact(&mut bytes)
                         .map_err(|e| TrainError::Distributed {
@@ -392,6 +416,14 @@ mod tests {
             Launch::detect(&env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")])),
             None
         );
+        // A one-task SLURM allocation does not hide torchrun's ranks inside it.
+        let nested = env(&[
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "1"),
+            ("RANK", "2"),
+            ("WORLD_SIZE", "4"),
+        ]);
+        assert_eq!(Launch::detect(&nested).unwrap().launcher, "torchrun");
         // A variable that is not a number is no launch.
         assert_eq!(
             Launch::detect(&env(&[("RANK", "zero"), ("WORLD_SIZE", "2")])),
