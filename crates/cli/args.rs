@@ -338,9 +338,7 @@ pub struct StudyTrainingArgs {
     #[arg(long = "train-weights", value_enum)]
     pub train_weights: Option<InferenceWeights>,
     /// What picks each adapter's best/ checkpoint (tuna train --eval-metric).
-    #[arg(long, value_name = "METRIC", value_parser = [
-        "loss", "accuracy", "macro-f1", "exact-match", "token-f1", "token-error-rate", "char-error-rate",
-    ])]
+    #[arg(long, value_name = "METRIC", value_parser = clap::builder::PossibleValuesParser::new(tuna_train::task_metric::EVAL_METRICS))]
     pub eval_metric: Option<String>,
 }
 
@@ -593,9 +591,7 @@ pub struct TrainArgs {
     /// What picks best/ (and early stopping): the valid loss, or a task metric scored on the
     /// valid split as `tuna compare` scores the tuned adapter (labels ranked for a label
     /// task, greedy answers otherwise); costs one scoring pass over the valid split per eval.
-    #[arg(long, value_name = "METRIC", value_parser = [
-        "loss", "accuracy", "macro-f1", "exact-match", "token-f1", "token-error-rate", "char-error-rate",
-    ])]
+    #[arg(long, value_name = "METRIC", value_parser = clap::builder::PossibleValuesParser::new(tuna_train::task_metric::EVAL_METRICS))]
     pub eval_metric: Option<String>,
     /// Write a checkpoint every N steps (0: only at the end).
     #[arg(long)]

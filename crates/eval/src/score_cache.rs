@@ -152,10 +152,6 @@ impl Hasher {
     }
 
     fn finish(self) -> String {
-        self.0
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::provenance::hex(&self.0.finalize())
     }
 }

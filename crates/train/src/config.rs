@@ -267,7 +267,7 @@ impl TrainConfig {
                     &format!(
                         "{:?} is not a metric ({})",
                         self.train.eval_metric,
-                        crate::task_metric::EVAL_METRICS
+                        crate::task_metric::EVAL_METRICS.join(", ")
                     ),
                 )
             }

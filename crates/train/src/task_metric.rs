@@ -26,9 +26,16 @@ pub enum EvalMetric {
     Task(Metric),
 }
 
-/// The names `train.eval_metric` accepts, for errors and help.
-pub const EVAL_METRICS: &str =
-    "loss, accuracy, macro-f1, exact-match, token-f1, token-error-rate, char-error-rate";
+/// The names `train.eval_metric` accepts (the flags' possible values, and errors).
+pub const EVAL_METRICS: [&str; 7] = [
+    "loss",
+    "accuracy",
+    "macro-f1",
+    "exact-match",
+    "token-f1",
+    "token-error-rate",
+    "char-error-rate",
+];
 
 impl EvalMetric {
     pub fn parse(name: &str) -> Option<Self> {

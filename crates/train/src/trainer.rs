@@ -664,7 +664,7 @@ fn train_in(
     let started = Instant::now();
     let seconds_before = state.train_seconds;
     let cpu_before = state.cpu_seconds;
-    let cpu_start = tuna_model::cpu_time::process_seconds();
+    let cpu = tuna_model::cpu_time::CpuTimer::start();
     let mut stopped_early = false;
     while state.step < total_steps {
         let step_started = Instant::now();
@@ -701,9 +701,7 @@ fn train_in(
         state.batch_in_epoch = stream.index;
         state.tokens_seen += tokens;
         state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
-        if let (Some(start), Some(now)) = (cpu_start, tuna_model::cpu_time::process_seconds()) {
-            state.cpu_seconds = cpu_before + (now - start);
-        }
+        state.cpu_seconds = cpu_before + cpu.seconds();
         let event = TrainEvent::Step {
             step: state.step,
             total_steps,
