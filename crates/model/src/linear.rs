@@ -9,6 +9,7 @@ use candle_core::{DType, Result, Tensor};
 
 use tuna_lora::LoraAdapter;
 
+use crate::backprop::kernels::view;
 use crate::bf16_weight::Bf16Weight;
 use crate::compact::{CompactProduct, CompactWeight, Product};
 use crate::frozen::FrozenLinear;
@@ -245,6 +246,24 @@ impl Linear {
             LinearWeight::Bf16(w) => compact_product(dy, w.clone(), Product::DyW),
             LinearWeight::Quant(w) => compact_product(dy, w.clone(), Product::DyW),
             LinearWeight::F16(_) => candle_core::bail!("training cannot run through f16 weights"),
+        }
+    }
+
+    /// The frozen product over rows of f32 activations as a plain vector, for the
+    /// hand-written training pass (which then adds its LoRA branch in place): x (n, i) -> x Wᵀ
+    /// (n, o) for `Product::XWt`, dy (n, o) -> dy W (n, i) for `Product::DyW`. No bias.
+    pub fn frozen_rows(&self, x: &Tensor, product: Product) -> Result<Vec<f32>> {
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        match &self.weight {
+            LinearWeight::Bf16(w) => Ok(CompactWeight::product(w.as_ref(), &view(&x)?, product)),
+            LinearWeight::Quant(w) => Ok(CompactWeight::product(w.as_ref(), &view(&x)?, product)),
+            _ => {
+                let y = match product {
+                    Product::XWt => self.frozen_forward(&x)?,
+                    Product::DyW => self.frozen_backward(&x)?,
+                };
+                y.flatten_all()?.to_vec1::<f32>()
+            }
         }
     }
 

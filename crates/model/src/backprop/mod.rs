@@ -20,6 +20,7 @@
 mod attention;
 pub(crate) mod kernels;
 mod linear;
+mod low_rank;
 
 use std::time::Instant;
 

@@ -1,0 +1,692 @@
+//! The LoRA branch's products, in f32 on plain row-major slices. Each is thin (the rank r
+//! is 8–64 against widths of hundreds or thousands), so a general matmul spends more time
+//! packing and allocating than multiplying; these stream the wide operand once and keep the
+//! thin one in registers or L1.
+//!
+//! Rank vectors are held padded to `lanes(r)` (whole 16-lane vectors, zeros beyond r), so
+//! every inner loop runs over full vectors. Three shapes cover the forward and the backward:
+//!
+//! - `thin`: out (n, R) = x (n, k) · w (k, R), for inner = x Aᵀ and d inner = dy B;
+//! - `add_low_rank`: y (n, w) += inner (n, R) · m (R, w), for the branch's output (m = s Bᵀ)
+//!   and its input gradient (m = A);
+//! - `accumulate_outer`: acc (k, R) += x (n, k)ᵀ · inner (n, R), for dB and dAᵀ.
+//!
+//! Rows (or, for `accumulate_outer`, the k rows of the result) are split between threads,
+//! and every sum runs in the same order whatever the thread count, so a pass is
+//! reproducible bit for bit. AVX-512F and AVX2+FMA where the processor has them (fused
+//! multiply-adds); the portable path multiplies and adds separately, as does
+//! `TUNA_KERNEL=portable`.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Lanes of one vector of the kernels' inner loops.
+const LANES: usize = 16;
+/// Rows `thin` advances together (8 independent accumulator chains hide the FMA latency).
+const ROW_BLOCK: usize = 8;
+/// Rows of the result `accumulate_outer` sums together.
+const K_BLOCK: usize = 16;
+/// Rows per rayon task.
+const ROWS_PER_TASK: usize = 32;
+
+/// r rounded up to whole vectors: the stride of every rank vector here.
+pub fn lanes(r: usize) -> usize {
+    r.div_ceil(LANES) * LANES
+}
+
+/// Which instructions the kernels run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// Every instruction set this processor runs, fastest first.
+    fn available() -> Vec<Self> {
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                out.push(Self::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                out.push(Self::Avx2);
+            }
+        }
+        out.push(Self::Portable);
+        out
+    }
+}
+
+/// The fastest available, or `TUNA_KERNEL=avx2|portable` where the machine runs it.
+fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let available = Isa::available();
+        let forced = match std::env::var("TUNA_KERNEL").as_deref() {
+            Ok("avx2") => Some(Isa::Avx2),
+            Ok("portable") => Some(Isa::Portable),
+            _ => None,
+        };
+        match forced {
+            Some(isa) if available.contains(&isa) => isa,
+            _ => available[0],
+        }
+    })
+}
+
+/// 16 f32 lanes: the one vocabulary of the kernels' bodies, so that one source serves each
+/// instruction set. Slices passed to `load`/`store` hold at least 16 values.
+trait Lanes: Copy {
+    fn zero() -> Self;
+    fn splat(x: f32) -> Self;
+    fn load(src: &[f32]) -> Self;
+    fn store(self, dst: &mut [f32]);
+    /// a · b + c (fused where the instruction set fuses).
+    fn mul_add(a: Self, b: Self, c: Self) -> Self;
+    fn add(self, b: Self) -> Self;
+    fn mul(self, b: Self) -> Self;
+}
+
+/// Plain Rust: multiplies and adds separately.
+#[derive(Clone, Copy)]
+struct Portable([f32; LANES]);
+
+impl Lanes for Portable {
+    #[inline(always)]
+    fn zero() -> Self {
+        Self([0.0; LANES])
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> Self {
+        Self([x; LANES])
+    }
+    #[inline(always)]
+    fn load(src: &[f32]) -> Self {
+        Self(src[..LANES].try_into().expect("16 values"))
+    }
+    #[inline(always)]
+    fn store(self, dst: &mut [f32]) {
+        dst[..LANES].copy_from_slice(&self.0);
+    }
+    #[inline(always)]
+    fn mul_add(a: Self, b: Self, c: Self) -> Self {
+        Self(std::array::from_fn(|l| a.0[l] * b.0[l] + c.0[l]))
+    }
+    #[inline(always)]
+    fn add(self, b: Self) -> Self {
+        Self(std::array::from_fn(|l| self.0[l] + b.0[l]))
+    }
+    #[inline(always)]
+    fn mul(self, b: Self) -> Self {
+        Self(std::array::from_fn(|l| self.0[l] * b.0[l]))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The intrinsics carry their features; they inline into the kernels' bodies because
+    //! those are compiled inside functions that enable the same features (`multiversion!`).
+    use std::arch::x86_64::*;
+
+    use super::{Lanes, LANES};
+
+    /// One AVX-512 register.
+    #[derive(Clone, Copy)]
+    pub struct Avx512(__m512);
+
+    impl Lanes for Avx512 {
+        #[inline(always)]
+        fn zero() -> Self {
+            // SAFETY (every method): only built inside functions that enable avx512f, run
+            // where Isa::available found it.
+            unsafe { Self(_mm512_setzero_ps()) }
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> Self {
+            unsafe { Self(_mm512_set1_ps(x)) }
+        }
+        #[inline(always)]
+        fn load(src: &[f32]) -> Self {
+            let src = &src[..LANES];
+            unsafe { Self(_mm512_loadu_ps(src.as_ptr())) }
+        }
+        #[inline(always)]
+        fn store(self, dst: &mut [f32]) {
+            let dst = &mut dst[..LANES];
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            unsafe { Self(_mm512_fmadd_ps(a.0, b.0, c.0)) }
+        }
+        #[inline(always)]
+        fn add(self, b: Self) -> Self {
+            unsafe { Self(_mm512_add_ps(self.0, b.0)) }
+        }
+        #[inline(always)]
+        fn mul(self, b: Self) -> Self {
+            unsafe { Self(_mm512_mul_ps(self.0, b.0)) }
+        }
+    }
+
+    /// Two AVX2 registers.
+    #[derive(Clone, Copy)]
+    pub struct Avx2(__m256, __m256);
+
+    impl Lanes for Avx2 {
+        #[inline(always)]
+        fn zero() -> Self {
+            // SAFETY (every method): only built inside functions that enable avx2 and fma,
+            // run where Isa::available found them.
+            unsafe { Self(_mm256_setzero_ps(), _mm256_setzero_ps()) }
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> Self {
+            unsafe { Self(_mm256_set1_ps(x), _mm256_set1_ps(x)) }
+        }
+        #[inline(always)]
+        fn load(src: &[f32]) -> Self {
+            let src = &src[..LANES];
+            unsafe {
+                Self(
+                    _mm256_loadu_ps(src.as_ptr()),
+                    _mm256_loadu_ps(src[8..].as_ptr()),
+                )
+            }
+        }
+        #[inline(always)]
+        fn store(self, dst: &mut [f32]) {
+            let dst = &mut dst[..LANES];
+            unsafe {
+                _mm256_storeu_ps(dst.as_mut_ptr(), self.0);
+                _mm256_storeu_ps(dst[8..].as_mut_ptr(), self.1);
+            }
+        }
+        #[inline(always)]
+        fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            unsafe {
+                Self(
+                    _mm256_fmadd_ps(a.0, b.0, c.0),
+                    _mm256_fmadd_ps(a.1, b.1, c.1),
+                )
+            }
+        }
+        #[inline(always)]
+        fn add(self, b: Self) -> Self {
+            unsafe { Self(_mm256_add_ps(self.0, b.0), _mm256_add_ps(self.1, b.1)) }
+        }
+        #[inline(always)]
+        fn mul(self, b: Self) -> Self {
+            unsafe { Self(_mm256_mul_ps(self.0, b.0), _mm256_mul_ps(self.1, b.1)) }
+        }
+    }
+}
+
+/// `fn $name(isa, args)` running `$body::<V>(args)` with the lanes of the instruction set
+/// `isa`: the body is `#[inline(always)]`, so each wrapper compiles its own copy with its
+/// features enabled.
+macro_rules! multiversion {
+    (fn $name:ident => $body:ident($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name(isa: Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body::<x86::Avx512>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body::<x86::Avx2>($($arg),*)
+                }
+                match isa {
+                    // SAFETY: Isa::available checked the processor's features at run time.
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Portable => {}
+                }
+            }
+            $body::<Portable>($($arg),*)
+        }
+    };
+}
+
+multiversion!(fn thin_task => thin_rows(x: &[f32], k: usize, w: &[f32], rr: usize, out: &mut [f32]));
+multiversion!(fn add_low_rank_task => add_low_rank_rows(y: &mut [f32], width: usize, inner: &[f32], r: usize, m: &[f32], mask: Option<&[f32]>));
+multiversion!(fn accumulate_outer_task => accumulate_outer_block(acc: &mut [f32], x: &[f32], k: usize, k0: usize, inner: &[f32], rr: usize, mask: Option<&[f32]>));
+
+/// out (n, R) = x (n, k) · w (k, R), R = lanes(r) (w's columns beyond r are zero).
+pub fn thin(x: &[f32], k: usize, w: &[f32], rr: usize) -> Vec<f32> {
+    thin_on(isa(), x, k, w, rr)
+}
+
+fn thin_on(isa: Isa, x: &[f32], k: usize, w: &[f32], rr: usize) -> Vec<f32> {
+    let n = x.len() / k;
+    let mut out = vec![0f32; n * rr];
+    out.par_chunks_mut(ROWS_PER_TASK * rr)
+        .zip(x.par_chunks(ROWS_PER_TASK * k))
+        .for_each(|(out, x)| thin_task(isa, x, k, w, rr, out));
+    out
+}
+
+#[inline(always)]
+fn thin_rows<V: Lanes>(x: &[f32], k: usize, w: &[f32], rr: usize, out: &mut [f32]) {
+    let n = x.len() / k;
+    let mut row = 0;
+    while row + ROW_BLOCK <= n {
+        thin_block::<V, ROW_BLOCK>(x, k, w, rr, out, row);
+        row += ROW_BLOCK;
+    }
+    while row < n {
+        thin_block::<V, 1>(x, k, w, rr, out, row);
+        row += 1;
+    }
+}
+
+#[inline(always)]
+fn thin_block<V: Lanes, const ROWS: usize>(
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    rr: usize,
+    out: &mut [f32],
+    row: usize,
+) {
+    let x = &x[row * k..][..ROWS * k];
+    for lane0 in (0..rr).step_by(LANES) {
+        let mut acc = [V::zero(); ROWS];
+        for kk in 0..k {
+            let wv = V::load(&w[kk * rr + lane0..]);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = V::mul_add(V::splat(x[r * k + kk]), wv, *acc);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            acc.store(&mut out[(row + r) * rr + lane0..]);
+        }
+    }
+}
+
+/// y (n, width) += (inner (n, R) · m (R, width)) ⊙ mask, with R = lanes(r) of which the first
+/// `r` count; `mask` (n, width) is applied to the product only.
+pub fn add_low_rank(
+    y: &mut [f32],
+    width: usize,
+    inner: &[f32],
+    r: usize,
+    m: &[f32],
+    mask: Option<&[f32]>,
+) {
+    add_low_rank_on(isa(), y, width, inner, r, m, mask)
+}
+
+fn add_low_rank_on(
+    isa: Isa,
+    y: &mut [f32],
+    width: usize,
+    inner: &[f32],
+    r: usize,
+    m: &[f32],
+    mask: Option<&[f32]>,
+) {
+    let rr = lanes(r);
+    let tasks = y
+        .par_chunks_mut(ROWS_PER_TASK * width)
+        .zip(inner.par_chunks(ROWS_PER_TASK * rr))
+        .enumerate();
+    tasks.for_each(|(task, (y, inner))| {
+        let mask = mask.map(|mk| &mk[task * ROWS_PER_TASK * width..][..y.len()]);
+        add_low_rank_task(isa, y, width, inner, r, m, mask)
+    });
+}
+
+#[inline(always)]
+fn add_low_rank_rows<V: Lanes>(
+    y: &mut [f32],
+    width: usize,
+    inner: &[f32],
+    r: usize,
+    m: &[f32],
+    mask: Option<&[f32]>,
+) {
+    let n = y.len() / width;
+    let mut row = 0;
+    // Rows in fours share each load of m; the rest one at a time.
+    while row + 4 <= n {
+        add_low_rank_block::<V, 4>(y, width, inner, r, m, mask, row);
+        row += 4;
+    }
+    while row < n {
+        add_low_rank_block::<V, 1>(y, width, inner, r, m, mask, row);
+        row += 1;
+    }
+}
+
+#[inline(always)]
+fn add_low_rank_block<V: Lanes, const ROWS: usize>(
+    y: &mut [f32],
+    width: usize,
+    inner: &[f32],
+    r: usize,
+    m: &[f32],
+    mask: Option<&[f32]>,
+    row: usize,
+) {
+    const VECTORS: usize = 4;
+    let whole = width / LANES * LANES;
+    // VECTORS vectors of columns at a time, then one at a time, then the last < 16 columns.
+    let mut c0 = 0;
+    while c0 + VECTORS * LANES <= whole {
+        add_low_rank_columns::<V, ROWS, VECTORS>(y, width, inner, r, m, mask, row, c0);
+        c0 += VECTORS * LANES;
+    }
+    while c0 < whole {
+        add_low_rank_columns::<V, ROWS, 1>(y, width, inner, r, m, mask, row, c0);
+        c0 += LANES;
+    }
+    let rr = lanes(r);
+    for ri in 0..ROWS {
+        let (base, inner) = ((row + ri) * width, &inner[(row + ri) * rr..][..r]);
+        for c in whole..width {
+            let dot: f32 = inner
+                .iter()
+                .enumerate()
+                .map(|(j, f)| f * m[j * width + c])
+                .sum();
+            y[base + c] += dot * mask.map_or(1.0, |mk| mk[base + c]);
+        }
+    }
+}
+
+/// Rows row.. (ROWS of them), columns c0.. (VECTORS vectors): fixed counts, so that the
+/// sums stay in registers.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn add_low_rank_columns<V: Lanes, const ROWS: usize, const VECTORS: usize>(
+    y: &mut [f32],
+    width: usize,
+    inner: &[f32],
+    r: usize,
+    m: &[f32],
+    mask: Option<&[f32]>,
+    row: usize,
+    c0: usize,
+) {
+    let rr = lanes(r);
+    let mut acc = [[V::zero(); VECTORS]; ROWS];
+    for j in 0..r {
+        let m = &m[j * width + c0..];
+        let mv: [V; VECTORS] = std::array::from_fn(|u| V::load(&m[u * LANES..]));
+        for (ri, acc) in acc.iter_mut().enumerate() {
+            let f = V::splat(inner[(row + ri) * rr + j]);
+            for u in 0..VECTORS {
+                acc[u] = V::mul_add(f, mv[u], acc[u]);
+            }
+        }
+    }
+    for (ri, acc) in acc.iter().enumerate() {
+        let base = (row + ri) * width + c0;
+        for (u, acc) in acc.iter().enumerate() {
+            let at = base + u * LANES;
+            let add = match mask {
+                Some(mk) => acc.mul(V::load(&mk[at..])),
+                None => *acc,
+            };
+            V::load(&y[at..]).add(add).store(&mut y[at..]);
+        }
+    }
+}
+
+/// acc (k, R) += x (n, k)ᵀ · inner (n, R), R = lanes(r), summing over the n rows in order.
+/// `mask` (n, k), when given, multiplies x first.
+pub fn accumulate_outer(
+    acc: &mut [f32],
+    x: &[f32],
+    k: usize,
+    inner: &[f32],
+    rr: usize,
+    mask: Option<&[f32]>,
+) {
+    accumulate_outer_on(isa(), acc, x, k, inner, rr, mask)
+}
+
+fn accumulate_outer_on(
+    isa: Isa,
+    acc: &mut [f32],
+    x: &[f32],
+    k: usize,
+    inner: &[f32],
+    rr: usize,
+    mask: Option<&[f32]>,
+) {
+    acc.par_chunks_mut(K_BLOCK * rr)
+        .enumerate()
+        .for_each(|(block, acc)| {
+            accumulate_outer_task(isa, acc, x, k, block * K_BLOCK, inner, rr, mask)
+        });
+}
+
+#[inline(always)]
+fn accumulate_outer_block<V: Lanes>(
+    acc: &mut [f32],
+    x: &[f32],
+    k: usize,
+    k0: usize,
+    inner: &[f32],
+    rr: usize,
+    mask: Option<&[f32]>,
+) {
+    let ks = acc.len() / rr;
+    if ks == K_BLOCK {
+        outer_rows::<V, K_BLOCK>(acc, x, k, k0, inner, rr, mask);
+    } else {
+        for kk in 0..ks {
+            outer_rows::<V, 1>(&mut acc[kk * rr..][..rr], x, k, k0 + kk, inner, rr, mask);
+        }
+    }
+}
+
+/// acc rows k0..k0 + KS: a fixed count, so that the sums stay in registers.
+#[inline(always)]
+fn outer_rows<V: Lanes, const KS: usize>(
+    acc: &mut [f32],
+    x: &[f32],
+    k: usize,
+    k0: usize,
+    inner: &[f32],
+    rr: usize,
+    mask: Option<&[f32]>,
+) {
+    let n = x.len() / k;
+    for lane0 in (0..rr).step_by(LANES) {
+        let mut sums = [V::zero(); KS];
+        for (kk, s) in sums.iter_mut().enumerate() {
+            *s = V::load(&acc[kk * rr + lane0..]);
+        }
+        for row in 0..n {
+            let iv = V::load(&inner[row * rr + lane0..]);
+            let xs: &[f32; KS] = x[row * k + k0..][..KS].try_into().expect("KS values");
+            match mask {
+                None => {
+                    for kk in 0..KS {
+                        sums[kk] = V::mul_add(V::splat(xs[kk]), iv, sums[kk]);
+                    }
+                }
+                Some(mk) => {
+                    let mk: &[f32; KS] = mk[row * k + k0..][..KS].try_into().expect("KS values");
+                    for kk in 0..KS {
+                        sums[kk] = V::mul_add(V::splat(xs[kk] * mk[kk]), iv, sums[kk]);
+                    }
+                }
+            }
+        }
+        for (kk, s) in sums.iter().enumerate() {
+            s.store(&mut acc[kk * rr + lane0..]);
+        }
+    }
+}
+
+/// (rows, cols) row-major -> (cols, R) with R = lanes(rows): the transpose, zero-padded.
+pub fn transpose_padded(m: &[f32], rows: usize, cols: usize, scale: f32) -> Vec<f32> {
+    let rr = lanes(rows);
+    let mut out = vec![0f32; cols * rr];
+    for (r, row) in m.chunks(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rr + r] = v * scale;
+        }
+    }
+    out
+}
+
+/// (rows, cols) -> (rows, R) with R = lanes(cols): each row zero-padded, times `scale`.
+pub fn pad_rows(m: &[f32], cols: usize, scale: f32) -> Vec<f32> {
+    let rr = lanes(cols);
+    let mut out = vec![0f32; m.len() / cols * rr];
+    for (dst, src) in out.chunks_mut(rr).zip(m.chunks(cols)) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s * scale;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each kernel against the textbook sum in f64, on shapes that leave every remainder
+    //! path a part: ranks below, at and above one vector, widths not a multiple of the chunk,
+    //! row counts not a multiple of the row block or of a task.
+
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    fn close(got: f32, want: f64, what: &str) {
+        assert!(
+            (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+            "{what}: {got} vs {want}"
+        );
+    }
+
+    /// (rows, width, rank).
+    const SHAPES: [(usize, usize, usize); 6] = [
+        (1, 3, 1),
+        (300, 24, 16),
+        (7, 19, 5),
+        (45, 70, 16),
+        (33, 64, 17),
+        (9, 130, 40),
+    ];
+
+    /// Every instruction set this machine runs, on every shape.
+    fn cases() -> Vec<(Isa, (usize, usize, usize))> {
+        Isa::available()
+            .into_iter()
+            .flat_map(|isa| SHAPES.map(|shape| (isa, shape)))
+            .collect()
+    }
+
+    #[test]
+    fn thin_matches_the_reference() {
+        for (isa, (n, k, r)) in cases() {
+            let x = random(n * k, 1);
+            let w = random(k * r, 2);
+            let rr = lanes(r);
+            let got = thin_on(isa, &x, k, &pad_rows(&w, r, 1.0), rr);
+            for i in 0..n {
+                for j in 0..rr {
+                    let want: f64 = if j < r {
+                        (0..k)
+                            .map(|c| x[i * k + c] as f64 * w[c * r + j] as f64)
+                            .sum()
+                    } else {
+                        0.0
+                    };
+                    close(
+                        got[i * rr + j],
+                        want,
+                        &format!("thin {isa:?} {n}x{k}x{r} [{i},{j}]"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn add_low_rank_matches_the_reference() {
+        for (isa, (n, width, r)) in cases() {
+            let rr = lanes(r);
+            let inner = pad_rows(&random(n * r, 3), r, 1.0);
+            let m = random(r * width, 4);
+            let y0 = random(n * width, 5);
+            for mask in [None, Some(random(n * width, 6))] {
+                let mut y = y0.clone();
+                add_low_rank_on(isa, &mut y, width, &inner, r, &m, mask.as_deref());
+                for i in 0..n {
+                    for c in 0..width {
+                        let dot: f64 = (0..r)
+                            .map(|j| inner[i * rr + j] as f64 * m[j * width + c] as f64)
+                            .sum();
+                        let mk = mask.as_ref().map_or(1.0, |mk| mk[i * width + c] as f64);
+                        close(
+                            y[i * width + c],
+                            y0[i * width + c] as f64 + dot * mk,
+                            "add_low_rank",
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn accumulate_outer_matches_the_reference() {
+        for (isa, (n, k, r)) in cases() {
+            let rr = lanes(r);
+            let x = random(n * k, 7);
+            let inner = pad_rows(&random(n * r, 8), r, 1.0);
+            let acc0 = random(k * rr, 9);
+            for mask in [None, Some(random(n * k, 10))] {
+                let mut acc = acc0.clone();
+                accumulate_outer_on(isa, &mut acc, &x, k, &inner, rr, mask.as_deref());
+                for c in 0..k {
+                    for j in 0..rr {
+                        let sum: f64 = (0..n)
+                            .map(|i| {
+                                let mk = mask.as_ref().map_or(1.0, |mk| mk[i * k + c] as f64);
+                                x[i * k + c] as f64 * mk * inner[i * rr + j] as f64
+                            })
+                            .sum();
+                        close(
+                            acc[c * rr + j],
+                            acc0[c * rr + j] as f64 + sum,
+                            "accumulate_outer",
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transposes_pad_and_scale() {
+        let m = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // (2, 3)
+        let t = transpose_padded(&m, 2, 3, 2.0);
+        assert_eq!(t.len(), 3 * LANES);
+        assert_eq!(&t[..2], &[2.0, 8.0]);
+        assert_eq!(&t[LANES..LANES + 2], &[4.0, 10.0]);
+        assert!(t[2..LANES].iter().all(|&v| v == 0.0));
+        let p = pad_rows(&m, 3, 1.0);
+        assert_eq!(&p[..4], &[1.0, 2.0, 3.0, 0.0]);
+        assert_eq!(&p[LANES..LANES + 3], &[4.0, 5.0, 6.0]);
+    }
+}
