@@ -292,3 +292,47 @@ fn a_killed_rank_ends_the_job_and_two_ranks_resume_exactly() {
     assert_eq!(&a[a.len() - 3..], &b[b.len() - 3..], "resumed losses");
     assert_same_adapter(&killed.join("adapter"), &whole.join("adapter"), 0.0);
 }
+
+#[test]
+fn ranks_that_start_from_different_data_refuse_to_train() {
+    let m = tiny_model(TinySpec::default());
+    let (train, valid) = write_task(m.path());
+    // A stale copy on "another machine": the same rows but one answer changed.
+    let stale = m.path().join("stale.jsonl");
+    let text = std::fs::read_to_string(&train).unwrap();
+    std::fs::write(&stale, text.replacen("\"yes\"", "\"yes indeed\"", 1)).unwrap();
+    let out = m.path().join("run");
+    let mut args = flags(&m.path_str(), &train, &valid, &out);
+    args.extend(["--max-steps", "3", "--quiet"].map(String::from));
+    // Rank 1 reads the stale file: the shell picks the path from the rank mpirun gives it.
+    let at = args.iter().position(|a| a == "--data").unwrap() + 1;
+    args[at] = "\"$DATA\"".into();
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then DATA={}; else DATA={}; fi; exec {} {}",
+        stale.display(),
+        train.display(),
+        env!("CARGO_BIN_EXE_tuna"),
+        args.join(" ")
+    );
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["-n", "2", "sh", "-c", &script])
+        .env_remove("TUNA_MODEL")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    for (k, v) in MPI_ENV {
+        cmd.env(k, v);
+    }
+    let started = Instant::now();
+    let r = cmd.output().expect("run mpirun");
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("do not start from the same state"),
+        "the error says why: {stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60), "no hang");
+    assert!(
+        tuna_train::checkpoint::list(&out).is_empty(),
+        "no step was taken"
+    );
+}

@@ -32,6 +32,44 @@ pub trait Collective {
     }
 }
 
+/// Fails on every rank unless all ranks hold the same `fingerprint` of their starting
+/// state (trainer.rs: settings, encoded data, adapter weights, position). A rank that
+/// started from a stale copy of the data or of the run directory, or from another build,
+/// would otherwise mix its gradients into the others' or wait forever in a collective the
+/// others never enter.
+pub fn check_same_start(comm: &dyn Collective, fingerprint: u64) -> Result<(), TrainError> {
+    let world = comm.world_size();
+    if world == 1 {
+        return Ok(());
+    }
+    // Three 22-bit parts, and their squares: exact in f64 even summed over many ranks.
+    // Σx = w·p and Σx² = w·p² hold together only if every rank's x is p (Σ(x − p)² = 0),
+    // so each rank sees the same verdict.
+    const BITS: u32 = 22;
+    let part = |j: u32| ((fingerprint >> (BITS * j)) & ((1 << BITS) - 1)) as f64;
+    let parts = [part(0), part(1), part(2)];
+    let mut sums = [0f64; 6];
+    for (j, p) in parts.iter().enumerate() {
+        sums[j] = *p;
+        sums[3 + j] = p * p;
+    }
+    comm.all_reduce_f64(&mut sums)?;
+    let w = world as f64;
+    let same = parts
+        .iter()
+        .enumerate()
+        .all(|(j, p)| sums[j] == w * p && sums[3 + j] == w * p * p);
+    if same {
+        return Ok(());
+    }
+    Err(TrainError::Distributed {
+        reason: format!(
+            "the {world} ranks do not start from the same state (rank {} differs from at least one other in its settings, its encoded train/valid data, its adapter weights or the checkpoint it resumes from); give every rank the same files and the same tuna build",
+            comm.rank()
+        ),
+    })
+}
+
 /// One process: the whole batch here, nothing to reduce.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Single;

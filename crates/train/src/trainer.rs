@@ -17,7 +17,7 @@ use tuna_model::Pretrained;
 
 use crate::chart::History;
 use crate::checkpoint::{self, TrainerState};
-use crate::collective::{Collective, Single};
+use crate::collective::{check_same_start, Collective, Single};
 use crate::config::{LoopSection, TrainConfig};
 use crate::error::TrainError;
 use crate::events::TrainEvent;
@@ -491,6 +491,47 @@ pub fn train(
     train_on(model, config, resume, interrupt, &Single, report)
 }
 
+/// What every rank of a data-parallel run must agree on before its first step: the
+/// settings (paths left out: machines may mount the same files elsewhere), the encoded
+/// examples, the adapter weights (fresh or resumed) and the position in the data.
+fn start_fingerprint(
+    config: &TrainConfig,
+    train: &Dataset,
+    valid: Option<&Dataset>,
+    vars: &[Var],
+    state: &TrainerState,
+) -> Result<u64, TrainError> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut settings = config.clone();
+    settings.model.clear();
+    settings.output = PathBuf::new();
+    settings.init_adapter.clear();
+    settings.data.train = PathBuf::new();
+    settings.data.valid = PathBuf::new();
+    serde_json::to_string(&settings)
+        .unwrap_or_default()
+        .hash(&mut h);
+    for data in std::iter::once(train).chain(valid) {
+        data.examples.len().hash(&mut h);
+        for e in &data.examples {
+            (&e.ids, &e.trained).hash(&mut h);
+        }
+    }
+    for var in vars {
+        let values = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        values.iter().for_each(|v| v.to_bits().hash(&mut h));
+    }
+    (
+        state.step,
+        state.epoch,
+        state.batch_in_epoch,
+        state.total_steps,
+    )
+        .hash(&mut h);
+    Ok(h.finish())
+}
+
 /// `train` as one rank of `comm`: every rank holds the whole model and the same LoRA
 /// weights, trains its share of each micro-batch, and applies the same reduced step; rank 0
 /// writes the run directory. One process (`Single`) is the plain run.
@@ -623,6 +664,11 @@ fn train_in(
         };
     }
     state.train_examples = Some(train_data.examples.len());
+    if comm.world_size() > 1 {
+        let fingerprint =
+            start_fingerprint(config, &train_data, valid_data.as_ref(), &vars, &state)?;
+        check_same_start(comm, fingerprint)?;
+    }
     let mut stream = BatchStream::new(
         &train_data.examples,
         config,
