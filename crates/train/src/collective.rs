@@ -39,9 +39,6 @@ pub trait Collective {
 /// others never enter.
 pub fn check_same_start(comm: &dyn Collective, fingerprint: u64) -> Result<(), TrainError> {
     let world = comm.world_size();
-    if world == 1 {
-        return Ok(());
-    }
     // Three 22-bit parts, and their squares: exact in f64 even summed over many ranks.
     // Σx = w·p and Σx² = w·p² hold together only if every rank's x is p (Σ(x − p)² = 0),
     // so each rank sees the same verdict.

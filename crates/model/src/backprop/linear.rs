@@ -11,7 +11,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor};
 
 use super::kernels::{tensor, view};
-use super::low_rank::{self, lanes};
+use super::low_rank::{self, lanes, Isa};
 use crate::compact::Product;
 use crate::linear::Linear;
 
@@ -47,21 +47,15 @@ pub fn forward(linear: &Linear, x: &Tensor, seed: u64) -> Result<(Tensor, Saved)
         let mask = (adapter.training && adapter.dropout > 0.0).then(|| {
             tuna_lora::adapter::dropout_mask(xs.len(), adapter.dropout, adapter.mask_seed(seed))
         });
-        let inner = match &mask {
-            Some(mask) => {
-                let dropped: Vec<f32> = xs.iter().zip(mask).map(|(x, m)| x * m).collect();
-                low_rank::thin(
-                    &dropped,
-                    i,
-                    &low_rank::transpose_padded(&a, r, i, 1.0),
-                    lanes(r),
-                )
-            }
-            None => low_rank::thin(&xs, i, &low_rank::transpose_padded(&a, r, i, 1.0), lanes(r)),
-        };
+        let dropped: Option<Vec<f32>> = mask
+            .as_ref()
+            .map(|mask| xs.iter().zip(mask).map(|(x, m)| x * m).collect());
+        let at = low_rank::transpose(&a, r, i, i, lanes(r), 1.0);
+        let isa = Isa::chosen();
+        let inner = low_rank::thin(isa, dropped.as_deref().unwrap_or(&xs), i, &at, lanes(r));
         // y += inner · (s Bᵀ): (n, r) @ (r, o)
-        let sbt = transpose(&b, o, r, adapter.scale as f32);
-        low_rank::add_low_rank(&mut y, o, &inner, r, &sbt, None);
+        let sbt = low_rank::transpose(&b, o, r, r, o, adapter.scale as f32);
+        low_rank::add_low_rank(isa, &mut y, o, &inner, r, &sbt, None);
         saved.inner = Some(inner);
         saved.mask = mask;
     }
@@ -87,45 +81,32 @@ pub fn backward(
         let rr = lanes(r);
         let s = adapter.scale as f32;
         let dys = view(dy)?;
+        let isa = Isa::chosen();
         // dB = s · dyᵀ inner: (o, n) @ (n, r)
         let mut db = vec![0f32; o * rr];
-        low_rank::accumulate_outer(&mut db, &dys, o, inner, rr, None);
+        low_rank::accumulate_outer(isa, &mut db, &dys, o, inner, rr, None);
         // d inner = s · dy B: (n, o) @ (o, r)
-        let dinner = low_rank::thin(&dys, o, &low_rank::pad_rows(&b, r, s), rr);
+        let dinner = low_rank::thin(isa, &dys, o, &low_rank::pad_rows(&b, r, s), rr);
         // dAᵀ = (m ⊙ x)ᵀ d inner: (i, n) @ (n, r)
         let mut dat = vec![0f32; i * rr];
-        low_rank::accumulate_outer(&mut dat, &view(x)?, i, &dinner, rr, saved.mask.as_deref());
+        low_rank::accumulate_outer(
+            isa,
+            &mut dat,
+            &view(x)?,
+            i,
+            &dinner,
+            rr,
+            saved.mask.as_deref(),
+        );
         // dx += m ⊙ (d inner A): (n, r) @ (r, i)
-        low_rank::add_low_rank(&mut dx, i, &dinner, r, &a, saved.mask.as_deref());
+        low_rank::add_low_rank(isa, &mut dx, i, &dinner, r, &a, saved.mask.as_deref());
         let db: Vec<f32> = db
             .chunks(rr)
             .flat_map(|row| row[..r].iter().map(|g| g * s))
             .collect();
-        let da = transpose_unpadded(&dat, i, rr, r);
+        let da = low_rank::transpose(&dat, i, r, rr, i, 1.0);
         grads.insert(a_var, tensor(da, &[r, i])?);
         grads.insert(b_var, tensor(db, &[o, r])?);
     }
     tensor(dx, &[n, i])
-}
-
-/// (rows, cols) row-major -> (cols, rows), times `scale`.
-fn transpose(m: &[f32], rows: usize, cols: usize, scale: f32) -> Vec<f32> {
-    let mut out = vec![0f32; m.len()];
-    for (r, row) in m.chunks(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rows + r] = v * scale;
-        }
-    }
-    out
-}
-
-/// The first `r` columns of m (rows, stride) transposed: (r, rows).
-fn transpose_unpadded(m: &[f32], rows: usize, stride: usize, r: usize) -> Vec<f32> {
-    let mut out = vec![0f32; r * rows];
-    for row in 0..rows {
-        for j in 0..r {
-            out[j * rows + row] = m[row * stride + j];
-        }
-    }
-    out
 }

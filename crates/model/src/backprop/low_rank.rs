@@ -35,15 +35,32 @@ pub fn lanes(r: usize) -> usize {
     r.div_ceil(LANES) * LANES
 }
 
-/// Which instructions the kernels run on.
+/// Which instructions the kernels run on; every kernel takes it first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Isa {
+pub enum Isa {
     Avx512,
     Avx2,
     Portable,
 }
 
 impl Isa {
+    /// The fastest available, or `TUNA_KERNEL=avx2|portable` where the machine runs it.
+    pub fn chosen() -> Self {
+        static CHOSEN: OnceLock<Isa> = OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let available = Self::available();
+            let forced = match std::env::var("TUNA_KERNEL").as_deref() {
+                Ok("avx2") => Some(Self::Avx2),
+                Ok("portable") => Some(Self::Portable),
+                _ => None,
+            };
+            match forced {
+                Some(isa) if available.contains(&isa) => isa,
+                _ => available[0],
+            }
+        })
+    }
+
     /// Every instruction set this processor runs, fastest first.
     fn available() -> Vec<Self> {
         let mut out = Vec::new();
@@ -61,23 +78,6 @@ impl Isa {
         out.push(Self::Portable);
         out
     }
-}
-
-/// The fastest available, or `TUNA_KERNEL=avx2|portable` where the machine runs it.
-fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        let available = Isa::available();
-        let forced = match std::env::var("TUNA_KERNEL").as_deref() {
-            Ok("avx2") => Some(Isa::Avx2),
-            Ok("portable") => Some(Isa::Portable),
-            _ => None,
-        };
-        match forced {
-            Some(isa) if available.contains(&isa) => isa,
-            _ => available[0],
-        }
-    })
 }
 
 /// 16 f32 lanes: the one vocabulary of the kernels' bodies, so that one source serves each
@@ -262,11 +262,7 @@ multiversion!(fn add_low_rank_task => add_low_rank_rows(y: &mut [f32], width: us
 multiversion!(fn accumulate_outer_task => accumulate_outer_block(acc: &mut [f32], x: &[f32], k: usize, k0: usize, inner: &[f32], rr: usize, mask: Option<&[f32]>));
 
 /// out (n, R) = x (n, k) · w (k, R), R = lanes(r) (w's columns beyond r are zero).
-pub fn thin(x: &[f32], k: usize, w: &[f32], rr: usize) -> Vec<f32> {
-    thin_on(isa(), x, k, w, rr)
-}
-
-fn thin_on(isa: Isa, x: &[f32], k: usize, w: &[f32], rr: usize) -> Vec<f32> {
+pub fn thin(isa: Isa, x: &[f32], k: usize, w: &[f32], rr: usize) -> Vec<f32> {
     let n = x.len() / k;
     let mut out = vec![0f32; n * rr];
     out.par_chunks_mut(ROWS_PER_TASK * rr)
@@ -316,17 +312,6 @@ fn thin_block<V: Lanes, const ROWS: usize>(
 /// y (n, width) += (inner (n, R) · m (R, width)) ⊙ mask, with R = lanes(r) of which the first
 /// `r` count; `mask` (n, width) is applied to the product only.
 pub fn add_low_rank(
-    y: &mut [f32],
-    width: usize,
-    inner: &[f32],
-    r: usize,
-    m: &[f32],
-    mask: Option<&[f32]>,
-) {
-    add_low_rank_on(isa(), y, width, inner, r, m, mask)
-}
-
-fn add_low_rank_on(
     isa: Isa,
     y: &mut [f32],
     width: usize,
@@ -446,17 +431,6 @@ fn add_low_rank_columns<V: Lanes, const ROWS: usize, const VECTORS: usize>(
 /// acc (k, R) += x (n, k)ᵀ · inner (n, R), R = lanes(r), summing over the n rows in order.
 /// `mask` (n, k), when given, multiplies x first.
 pub fn accumulate_outer(
-    acc: &mut [f32],
-    x: &[f32],
-    k: usize,
-    inner: &[f32],
-    rr: usize,
-    mask: Option<&[f32]>,
-) {
-    accumulate_outer_on(isa(), acc, x, k, inner, rr, mask)
-}
-
-fn accumulate_outer_on(
     isa: Isa,
     acc: &mut [f32],
     x: &[f32],
@@ -532,13 +506,21 @@ fn outer_rows<V: Lanes, const KS: usize>(
     }
 }
 
-/// (rows, cols) row-major -> (cols, R) with R = lanes(rows): the transpose, zero-padded.
-pub fn transpose_padded(m: &[f32], rows: usize, cols: usize, scale: f32) -> Vec<f32> {
-    let rr = lanes(rows);
-    let mut out = vec![0f32; cols * rr];
-    for (r, row) in m.chunks(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rr + r] = v * scale;
+/// The transpose of the first `cols` columns of m (rows, src_stride), times `scale`, into
+/// (cols, dst_stride): out[c][r] = scale · m[r][c], zero beyond `rows`. This pads Aᵀ to
+/// whole vectors (dst_stride = lanes(r)), scales Bᵀ, and unpads dAᵀ (src_stride = lanes(r)).
+pub fn transpose(
+    m: &[f32],
+    rows: usize,
+    cols: usize,
+    src_stride: usize,
+    dst_stride: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let mut out = vec![0f32; cols * dst_stride];
+    for r in 0..rows {
+        for (c, &v) in m[r * src_stride..][..cols].iter().enumerate() {
+            out[c * dst_stride + r] = v * scale;
         }
     }
     out
@@ -563,12 +545,7 @@ mod tests {
     //! row counts not a multiple of the row block or of a task.
 
     use super::*;
-    use rand::{Rng, SeedableRng};
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
-    }
+    use crate::backprop::kernels::tests::random;
 
     fn close(got: f32, want: f64, what: &str) {
         assert!(
@@ -601,7 +578,7 @@ mod tests {
             let x = random(n * k, 1);
             let w = random(k * r, 2);
             let rr = lanes(r);
-            let got = thin_on(isa, &x, k, &pad_rows(&w, r, 1.0), rr);
+            let got = thin(isa, &x, k, &pad_rows(&w, r, 1.0), rr);
             for i in 0..n {
                 for j in 0..rr {
                     let want: f64 = if j < r {
@@ -630,7 +607,7 @@ mod tests {
             let y0 = random(n * width, 5);
             for mask in [None, Some(random(n * width, 6))] {
                 let mut y = y0.clone();
-                add_low_rank_on(isa, &mut y, width, &inner, r, &m, mask.as_deref());
+                add_low_rank(isa, &mut y, width, &inner, r, &m, mask.as_deref());
                 for i in 0..n {
                     for c in 0..width {
                         let dot: f64 = (0..r)
@@ -657,7 +634,7 @@ mod tests {
             let acc0 = random(k * rr, 9);
             for mask in [None, Some(random(n * k, 10))] {
                 let mut acc = acc0.clone();
-                accumulate_outer_on(isa, &mut acc, &x, k, &inner, rr, mask.as_deref());
+                accumulate_outer(isa, &mut acc, &x, k, &inner, rr, mask.as_deref());
                 for c in 0..k {
                     for j in 0..rr {
                         let sum: f64 = (0..n)
@@ -680,7 +657,7 @@ mod tests {
     #[test]
     fn transposes_pad_and_scale() {
         let m = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // (2, 3)
-        let t = transpose_padded(&m, 2, 3, 2.0);
+        let t = transpose(&m, 2, 3, 3, lanes(2), 2.0);
         assert_eq!(t.len(), 3 * LANES);
         assert_eq!(&t[..2], &[2.0, 8.0]);
         assert_eq!(&t[LANES..LANES + 2], &[4.0, 10.0]);
