@@ -70,10 +70,23 @@ pub fn backward(
     dy: &Tensor,
     grads: &mut GradStore,
 ) -> Result<Tensor> {
+    let dx = backward_rows(linear, x, saved, dy, grads)?;
+    let (n, i) = (dx.len() / linear.in_features, linear.in_features);
+    tensor(dx, &[n, i])
+}
+
+/// `backward`'s dx as a row-major vector, for callers that sum several projections' dx in
+/// place.
+pub fn backward_rows(
+    linear: &Linear,
+    x: &Tensor,
+    saved: &Saved,
+    dy: &Tensor,
+    grads: &mut GradStore,
+) -> Result<Vec<f32>> {
     let (i, o) = (linear.in_features, linear.out_features);
     // (n, o) @ (o, i)
     let mut dx = linear.frozen_rows(dy, Product::DyW)?;
-    let n = dx.len() / i;
     if let (Some(adapter), Some(inner)) = (&linear.adapter, &saved.inner) {
         let (a_var, b_var) = (adapter.a.as_tensor(), adapter.b.as_tensor());
         let (a, b) = (view(a_var)?, view(b_var)?);
@@ -108,5 +121,5 @@ pub fn backward(
         grads.insert(a_var, tensor(da, &[r, i])?);
         grads.insert(b_var, tensor(db, &[o, r])?);
     }
-    tensor(dx, &[n, i])
+    Ok(dx)
 }

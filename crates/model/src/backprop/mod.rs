@@ -352,11 +352,14 @@ impl DecoderLayer {
         )?;
         let d_gate = tensor(d_gate, s.gate.dims())?;
         let d_up = tensor(d_up, s.up.dims())?;
-        let dh2 = (linear::backward(&m.gate_proj, &h2, sg, &d_gate, grads)?
-            + linear::backward(&m.up_proj, &h2, su, &d_up, grads)?)?;
+        let mut dh2 = linear::backward_rows(&m.gate_proj, &h2, sg, &d_gate, grads)?;
+        add_in_place(
+            &mut dh2,
+            &linear::backward_rows(&m.up_proj, &h2, su, &d_up, grads)?,
+        );
         drop((h2, d_gate, d_up));
         let mut dx2 = to_vec(dout)?;
-        kernels::rms_norm_backward_add(&view(&s.x2)?, &s.rstd2, &post_norm, &view(&dh2)?, &mut dx2);
+        kernels::rms_norm_backward_add(&view(&s.x2)?, &s.rstd2, &post_norm, &dh2, &mut dx2);
         drop(dh2);
         let dx2 = tensor(dx2, &[n, d])?;
 
@@ -410,11 +413,25 @@ impl DecoderLayer {
             kernels::rms_norm_apply(&view(&s.x)?, &s.rstd1, &input_norm),
             &[n, d],
         )?;
-        let dh1 = ((linear::backward(&a.q_proj, &h1, sq, &dq, grads)?
-            + linear::backward(&a.k_proj, &h1, sk, &dk, grads)?)?
-            + linear::backward(&a.v_proj, &h1, sv, &dv, grads)?)?;
+        let mut dh1 = linear::backward_rows(&a.q_proj, &h1, sq, &dq, grads)?;
+        add_in_place(
+            &mut dh1,
+            &linear::backward_rows(&a.k_proj, &h1, sk, &dk, grads)?,
+        );
+        add_in_place(
+            &mut dh1,
+            &linear::backward_rows(&a.v_proj, &h1, sv, &dv, grads)?,
+        );
         let mut dx = to_vec(&dx2)?;
-        kernels::rms_norm_backward_add(&view(&s.x)?, &s.rstd1, &input_norm, &view(&dh1)?, &mut dx);
+        kernels::rms_norm_backward_add(&view(&s.x)?, &s.rstd1, &input_norm, &dh1, &mut dx);
         tensor(dx, &[n, d])
+    }
+}
+
+/// acc += x, element by element (the summed input gradients of projections sharing an input).
+fn add_in_place(acc: &mut [f32], x: &[f32]) {
+    debug_assert_eq!(acc.len(), x.len());
+    for (a, x) in acc.iter_mut().zip(x) {
+        *a += x;
     }
 }
