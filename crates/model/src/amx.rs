@@ -88,16 +88,23 @@ pub unsafe fn release() {
     std::arch::asm!("tilerelease", options(nostack, nomem));
 }
 
-/// C (32 × 32 f32, row-major, rows `c_stride` bytes apart) = A · B over `ks` steps of 32
-/// along K. A: two blocks of 16 rows, each `ks` contiguous tiles (16 rows × 32 bf16), the
-/// second block right after the first. B: `ks` steps of two contiguous tiles (16 pair rows ×
-/// 16 columns each, the VNNI layout), columns 0..16 then 16..32.
+/// C (32 × 32 f32, row-major, rows `c_stride` bytes apart) = A · B over the first `steps` of
+/// `ks` steps of 32 along K. A: two blocks of 16 rows, each `ks` contiguous tiles (16 rows ×
+/// 32 bf16), the second block right after the first. B: `ks` steps of two contiguous tiles
+/// (16 pair rows × 16 columns each, the VNNI layout), columns 0..16 then 16..32.
 ///
 /// # Safety
-/// `configure` ran on this thread; A holds 2 · ks tiles, B 2 · ks tiles, and C 32 rows of
-/// 32 f32 at `c_stride` bytes apart.
+/// `configure` ran on this thread; steps ≤ ks; A holds 2 · ks tiles, B 2 · ks tiles, and C
+/// 32 rows of 32 f32 at `c_stride` bytes apart.
 #[cfg(target_arch = "x86_64")]
-pub unsafe fn block(a: *const u16, b: *const u32, ks: usize, c: *mut f32, c_stride: usize) {
+pub unsafe fn block(
+    a: *const u16,
+    b: *const u32,
+    ks: usize,
+    steps: usize,
+    c: *mut f32,
+    c_stride: usize,
+) {
     use std::arch::asm;
     asm!(
         "tilezero tmm0",
@@ -108,7 +115,7 @@ pub unsafe fn block(a: *const u16, b: *const u32, ks: usize, c: *mut f32, c_stri
     );
     // Every tile is 16 rows of 64 bytes, contiguous.
     let stride = 64usize;
-    for s in 0..ks {
+    for s in 0..steps {
         let a0 = a.add(s * 512);
         let a1 = a.add((ks + s) * 512);
         let b0 = b.add(s * 512);

@@ -17,6 +17,7 @@
 //! o out features, i in features, n rows, K the summed dimension, N the output columns,
 //! p pairs along K.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use half::bf16;
@@ -211,24 +212,12 @@ impl Bf16Weight {
     /// The product over `x` (rows × K), row-major; returns rows × N.
     pub fn product(&self, x: &[f32], product: Product, kernel: Bf16Kernel) -> Vec<f32> {
         let (op, ip) = self.padded();
-        match product {
-            Product::XWt => run(
-                x,
-                self.in_features,
-                self.out_features,
-                ip,
-                &self.forward,
-                kernel,
-            ),
-            Product::DyW => run(
-                x,
-                self.out_features,
-                self.in_features,
-                op,
-                self.backward_panels(),
-                kernel,
-            ),
-        }
+        let (o, i) = (self.out_features, self.in_features);
+        let b = match product {
+            Product::XWt => Tiled::new(&self.forward, i, ip, o),
+            Product::DyW => Tiled::new(self.backward_panels(), o, op, i),
+        };
+        run(Activations::Rows(x), b, kernel, None)
     }
 }
 
@@ -237,17 +226,102 @@ impl Bf16Weight {
 /// stays in whatever compact form its owner holds, and each row is decoded once.
 pub fn product_of_rows(
     rows: &(dyn Fn(usize, &mut [f32]) + Sync),
-    out_features: usize,
-    in_features: usize,
+    (o, i): (usize, usize),
     x: &[f32],
     product: Product,
     kernel: Bf16Kernel,
 ) -> Vec<f32> {
-    let (o, i) = (out_features, in_features);
+    let panels = tile(rows, (o, i), product);
+    run(
+        Activations::Rows(x),
+        tiled(&panels, (o, i), product),
+        kernel,
+        None,
+    )
+}
+
+/// `product_of_rows` into `y` (every value written), with the activations in either layout;
+/// `causal` says which part of a causal attention product may be skipped.
+pub fn product_of_rows_into(
+    rows: &(dyn Fn(usize, &mut [f32]) + Sync),
+    (o, i): (usize, usize),
+    x: Activations,
+    (product, causal): (Product, Option<Causal>),
+    kernel: Bf16Kernel,
+    y: &mut [MaybeUninit<f32>],
+) {
+    let panels = tile(rows, (o, i), product);
+    run_into(x, tiled(&panels, (o, i), product), kernel, causal, y);
+}
+
+/// The B operand of `product` over W (o, i) that `rows` decodes, tiled.
+fn tile(
+    rows: &(dyn Fn(usize, &mut [f32]) + Sync),
+    (o, i): (usize, usize),
+    product: Product,
+) -> Vec<u32> {
+    match product {
+        Product::XWt => tile_transposed_rows(rows, o, i),
+        Product::DyW => tile_rows(rows, o, i),
+    }
+}
+
+fn tiled(panels: &[u32], (o, i): (usize, usize), product: Product) -> Tiled<'_> {
     let (op, ip) = (round_up(o, PANEL), round_up(i, PANEL));
     match product {
-        Product::XWt => run(x, i, o, ip, &tile_transposed_rows(rows, o, i), kernel),
-        Product::DyW => run(x, o, i, op, &tile_rows(rows, o, i), kernel),
+        Product::XWt => Tiled::new(panels, i, ip, o),
+        Product::DyW => Tiled::new(panels, o, op, i),
+    }
+}
+
+/// The activations of a product (its A operand), f32.
+#[derive(Debug, Clone, Copy)]
+pub enum Activations<'a> {
+    /// rows × K, row-major.
+    Rows(&'a [f32]),
+    /// K × rows, row-major: the product is over its transpose (attention's dyᵀ and qᵀ),
+    /// which is read in place.
+    Transposed(&'a [f32]),
+}
+
+/// A product's B operand as tiled: K summed values (padded to `kp`), N output columns.
+#[derive(Debug, Clone, Copy)]
+struct Tiled<'a> {
+    panels: &'a [u32],
+    k: usize,
+    kp: usize,
+    n: usize,
+}
+
+impl<'a> Tiled<'a> {
+    fn new(panels: &'a [u32], k: usize, kp: usize, n: usize) -> Self {
+        Self { panels, k, kp, n }
+    }
+}
+
+/// The products of causal attention, where row r of x is the query at position r % `period`
+/// (query heads stacked, `period` tokens each), which sees keys 0..=r % period only: each
+/// block of 32 rows skips what lies past its last position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Causal {
+    /// The output's columns are keys (q·kᵀ, dy·vᵀ); those past a block's last position are
+    /// not computed but set to zero (their values are masked anyway).
+    Columns { period: usize },
+    /// x's columns (the summed dimension) are keys and x is zero past each row's position
+    /// (p·v, ds·k): each block's sum stops at its last position, same result.
+    Depth { period: usize },
+}
+
+impl Causal {
+    /// Keys that rows first..first + len (len ≥ 1) see, together.
+    fn reach(self, first: usize, len: usize) -> usize {
+        let (Self::Columns { period } | Self::Depth { period }) = self;
+        let last = first + len - 1;
+        if first / period == last / period {
+            last % period + 1
+        } else {
+            period
+        }
     }
 }
 
@@ -327,28 +401,39 @@ struct SendPtr<T>(*mut T);
 // SAFETY: only used for disjoint writes (see tile_rows and run).
 unsafe impl<T> Sync for SendPtr<T> {}
 
-/// C (rows × n_out) = x (rows × k) · B, B tiled with `kp` (k padded) rows.
-fn run(
-    x: &[f32],
-    k: usize,
-    n_out: usize,
-    kp: usize,
-    panels: &[u32],
-    kernel: Bf16Kernel,
-) -> Vec<f32> {
-    let rows = x.len() / k;
-    if rows == 0 {
-        return Vec::new();
-    }
-    // Both buffers are filled by the tasks below, every value once, so they are not zeroed
-    // first (zeroing them took 3% of a training step: perf, BENCHMARKS.md).
-    // A: rows padded to a whole block, K to whole steps, zeros beyond.
+/// C (rows × N) = x (rows × K) · B.
+fn run(x: Activations, b: Tiled, kernel: Bf16Kernel, causal: Option<Causal>) -> Vec<f32> {
+    let rows = match x {
+        Activations::Rows(v) | Activations::Transposed(v) => v.len() / b.k,
+    };
+    let mut y: Vec<f32> = Vec::with_capacity(rows * b.n);
+    run_into(
+        x,
+        b,
+        kernel,
+        causal,
+        &mut y.spare_capacity_mut()[..rows * b.n],
+    );
+    // SAFETY: run_into wrote every one of the rows · N values.
+    unsafe { y.set_len(rows * b.n) };
+    y
+}
+
+/// A: the activations' rows padded to whole blocks of 16, K to whole steps, zeros beyond,
+/// rounded to bf16, tiled.
+fn tile_activations(x: Activations, k: usize, kp: usize) -> Vec<u16> {
+    let (values, rows) = match x {
+        Activations::Rows(v) | Activations::Transposed(v) => (v, v.len() / k),
+    };
+    // Filled by the tasks below, every value once, so not zeroed first (zeroing took 3% of
+    // a training step: perf, BENCHMARKS.md).
     let ks = kp / KSTEP;
     let mp = round_up(rows, PANEL);
     let mut a: Vec<u16> = Vec::with_capacity(mp * kp);
     let a_out = SendPtr(a.as_mut_ptr());
     (0..mp / 16).into_par_iter().for_each(|block| {
         let a_out = &a_out;
+        let here = 16.min(rows.saturating_sub(block * 16));
         // SAFETY: block `block` writes its own 16 · kp values (the whole block: zeros
         // first where any of it is padding), inside the capacity of `a`.
         unsafe {
@@ -356,18 +441,58 @@ fn run(
             if block * 16 + 16 > rows || k < kp {
                 std::ptr::write_bytes(dst, 0, 16 * kp);
             }
-            for r in 0..16.min(rows.saturating_sub(block * 16)) {
-                let src = &x[(block * 16 + r) * k..][..k];
-                for (j, chunk) in src.chunks(KSTEP).enumerate() {
-                    let at = dst.add(a_index(ks, r, j * KSTEP));
-                    to_bf16(chunk, std::slice::from_raw_parts_mut(at, chunk.len()));
+            match x {
+                Activations::Rows(_) => {
+                    for r in 0..here {
+                        let src = &values[(block * 16 + r) * k..][..k];
+                        for (j, chunk) in src.chunks(KSTEP).enumerate() {
+                            let at = dst.add(a_index(ks, r, j * KSTEP));
+                            to_bf16(chunk, std::slice::from_raw_parts_mut(at, chunk.len()));
+                        }
+                    }
+                }
+                // A block past the last row is padding only, zeroed above.
+                Activations::Transposed(_) if here == 0 => {}
+                Activations::Transposed(_) => {
+                    let mut column = [0u16; 16];
+                    for kk in 0..k {
+                        let src = &values[kk * rows + block * 16..][..here];
+                        to_bf16(src, &mut column[..here]);
+                        for (r, &v) in column[..here].iter().enumerate() {
+                            *dst.add(a_index(ks, r, kk)) = v;
+                        }
+                    }
                 }
             }
         }
     });
     // SAFETY: every one of the mp · kp values was written above.
     unsafe { a.set_len(mp * kp) };
-    let mut y: Vec<f32> = Vec::with_capacity(rows * n_out);
+    a
+}
+
+/// C (rows × N) = x (rows × K) · B into `y`, every value written.
+fn run_into(
+    x: Activations,
+    b: Tiled,
+    kernel: Bf16Kernel,
+    causal: Option<Causal>,
+    y: &mut [MaybeUninit<f32>],
+) {
+    let Tiled {
+        panels,
+        k,
+        kp,
+        n: n_out,
+    } = b;
+    let rows = y.len() / n_out.max(1);
+    if rows == 0 {
+        return;
+    }
+    let ks = kp / KSTEP;
+    let mp = round_up(rows, PANEL);
+    let a = tile_activations(x, k, kp);
+
     // Tasks are (row chunk, group of B panels): few rows still spread over every thread.
     let threads = rayon::current_num_threads().max(1);
     let chunk_blocks = (mp / PANEL).div_ceil(2 * threads).clamp(1, 4);
@@ -377,7 +502,7 @@ fn run(
     let n_panels = panels.len() / panel_len;
     let per_group = n_panels.div_ceil((2 * threads).div_ceil(row_chunks).clamp(1, n_panels));
     let groups = n_panels.div_ceil(per_group);
-    let out = SendPtr(y.as_mut_ptr());
+    let out = SendPtr(y.as_mut_ptr().cast::<f32>());
     (0..row_chunks * groups).into_par_iter().for_each(|task| {
         let out = &out;
         let (chunk, group) = (task / groups, task % groups);
@@ -391,9 +516,19 @@ fn run(
         let store = |c: &[f32], block: usize, panel: usize| unsafe {
             scatter(c, out.0, first + block, panel, rows_here - block, n_out)
         };
+        // The K steps block `block` sums over, or None where its panel's columns are keys
+        // it does not see (then the block is zero).
+        let steps = |block: usize, panel: usize| {
+            let reach = |c: Causal| c.reach(first + block, PANEL.min(rows_here - block));
+            match causal {
+                None => Some(ks),
+                Some(c @ Causal::Columns { .. }) => (panel * PANEL < reach(c)).then_some(ks),
+                Some(c @ Causal::Depth { .. }) => Some(ks.min(reach(c).div_ceil(KSTEP))),
+            }
+        };
         #[cfg(target_arch = "x86_64")]
         if kernel != Bf16Kernel::Portable {
-            type BlockKernel = unsafe fn(*const u16, *const u32, usize, *mut f32, usize);
+            type BlockKernel = unsafe fn(*const u16, *const u32, usize, usize, *mut f32, usize);
             let block_kernel: BlockKernel = match kernel {
                 Bf16Kernel::Amx => amx::block,
                 _ => dpbf16::block,
@@ -401,8 +536,8 @@ fn run(
             // SAFETY: Amx and Avx512Bf16 are only offered where the processor runs them
             // (amx::available, dpbf16::available); the AMX tile configuration is loaded on
             // this thread first. A holds `mp` padded rows in whole tiles, each B panel `ks`
-            // steps of two tiles, and a block is stored either whole inside y (32 rows and
-            // 32 columns left, inside this task's part) or into `c`.
+            // steps of two tiles (steps ≤ ks), and a block is stored either whole inside y
+            // (32 rows and 32 columns left, inside this task's part) or into `c`.
             unsafe {
                 if kernel == Bf16Kernel::Amx {
                     amx::configure();
@@ -412,12 +547,16 @@ fn run(
                     for block in (0..rows_here).step_by(PANEL) {
                         let a = a[(first + block) * kp..].as_ptr();
                         let whole = rows_here - block >= PANEL && n_out - panel * PANEL >= PANEL;
-                        if whole {
-                            let at = (first + block) * n_out + panel * PANEL;
-                            block_kernel(a, b, ks, out.0.add(at), n_out * 4);
-                        } else {
-                            block_kernel(a, b, ks, c.as_mut_ptr(), PANEL * 4);
-                            store(&c, block, panel);
+                        match steps(block, panel) {
+                            Some(steps) if whole => {
+                                let at = (first + block) * n_out + panel * PANEL;
+                                block_kernel(a, b, ks, steps, out.0.add(at), n_out * 4);
+                            }
+                            Some(steps) => {
+                                block_kernel(a, b, ks, steps, c.as_mut_ptr(), PANEL * 4);
+                                store(&c, block, panel);
+                            }
+                            None => store(&[0f32; PANEL * PANEL], block, panel),
                         }
                     }
                 }
@@ -430,16 +569,17 @@ fn run(
         for panel in panel_range {
             let b = &panels[panel * panel_len..][..panel_len];
             for block in (0..rows_here).step_by(PANEL) {
-                portable_block(&a[(first + block) * kp..], ks, b, &mut c);
+                match steps(block, panel) {
+                    Some(steps) => portable_block(&a[(first + block) * kp..], ks, steps, b, &mut c),
+                    None => c.fill(0.0),
+                }
                 store(&c, block, panel);
             }
         }
     });
-    // SAFETY: the tasks cover every (row, column) of y once: row chunks × panel groups
-    // tile rows × n_out, and each block is stored whole or through `scatter`, which
-    // copies the block's part inside y.
-    unsafe { y.set_len(rows * n_out) };
-    y
+    // The tasks cover every (row, column) of y once: row chunks × panel groups tile rows ×
+    // n_out, and each block is stored whole or through `scatter`, which copies the block's
+    // part inside y.
 }
 
 /// Copies the part of block C (32 × 32) that falls inside y (rows × n_out, row-major): rows
@@ -470,13 +610,13 @@ unsafe fn scatter(
     }
 }
 
-/// C = A · B for one 32 × 32 block, the arithmetic of `tdpbf16ps` in plain Rust: A two
-/// 16-row blocks of `ks` tiles, B one panel of `ks` steps.
-fn portable_block(a: &[u16], ks: usize, b: &[u32], c: &mut [f32]) {
+/// C = A · B for one 32 × 32 block over the first `steps` of `ks` K steps, the arithmetic
+/// of `tdpbf16ps` in plain Rust: A two 16-row blocks of `ks` tiles, B one panel of `ks` steps.
+fn portable_block(a: &[u16], ks: usize, steps: usize, b: &[u32], c: &mut [f32]) {
     let widen = |bits: u16| f32::from_bits(u32::from(bits) << 16);
     for r in 0..PANEL {
         let mut acc = [0f32; PANEL];
-        for p in 0..ks * KSTEP / 2 {
+        for p in 0..steps * KSTEP / 2 {
             let at = a_index(ks, r, 2 * p);
             let (x0, x1) = (widen(a[at]), widen(a[at + 1]));
             if x0 == 0.0 && x1 == 0.0 {
@@ -586,6 +726,129 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// `product_of_rows_into` with activations given transposed, and with the parts of
+    /// causal attention's products that it skips: keys past each query's position.
+    #[test]
+    fn transposed_activations_and_causal_skips_match_the_reference() {
+        // Two heads of 63 queries, 63 keys of width 24: the block of rows 32..64 straddles
+        // the heads, and the block of rows 64..96 ends at position 32, the first key of
+        // the second panel and of the second step along K.
+        let (period, heads, width) = (63, 2, 24);
+        let rows = heads * period;
+        fn product_into(
+            w: &[f32],
+            (o, i): (usize, usize),
+            x: Activations,
+            how: (Product, Option<Causal>),
+            kernel: Bf16Kernel,
+        ) -> Vec<f32> {
+            let read =
+                |first: usize, out: &mut [f32]| out.copy_from_slice(&w[first * i..][..out.len()]);
+            let (k, n_out) = if how.0 == Product::XWt {
+                (i, o)
+            } else {
+                (o, i)
+            };
+            let (Activations::Rows(v) | Activations::Transposed(v)) = x;
+            let len = v.len() / k * n_out;
+            let mut y = Vec::with_capacity(len);
+            product_of_rows_into(
+                &read,
+                (o, i),
+                x,
+                how,
+                kernel,
+                &mut y.spare_capacity_mut()[..len],
+            );
+            // SAFETY: product_of_rows_into writes every value.
+            unsafe { y.set_len(len) };
+            y
+        }
+        let close = |got: &[f32], want: &[f32], k: usize, what: &str| {
+            assert_eq!(got.len(), want.len());
+            for (at, (a, b)) in got.iter().zip(want).enumerate() {
+                assert!((a - b).abs() < 1e-5 * k as f32, "{what} [{at}]: {a} vs {b}");
+            }
+        };
+        let transpose = |x: &[f32], r: usize, c: usize| -> Vec<f32> {
+            (0..r * c).map(|at| x[(at % r) * c + at / r]).collect()
+        };
+        for kernel in Bf16Kernel::available() {
+            // Scores: queries · keysᵀ, columns past each query's position zero.
+            let (q, keys) = (values(rows * width, 3), values(period * width, 4));
+            let mut want = reference(&q, &keys, rows, period, width, Product::XWt);
+            for (r, row) in want.chunks_mut(period).enumerate() {
+                row[r % period + 1..].fill(0.0);
+            }
+            let columns = Some(Causal::Columns { period });
+            let mut got = product_into(
+                &keys,
+                (period, width),
+                Activations::Rows(&q),
+                (Product::XWt, columns),
+                kernel,
+            );
+            for (r, row) in got.chunks_mut(period).enumerate() {
+                row[r % period + 1..].fill(0.0);
+            }
+            close(&got, &want, width, &format!("{kernel:?} causal columns"));
+            // p · v with p zero past each query's position: the sum stops there.
+            let mut p = values(rows * period, 5);
+            for (r, row) in p.chunks_mut(period).enumerate() {
+                row[r % period + 1..].fill(0.0);
+            }
+            let v = values(period * width, 6);
+            let want = reference(&p, &v, rows, period, width, Product::DyW);
+            let depth = Some(Causal::Depth { period });
+            let got = product_into(
+                &v,
+                (period, width),
+                Activations::Rows(&p),
+                (Product::DyW, depth),
+                kernel,
+            );
+            close(&got, &want, period, &format!("{kernel:?} causal depth"));
+            // The same product over pᵀ given as its transpose, both products.
+            let pt = transpose(&p, rows, period);
+            let got = product_into(
+                &v,
+                (period, width),
+                Activations::Transposed(&pt),
+                (Product::DyW, None),
+                kernel,
+            );
+            close(&got, &want, period, &format!("{kernel:?} transposed DyW"));
+            // p · v again, as p · (vᵀ)ᵀ.
+            let vt = transpose(&v, period, width);
+            let got = product_into(
+                &vt,
+                (width, period),
+                Activations::Transposed(&pt),
+                (Product::XWt, None),
+                kernel,
+            );
+            close(&got, &want, period, &format!("{kernel:?} transposed XWt"));
+            // Few rows: blocks of A that are padding only.
+            let few = &p[..5 * period];
+            let rows = Activations::Rows(few);
+            let want = product_into(&v, (period, width), rows, (Product::DyW, None), kernel);
+            let few_t = transpose(few, 5, period);
+            let got = product_into(
+                &v,
+                (period, width),
+                Activations::Transposed(&few_t),
+                (Product::DyW, None),
+                kernel,
+            );
+            close(
+                &got,
+                &want,
+                period,
+                &format!("{kernel:?} transposed, 5 rows"),
+            );
         }
     }
 }

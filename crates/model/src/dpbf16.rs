@@ -30,15 +30,22 @@ fn detect() -> bool {
 /// Rows of A one register group covers.
 const GROUP: usize = 8;
 
-/// C (32 × 32 f32, row-major, rows `c_stride` bytes apart) = A · B over `ks` steps of 32
-/// along K; the operands laid out as for `amx::block`.
+/// C (32 × 32 f32, row-major, rows `c_stride` bytes apart) = A · B over the first `steps` of
+/// `ks` steps of 32 along K; the operands laid out as for `amx::block`.
 ///
 /// # Safety
-/// `available()` is true; A holds 2 · ks tiles, B 2 · ks tiles, and C 32 rows of 32 f32 at
-/// `c_stride` bytes apart.
+/// `available()` is true; steps ≤ ks; A holds 2 · ks tiles, B 2 · ks tiles, and C 32 rows
+/// of 32 f32 at `c_stride` bytes apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub unsafe fn block(a: *const u16, b: *const u32, ks: usize, c: *mut f32, c_stride: usize) {
+pub unsafe fn block(
+    a: *const u16,
+    b: *const u32,
+    ks: usize,
+    steps: usize,
+    c: *mut f32,
+    c_stride: usize,
+) {
     use std::arch::x86_64::*;
     let a = a as *const u32;
     let c_row = c_stride / 4;
@@ -46,7 +53,7 @@ pub unsafe fn block(a: *const u16, b: *const u32, ks: usize, c: *mut f32, c_stri
         let mut acc = [[_mm512_setzero_ps(); 2]; GROUP];
         // The group's rows lie in one 16-row block of A: rows r0..r0 + 8 of block `half`.
         let (half, r0) = (group * GROUP / 16, group * GROUP % 16);
-        for s in 0..ks {
+        for s in 0..steps {
             // u32 units: an A tile is 16 rows × 16 pairs, a B tile 16 pair rows × 16 columns.
             let a_tile = a.add(((half * ks) + s) * 256 + r0 * 16);
             let b0 = b.add(s * 512);

@@ -244,7 +244,7 @@ impl CompactWeight for QuantWeight {
                 .expect("f32 matmul of CPU tensors with matching shapes"),
             kernel => {
                 let rows = |first: usize, out: &mut [f32]| self.dequantize_rows(first, out);
-                product_of_rows(&rows, o, i, x, product, kernel)
+                product_of_rows(&rows, (o, i), x, product, kernel)
             }
         }
     }

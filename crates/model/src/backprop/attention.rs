@@ -12,7 +12,7 @@ use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{tensor, to_vec, view};
-use crate::bf16_weight::{product_of_rows, Bf16Kernel, Product};
+use crate::bf16_weight::{product_of_rows_into, Activations, Bf16Kernel, Causal, Product};
 
 /// How attention's five products run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,32 +27,41 @@ pub enum Products {
 impl Products {
     /// One of the two operands of every product is (b, kvh) batches of `n` rows: the
     /// product per batch, row-major results concatenated. `x` holds the batches of the left
-    /// operand, `w` those of W (o × i each); `XWt` gives x · Wᵀ (x n × i), `DyW` x · W (x
-    /// n × o). Only for `Bf16`.
+    /// operand (each n × K, or K × n when `Transposed`), `w` those of W (o × i each); `XWt`
+    /// gives x · Wᵀ (K = i), `DyW` x · W (K = o). `causal` skips what causal masking makes
+    /// zero (`bf16_weight::Causal`). Only for `Bf16`.
     fn batched(
         kernel: Bf16Kernel,
-        x: &[f32],
+        x: Activations,
         w: &[f32],
         batches: usize,
         (o, i): (usize, usize),
-        product: Product,
+        (product, causal): (Product, Option<Causal>),
     ) -> Vec<f32> {
-        let (x_cols, y_cols) = match product {
+        let (k, y_cols) = match product {
             Product::XWt => (i, o),
             Product::DyW => (o, i),
         };
-        let n = x.len() / batches / x_cols;
-        let mut y = vec![0f32; batches * n * y_cols];
-        y.par_chunks_mut(n * y_cols)
+        let (Activations::Rows(values) | Activations::Transposed(values)) = x;
+        let n = values.len() / batches / k;
+        let mut y = Vec::with_capacity(batches * n * y_cols);
+        y.spare_capacity_mut()[..batches * n * y_cols]
+            .par_chunks_mut(n * y_cols)
             .enumerate()
             .for_each(|(bi, y)| {
                 let w = &w[bi * o * i..][..o * i];
                 let rows = |first: usize, out: &mut [f32]| {
                     out.copy_from_slice(&w[first * i..][..out.len()])
                 };
-                let x = &x[bi * n * x_cols..][..n * x_cols];
-                y.copy_from_slice(&product_of_rows(&rows, o, i, x, product, kernel));
+                let values = &values[bi * n * k..][..n * k];
+                let x = match x {
+                    Activations::Rows(_) => Activations::Rows(values),
+                    Activations::Transposed(_) => Activations::Transposed(values),
+                };
+                product_of_rows_into(&rows, (o, i), x, (product, causal), kernel, y);
             });
+        // SAFETY: product_of_rows_into wrote every value of each batch's part.
+        unsafe { y.set_len(batches * n * y_cols) };
         y
     }
 }
@@ -124,7 +133,9 @@ pub fn forward(
     let y = match products {
         Products::F32 => tensor(p, &[b, kvh, g * t, t])?.matmul(v)?,
         Products::Bf16(kernel) => {
-            let y = Products::batched(kernel, &p, &view(v)?, b * kvh, (t, hd), Product::DyW);
+            let keys = Some(Causal::Depth { period: t });
+            let (p, v) = (Activations::Rows(&p), view(v)?);
+            let y = Products::batched(kernel, p, &v, b * kvh, (t, hd), (Product::DyW, keys));
             tensor(y, &[b, kvh, g * t, hd])?
         }
     };
@@ -138,11 +149,11 @@ fn scores(q: &Tensor, k: &Tensor, shape: AttentionShape, products: Products) -> 
         Products::F32 => to_vec(&q.matmul(&k.t()?)?),
         Products::Bf16(kernel) => Ok(Products::batched(
             kernel,
-            &view(q)?,
+            Activations::Rows(&view(q)?),
             &view(k)?,
             b * kvh,
             (t, hd),
-            Product::XWt,
+            (Product::XWt, Some(Causal::Columns { period: t })),
         )),
     }
 }
@@ -176,16 +187,31 @@ pub fn backward(
         let batches = b * kvh;
         let (dy, v, q, k) = (view(dy)?, view(v)?, view(q)?, view(k)?);
         // dvᵀ = dyᵀ p: (hd, g·t) @ (g·t, t) -> (hd, t), per batch, then transposed.
-        let dyt = transpose_each(&dy, g * t, hd);
-        let dvt = Products::batched(kernel, &dyt, &p, batches, (g * t, t), Product::DyW);
+        let dyt = Activations::Transposed(&dy);
+        let dvt = Products::batched(kernel, dyt, &p, batches, (g * t, t), (Product::DyW, None));
         let dv = transpose_each(&dvt, hd, t);
         // dp = dy vᵀ: (g·t, hd) @ (hd, t)
-        let mut ds = Products::batched(kernel, &dy, &v, batches, (t, hd), Product::XWt);
+        let (columns, depth) = (Causal::Columns { period: t }, Causal::Depth { period: t });
+        let mut ds = Products::batched(
+            kernel,
+            Activations::Rows(&dy),
+            &v,
+            batches,
+            (t, hd),
+            (Product::XWt, Some(columns)),
+        );
         scores_gradient(&mut ds, &p, delta, t, scale);
         // dq = ds k: (g·t, t) @ (t, hd); dkᵀ = qᵀ ds: (hd, g·t) @ (g·t, t)
-        let dq = Products::batched(kernel, &ds, &k, batches, (t, hd), Product::DyW);
-        let qt = transpose_each(&q, g * t, hd);
-        let dkt = Products::batched(kernel, &qt, &ds, batches, (g * t, t), Product::DyW);
+        let dq = Products::batched(
+            kernel,
+            Activations::Rows(&ds),
+            &k,
+            batches,
+            (t, hd),
+            (Product::DyW, Some(depth)),
+        );
+        let qt = Activations::Transposed(&q);
+        let dkt = Products::batched(kernel, qt, &ds, batches, (g * t, t), (Product::DyW, None));
         let dk = transpose_each(&dkt, hd, t);
         return Ok((
             tensor(dq, &[b, kvh, g * t, hd])?,
