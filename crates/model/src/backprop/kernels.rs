@@ -5,6 +5,7 @@
 //!
 //! n rows, d width, b batch, t tokens, h heads, hd head dim, f = hd/2 rope frequencies.
 
+use std::mem::MaybeUninit;
 use std::ops::Deref;
 
 use candle_core::{CpuStorage, Device, Result, Storage, StorageRef, Tensor};
@@ -12,6 +13,30 @@ use rayon::prelude::*;
 
 /// Rows per rayon task: enough work per task that scheduling stays negligible.
 const MIN_ROWS_PER_TASK: usize = 8;
+
+/// A vector of `len` values that `fill` writes, without zeroing it first: the activations
+/// here are megabytes, and zeroing them before every write took 4–6% of a training step in
+/// memset (perf, BENCHMARKS.md).
+///
+/// # Safety
+/// `fill` writes every one of the `len` values of the slice it gets.
+unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: fill wrote every value (the caller's contract).
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// `src` copied into `dst` (same length), which is then initialized.
+fn init_from<'a>(dst: &'a mut [MaybeUninit<f32>], src: &[f32]) -> &'a mut [f32] {
+    assert_eq!(dst.len(), src.len());
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
+    }
+    // SAFETY: every value of dst was written just above.
+    unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
 
 /// A contiguous f32 CPU tensor read in place.
 pub struct F32View<'a> {
@@ -61,36 +86,41 @@ pub fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f64) -> (Vec<f32>, Vec<f32>) {
     let d = w.len();
     let n = x.len() / d;
-    let mut y = vec![0f32; x.len()];
     let mut rstd = vec![0f32; n];
-    y.par_chunks_mut(d)
-        .zip(rstd.par_iter_mut())
-        .zip(x.par_chunks(d))
-        .with_min_len(MIN_ROWS_PER_TASK)
-        .for_each(|((y, r), x)| {
-            let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
-            *r = 1.0 / (mean_sq + eps as f32).sqrt();
-            for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
-                *y = x * *r * w;
-            }
-        });
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(d)
+            .zip(rstd.par_iter_mut())
+            .zip(x.par_chunks(d))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|((y, r), x)| {
+                let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                *r = 1.0 / (mean_sq + eps as f32).sqrt();
+                for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
+                    y.write(x * *r * w);
+                }
+            })
+    };
+    // SAFETY: the rows of d values cover y, and each value of a row is written.
+    let y = unsafe { written(x.len(), fill) };
     (y, rstd)
 }
 
 /// y = x · rstd · w again from the saved rstd (cheaper to recompute than to keep).
 pub fn rms_norm_apply(x: &[f32], rstd: &[f32], w: &[f32]) -> Vec<f32> {
     let d = w.len();
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .zip(rstd.par_iter())
-        .with_min_len(MIN_ROWS_PER_TASK)
-        .for_each(|((y, x), r)| {
-            for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
-                *y = x * r * w;
-            }
-        });
-    y
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        y.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .zip(rstd.par_iter())
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|((y, x), r)| {
+                for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
+                    y.write(x * r * w);
+                }
+            })
+    };
+    // SAFETY: the rows of d values cover y, and each value of a row is written.
+    unsafe { written(x.len(), fill) }
 }
 
 /// RMSNorm backward, added into `dx`: with x̂ = x · rstd and g = dy · w,
@@ -194,47 +224,56 @@ pub fn from_heads(
     out
 }
 
-/// σ(g) = 1 / (1 + e^−g) of each g into `out`.
-fn sigmoid(g: &[f32], out: &mut [f32]) {
-    out.copy_from_slice(g);
+/// σ(g) = 1 / (1 + e^−g) of each g into `out` (same length), which is then initialized.
+fn sigmoid<'a>(g: &[f32], out: &'a mut [MaybeUninit<f32>]) -> &'a mut [f32] {
+    let out = init_from(out, g);
     crate::vexp::exp_affine(out, -1.0, 0.0);
-    for s in out {
+    for s in out.iter_mut() {
         *s = 1.0 / (1.0 + *s);
     }
+    out
 }
 
 /// The gated MLP's activation: silu(gate) · up.
 pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; gate.len()];
-    out.par_chunks_mut(4096)
-        .zip(gate.par_chunks(4096))
-        .zip(up.par_chunks(4096))
-        .for_each(|((o, g), u)| {
-            sigmoid(g, o);
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g * *o * u;
-            }
-        });
-    out
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(4096)
+            .zip(gate.par_chunks(4096))
+            .zip(up.par_chunks(4096))
+            .for_each(|((o, g), u)| {
+                let o = sigmoid(g, o);
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g * *o * u;
+                }
+            })
+    };
+    // SAFETY: the chunks cover out, and sigmoid writes each of a chunk's values.
+    unsafe { written(gate.len(), fill) }
 }
 
 /// The backward of `silu_mul`: (d gate, d up).
 pub fn silu_mul_backward(gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let mut dgate = vec![0f32; gate.len()];
-    let mut dup = vec![0f32; gate.len()];
-    dgate
+    let n = gate.len();
+    let (mut dgate, mut dup) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    dgate.spare_capacity_mut()[..n]
         .par_chunks_mut(4096)
-        .zip(dup.par_chunks_mut(4096))
+        .zip(dup.spare_capacity_mut()[..n].par_chunks_mut(4096))
         .zip(gate.par_chunks(4096))
         .zip(up.par_chunks(4096).zip(dy.par_chunks(4096)))
         .for_each(|(((dg, du), g), (u, dy))| {
-            sigmoid(g, dg);
+            let dg = sigmoid(g, dg);
             for i in 0..g.len() {
                 let s = dg[i];
-                du[i] = dy[i] * g[i] * s;
+                du[i].write(dy[i] * g[i] * s);
                 dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
             }
         });
+    // SAFETY: the chunks cover both vectors; sigmoid writes each of a chunk's d gate values
+    // and the loop each of its d up values.
+    unsafe {
+        dgate.set_len(n);
+        dup.set_len(n);
+    }
     (dgate, dup)
 }
 

@@ -26,7 +26,9 @@ use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor};
+use rayon::prelude::*;
 
+use crate::compact::Product;
 use crate::decoder::{DecoderLayer, Llama, Packing};
 use crate::layout::AttentionLayout;
 use attention::AttentionShape;
@@ -239,7 +241,7 @@ impl Llama {
             }
             let h = tensor(h, &[chunk.len(), d])?;
             // (m, d) @ (d, v) -> (m, v)
-            let mut logits = to_vec(&self.lm_head.frozen_forward(&h)?)?;
+            let mut logits = self.lm_head.frozen_rows(&h, Product::XWt)?;
             let targets: Vec<u32> = chunk.iter().map(|&r| batch.targets[r]).collect();
             let weights: Vec<f32> = chunk.iter().map(|&r| batch.weights[r]).collect();
             let scales: Vec<f32> = weights.iter().map(|&x| x * grad_scale as f32).collect();
@@ -251,10 +253,8 @@ impl Llama {
                 .sum::<f64>();
             let v = logits.len() / chunk.len();
             // (m, v) @ (v, d) -> (m, d)
-            let dh = self
-                .lm_head
-                .frozen_backward(&tensor(logits, &[chunk.len(), v])?)?;
-            d_rows.extend_from_slice(&view(&dh)?);
+            let logits = tensor(logits, &[chunk.len(), v])?;
+            d_rows.extend_from_slice(&self.lm_head.frozen_rows(&logits, Product::DyW)?);
         }
         Ok((loss, d_rows))
     }
@@ -368,16 +368,20 @@ impl DecoderLayer {
         let delta = {
             let (dy, y) = (view(&dy)?, view(&s.y)?);
             let mut delta = vec![0f32; b * h * t];
-            for (row, out) in delta.iter_mut().enumerate() {
-                // row = (bi·h + head)·t + ti
-                let (bi, head, ti) = (row / (h * t), row / t % h, row % t);
-                let at = ((bi * t + ti) * h + head) * hd;
-                *out = dy[at..at + hd]
-                    .iter()
-                    .zip(&y[at..at + hd])
-                    .map(|(a, b)| a * b)
-                    .sum();
-            }
+            delta
+                .par_iter_mut()
+                .enumerate()
+                .with_min_len(256)
+                .for_each(|(row, out)| {
+                    // row = (bi·h + head)·t + ti
+                    let (bi, head, ti) = (row / (h * t), row / t % h, row % t);
+                    let at = ((bi * t + ti) * h + head) * hd;
+                    *out = dy[at..at + hd]
+                        .iter()
+                        .zip(&y[at..at + hd])
+                        .map(|(a, b)| a * b)
+                        .sum();
+                });
             delta
         };
         let dy = tensor(
