@@ -211,12 +211,11 @@ impl Bf16Weight {
 
     /// The product over `x` (rows × K), row-major; returns rows × N.
     pub fn product(&self, x: &[f32], product: Product, kernel: Bf16Kernel) -> Vec<f32> {
-        let (op, ip) = self.padded();
-        let (o, i) = (self.out_features, self.in_features);
-        let b = match product {
-            Product::XWt => Tiled::new(&self.forward, i, ip, o),
-            Product::DyW => Tiled::new(self.backward_panels(), o, op, i),
+        let panels = match product {
+            Product::XWt => &self.forward,
+            Product::DyW => self.backward_panels(),
         };
+        let b = tiled(panels, (self.out_features, self.in_features), product);
         run(Activations::Rows(x), b, kernel, None)
     }
 }
@@ -282,6 +281,14 @@ pub enum Activations<'a> {
     /// K × rows, row-major: the product is over its transpose (attention's dyᵀ and qᵀ),
     /// which is read in place.
     Transposed(&'a [f32]),
+}
+
+impl<'a> Activations<'a> {
+    /// The values, in whichever layout.
+    pub fn values(self) -> &'a [f32] {
+        let (Self::Rows(v) | Self::Transposed(v)) = self;
+        v
+    }
 }
 
 /// A product's B operand as tiled: K summed values (padded to `kp`), N output columns.
@@ -403,9 +410,7 @@ unsafe impl<T> Sync for SendPtr<T> {}
 
 /// C (rows × N) = x (rows × K) · B.
 fn run(x: Activations, b: Tiled, kernel: Bf16Kernel, causal: Option<Causal>) -> Vec<f32> {
-    let rows = match x {
-        Activations::Rows(v) | Activations::Transposed(v) => v.len() / b.k,
-    };
+    let rows = x.values().len() / b.k;
     let mut y: Vec<f32> = Vec::with_capacity(rows * b.n);
     run_into(
         x,
@@ -422,9 +427,7 @@ fn run(x: Activations, b: Tiled, kernel: Bf16Kernel, causal: Option<Causal>) -> 
 /// A: the activations' rows padded to whole blocks of 16, K to whole steps, zeros beyond,
 /// rounded to bf16, tiled.
 fn tile_activations(x: Activations, k: usize, kp: usize) -> Vec<u16> {
-    let (values, rows) = match x {
-        Activations::Rows(v) | Activations::Transposed(v) => (v, v.len() / k),
-    };
+    let (values, rows) = (x.values(), x.values().len() / k);
     // Filled by the tasks below, every value once, so not zeroed first (zeroing took 3% of
     // a training step: perf, BENCHMARKS.md).
     let ks = kp / KSTEP;
@@ -752,8 +755,7 @@ mod tests {
             } else {
                 (o, i)
             };
-            let (Activations::Rows(v) | Activations::Transposed(v)) = x;
-            let len = v.len() / k * n_out;
+            let len = x.values().len() / k * n_out;
             let mut y = Vec::with_capacity(len);
             product_of_rows_into(
                 &read,

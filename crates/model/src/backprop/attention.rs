@@ -42,7 +42,7 @@ impl Products {
             Product::XWt => (i, o),
             Product::DyW => (o, i),
         };
-        let (Activations::Rows(values) | Activations::Transposed(values)) = x;
+        let values = x.values();
         let n = values.len() / batches / k;
         let mut y = Vec::with_capacity(batches * n * y_cols);
         y.spare_capacity_mut()[..batches * n * y_cols]
