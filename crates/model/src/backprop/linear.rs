@@ -95,29 +95,25 @@ pub fn backward_rows(
         let s = adapter.scale as f32;
         let dys = view(dy)?;
         let isa = Isa::chosen();
-        // dB = s · dyᵀ inner: (o, n) @ (n, r)
-        let mut db = vec![0f32; o * rr];
-        low_rank::accumulate_outer(isa, &mut db, &dys, o, inner, rr, None);
+        // dBᵀ = innerᵀ dy: (r, n) @ (n, o); s comes in when dB is transposed out of it.
+        let mut dbt = vec![0f32; r * o];
+        low_rank::accumulate_outer(isa, &mut dbt, r, &dys, o, inner, None);
         // d inner = s · dy B: (n, o) @ (o, r)
         let dinner = low_rank::thin(isa, &dys, o, &low_rank::pad_rows(&b, r, s), rr);
-        // dAᵀ = (m ⊙ x)ᵀ d inner: (i, n) @ (n, r)
-        let mut dat = vec![0f32; i * rr];
+        // dA = d innerᵀ (m ⊙ x): (r, n) @ (n, i)
+        let mut da = vec![0f32; r * i];
         low_rank::accumulate_outer(
             isa,
-            &mut dat,
+            &mut da,
+            r,
             &view(x)?,
             i,
             &dinner,
-            rr,
             saved.mask.as_deref(),
         );
         // dx += m ⊙ (d inner A): (n, r) @ (r, i)
         low_rank::add_low_rank(isa, &mut dx, i, &dinner, r, &a, saved.mask.as_deref());
-        let db: Vec<f32> = db
-            .chunks(rr)
-            .flat_map(|row| row[..r].iter().map(|g| g * s))
-            .collect();
-        let da = low_rank::transpose(&dat, i, r, rr, i, 1.0);
+        let db = low_rank::transpose(&dbt, r, o, o, r, s);
         grads.insert(a_var, tensor(da, &[r, i])?);
         grads.insert(b_var, tensor(db, &[o, r])?);
     }

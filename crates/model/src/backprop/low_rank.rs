@@ -9,9 +9,9 @@
 //! - `thin`: out (n, R) = x (n, k) · w (k, R), for inner = x Aᵀ and d inner = dy B;
 //! - `add_low_rank`: y (n, w) += inner (n, R) · m (R, w), for the branch's output (m = s Bᵀ)
 //!   and its input gradient (m = A);
-//! - `accumulate_outer`: acc (k, R) += x (n, k)ᵀ · inner (n, R), for dB and dAᵀ.
+//! - `accumulate_outer`: acc (r, k) += inner (n, R)ᵀ · x (n, k), for dBᵀ and dA.
 //!
-//! Rows (or, for `accumulate_outer`, the k rows of the result) are split between threads,
+//! Rows (or, for `accumulate_outer`, strips of the result's columns) are split between threads,
 //! and every sum runs in the same order whatever the thread count, so a pass is
 //! reproducible bit for bit. AVX-512F and AVX2+FMA where the processor has them (fused
 //! multiply-adds); the portable path multiplies and adds separately, as does
@@ -25,8 +25,6 @@ use rayon::prelude::*;
 const LANES: usize = 16;
 /// Rows `thin` advances together (8 independent accumulator chains hide the FMA latency).
 const ROW_BLOCK: usize = 8;
-/// Rows of the result `accumulate_outer` sums together.
-const K_BLOCK: usize = 16;
 /// Rows per rayon task.
 const ROWS_PER_TASK: usize = 32;
 
@@ -259,7 +257,7 @@ macro_rules! multiversion {
 
 multiversion!(fn thin_task => thin_rows(x: &[f32], k: usize, w: &[f32], rr: usize, out: &mut [f32]));
 multiversion!(fn add_low_rank_task => add_low_rank_rows(y: &mut [f32], width: usize, inner: &[f32], r: usize, m: &[f32], mask: Option<&[f32]>));
-multiversion!(fn accumulate_outer_task => accumulate_outer_block(acc: &mut [f32], x: &[f32], k: usize, k0: usize, inner: &[f32], rr: usize, mask: Option<&[f32]>));
+multiversion!(fn accumulate_outer_task => accumulate_outer_strip(strip: &mut [f32], r: usize, w: usize, x: &[f32], k: usize, c0: usize, inner: &[f32], mask: Option<&[f32]>));
 
 /// out (n, R) = x (n, k) · w (k, R), R = lanes(r) (w's columns beyond r are zero).
 pub fn thin(isa: Isa, x: &[f32], k: usize, w: &[f32], rr: usize) -> Vec<f32> {
@@ -428,81 +426,166 @@ fn add_low_rank_columns<V: Lanes, const ROWS: usize, const VECTORS: usize>(
     }
 }
 
-/// acc (k, R) += x (n, k)ᵀ · inner (n, R), R = lanes(r), summing over the n rows in order.
-/// `mask` (n, k), when given, multiplies x first.
+/// acc (r, k) += inner (n, R)ᵀ · x (n, k), R = lanes(r) of which the first `r` count, each
+/// value summed over the n rows in order. `mask` (n, k), when given, multiplies x first.
+///
+/// The result is laid out with the rank as rows, so that a row of x is read as whole
+/// vectors and each of its vectors meets `RANK_BLOCK` rank values (broadcast) in registers:
+/// the transposed layout read one x value per multiply-add and was bound by its loads.
+#[allow(clippy::too_many_arguments)]
 pub fn accumulate_outer(
     isa: Isa,
     acc: &mut [f32],
+    r: usize,
     x: &[f32],
     k: usize,
     inner: &[f32],
-    rr: usize,
     mask: Option<&[f32]>,
 ) {
-    acc.par_chunks_mut(K_BLOCK * rr)
-        .enumerate()
-        .for_each(|(block, acc)| {
-            accumulate_outer_task(isa, acc, x, k, block * K_BLOCK, inner, rr, mask)
-        });
-}
-
-#[inline(always)]
-fn accumulate_outer_block<V: Lanes>(
-    acc: &mut [f32],
-    x: &[f32],
-    k: usize,
-    k0: usize,
-    inner: &[f32],
-    rr: usize,
-    mask: Option<&[f32]>,
-) {
-    let ks = acc.len() / rr;
-    if ks == K_BLOCK {
-        outer_rows::<V, K_BLOCK>(acc, x, k, k0, inner, rr, mask);
-    } else {
-        for kk in 0..ks {
-            outer_rows::<V, 1>(&mut acc[kk * rr..][..rr], x, k, k0 + kk, inner, rr, mask);
+    assert_eq!(acc.len(), r * k, "accumulate_outer: acc is (r, k)");
+    let columns: Vec<usize> = (0..k).step_by(OUTER_COLUMNS).collect();
+    // Each task owns a strip of columns of every rank row; its sums come back as a (r, w)
+    // block and are written into acc after.
+    let strips: Vec<Vec<f32>> = columns
+        .par_iter()
+        .map(|&c0| {
+            let w = OUTER_COLUMNS.min(k - c0);
+            let mut strip = vec![0f32; r * w];
+            for (j, row) in strip.chunks_mut(w).enumerate() {
+                row.copy_from_slice(&acc[j * k + c0..][..w]);
+            }
+            accumulate_outer_task(isa, &mut strip, r, w, x, k, c0, inner, mask);
+            strip
+        })
+        .collect();
+    for (&c0, strip) in columns.iter().zip(&strips) {
+        let w = strip.len() / r.max(1);
+        for (j, row) in strip.chunks(w.max(1)).enumerate().take(r) {
+            acc[j * k + c0..][..w].copy_from_slice(row);
         }
     }
 }
 
-/// acc rows k0..k0 + KS: a fixed count, so that the sums stay in registers.
+/// Columns of the result one task sums: a few column blocks, so that the task's strip of x
+/// stays in L2 while each rank block sweeps it.
+const OUTER_COLUMNS: usize = 2 * COLUMN_BLOCK;
+/// Columns of x held in registers together (3 vectors).
+const COLUMN_BLOCK: usize = 3 * LANES;
+/// Rank values a row of x meets in registers together: RANK_BLOCK × 3 vectors of sums.
+const RANK_BLOCK: usize = 8;
+
+/// strip (r, w) += inner (n, R)ᵀ · x[.., c0..c0 + w].
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn outer_rows<V: Lanes, const KS: usize>(
-    acc: &mut [f32],
+fn accumulate_outer_strip<V: Lanes>(
+    strip: &mut [f32],
+    r: usize,
+    w: usize,
     x: &[f32],
     k: usize,
-    k0: usize,
+    c0: usize,
     inner: &[f32],
-    rr: usize,
     mask: Option<&[f32]>,
 ) {
-    let n = x.len() / k;
-    for lane0 in (0..rr).step_by(LANES) {
-        let mut sums = [V::zero(); KS];
-        for (kk, s) in sums.iter_mut().enumerate() {
-            *s = V::load(&acc[kk * rr + lane0..]);
+    let mut strip = Strip {
+        strip,
+        w,
+        x,
+        k,
+        c0,
+        inner,
+        rr: lanes(r),
+        mask,
+    };
+    let whole = w / LANES * LANES;
+    let mut c = 0;
+    while c < whole {
+        let vectors = ((whole - c) / LANES).min(COLUMN_BLOCK / LANES);
+        let mut j = 0;
+        while j + RANK_BLOCK <= r {
+            match vectors {
+                3 => strip.sum::<V, RANK_BLOCK, 3>(j, c),
+                2 => strip.sum::<V, RANK_BLOCK, 2>(j, c),
+                _ => strip.sum::<V, RANK_BLOCK, 1>(j, c),
+            }
+            j += RANK_BLOCK;
         }
+        while j < r {
+            match vectors {
+                3 => strip.sum::<V, 1, 3>(j, c),
+                2 => strip.sum::<V, 1, 2>(j, c),
+                _ => strip.sum::<V, 1, 1>(j, c),
+            }
+            j += 1;
+        }
+        c += vectors * LANES;
+    }
+    for c in whole..w {
+        for j in 0..r {
+            strip.sum_scalar(j, c);
+        }
+    }
+}
+
+/// One task's view of `accumulate_outer`: its strip of the result and the operands.
+struct Strip<'a> {
+    strip: &'a mut [f32],
+    w: usize,
+    x: &'a [f32],
+    k: usize,
+    c0: usize,
+    inner: &'a [f32],
+    rr: usize,
+    mask: Option<&'a [f32]>,
+}
+
+impl Strip<'_> {
+    /// Rank rows j..j + JS, strip columns c..c + VS vectors, over every row of x in order:
+    /// fixed counts, so that the sums stay in registers.
+    #[inline(always)]
+    fn sum<V: Lanes, const JS: usize, const VS: usize>(&mut self, j: usize, c: usize) {
+        let n = self.x.len() / self.k;
+        let mut sums = [[V::zero(); VS]; JS];
+        for (jj, sums) in sums.iter_mut().enumerate() {
+            for (u, s) in sums.iter_mut().enumerate() {
+                *s = V::load(&self.strip[(j + jj) * self.w + c + u * LANES..]);
+            }
+        }
+        let col = self.c0 + c;
         for row in 0..n {
-            let iv = V::load(&inner[row * rr + lane0..]);
-            let xs: &[f32; KS] = x[row * k + k0..][..KS].try_into().expect("KS values");
-            match mask {
-                None => {
-                    for kk in 0..KS {
-                        sums[kk] = V::mul_add(V::splat(xs[kk]), iv, sums[kk]);
-                    }
+            let at = row * self.k + col;
+            let xv: [V; VS] = std::array::from_fn(|u| {
+                let x = V::load(&self.x[at + u * LANES..]);
+                match self.mask {
+                    None => x,
+                    Some(mk) => x.mul(V::load(&mk[at + u * LANES..])),
                 }
-                Some(mk) => {
-                    let mk: &[f32; KS] = mk[row * k + k0..][..KS].try_into().expect("KS values");
-                    for kk in 0..KS {
-                        sums[kk] = V::mul_add(V::splat(xs[kk] * mk[kk]), iv, sums[kk]);
-                    }
+            });
+            let inner = &self.inner[row * self.rr + j..][..JS];
+            for (jj, sums) in sums.iter_mut().enumerate() {
+                let f = V::splat(inner[jj]);
+                for u in 0..VS {
+                    sums[u] = V::mul_add(f, xv[u], sums[u]);
                 }
             }
         }
-        for (kk, s) in sums.iter().enumerate() {
-            s.store(&mut acc[kk * rr + lane0..]);
+        for (jj, sums) in sums.iter().enumerate() {
+            for (u, s) in sums.iter().enumerate() {
+                s.store(&mut self.strip[(j + jj) * self.w + c + u * LANES..]);
+            }
         }
+    }
+
+    /// One value of the strip (the columns past the last whole vector).
+    fn sum_scalar(&mut self, j: usize, c: usize) {
+        let n = self.x.len() / self.k;
+        let mut sum = self.strip[j * self.w + c];
+        for row in 0..n {
+            let at = row * self.k + self.c0 + c;
+            let x = self.mask.map_or(self.x[at], |mk| self.x[at] * mk[at]);
+            sum += self.inner[row * self.rr + j] * x;
+        }
+        self.strip[j * self.w + c] = sum;
     }
 }
 
@@ -555,8 +638,9 @@ mod tests {
     }
 
     /// (rows, width, rank).
-    const SHAPES: [(usize, usize, usize); 6] = [
+    const SHAPES: [(usize, usize, usize); 7] = [
         (1, 3, 1),
+        (5, 200, 8),
         (300, 24, 16),
         (7, 19, 5),
         (45, 70, 16),
@@ -631,12 +715,12 @@ mod tests {
             let rr = lanes(r);
             let x = random(n * k, 7);
             let inner = pad_rows(&random(n * r, 8), r, 1.0);
-            let acc0 = random(k * rr, 9);
+            let acc0 = random(r * k, 9);
             for mask in [None, Some(random(n * k, 10))] {
                 let mut acc = acc0.clone();
-                accumulate_outer(isa, &mut acc, &x, k, &inner, rr, mask.as_deref());
-                for c in 0..k {
-                    for j in 0..rr {
+                accumulate_outer(isa, &mut acc, r, &x, k, &inner, mask.as_deref());
+                for j in 0..r {
+                    for c in 0..k {
                         let sum: f64 = (0..n)
                             .map(|i| {
                                 let mk = mask.as_ref().map_or(1.0, |mk| mk[i * k + c] as f64);
@@ -644,9 +728,9 @@ mod tests {
                             })
                             .sum();
                         close(
-                            acc[c * rr + j],
-                            acc0[c * rr + j] as f64 + sum,
-                            "accumulate_outer",
+                            acc[j * k + c],
+                            acc0[j * k + c] as f64 + sum,
+                            &format!("accumulate_outer {isa:?} {n}x{k}x{r} [{j},{c}]"),
                         );
                     }
                 }
