@@ -73,6 +73,61 @@ impl WeightFormat {
     }
 }
 
+/// Whether `w` is a contiguous f32 CPU tensor, which `dense_rows` multiplies in place.
+fn dense_f32_cpu(w: &Tensor) -> bool {
+    w.dtype() == DType::F32 && w.device().is_cpu() && w.is_contiguous()
+}
+
+/// The frozen product over a dense f32 weight w (o, i), straight into the result: the same
+/// gemm call candle's matmul makes (so the same sums), without its zeroed output and the
+/// copy out of the tensor (memset and memmove took 8% of a training step: perf,
+/// BENCHMARKS.md). x (n, i) -> x Wᵀ (n, o), or dy (n, o) -> dy W (n, i).
+fn dense_rows(x: &[f32], w: &[f32], (o, i): (usize, usize), product: Product) -> Vec<f32> {
+    // (k, n, the strides of the right operand along k and along n)
+    let (k, n, rhs_rs, rhs_cs): (usize, usize, isize, isize) = match product {
+        Product::XWt => (i, o, 1, i as isize),
+        Product::DyW => (o, i, i as isize, 1),
+    };
+    let m = x.len() / k.max(1);
+    assert_eq!(x.len(), m * k, "dense_rows: x is not whole rows of {k}");
+    assert_eq!(w.len(), o * i, "dense_rows: w is not ({o}, {i})");
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the operands hold (m, k) and (k, n) values at the strides given; with
+    // read_dst false gemm writes every one of the m · n values of y before it reads any
+    // (alpha is then zero), so y is initialized when its length is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        y.set_len(m * n);
+    }
+    y
+}
+
 /// gemm (candle's f32 matmul) runs its AVX-512 kernels where this holds (the `x86-v4`
 /// feature, turned on in Cargo.toml).
 #[cfg(target_arch = "x86_64")]
@@ -257,6 +312,10 @@ impl Linear {
         match &self.weight {
             LinearWeight::Bf16(w) => Ok(CompactWeight::product(w.as_ref(), &view(&x)?, product)),
             LinearWeight::Quant(w) => Ok(CompactWeight::product(w.as_ref(), &view(&x)?, product)),
+            LinearWeight::Dense(w) if dense_f32_cpu(w) => {
+                let (o, i) = (self.out_features, self.in_features);
+                Ok(dense_rows(&view(&x)?, &view(w)?, (o, i), product))
+            }
             _ => {
                 let y = match product {
                     Product::XWt => self.frozen_forward(&x)?,
@@ -322,5 +381,38 @@ fn compact_product(x: &Tensor, weight: Arc<dyn CompactWeight>, product: Product)
         x.apply_op1(op)
     } else {
         x.apply_op1_no_bwd(&op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::backprop::kernels::tests::random;
+
+    /// dense_rows is candle's matmul without the copies: the same values, bit for bit, in
+    /// both products, on shapes that leave gemm's blocks remainders.
+    #[test]
+    fn dense_rows_equals_candles_matmul() {
+        for (n, o, i) in [(1, 3, 5), (37, 70, 19), (130, 33, 257)] {
+            let w = Tensor::from_vec(random(o * i, 1), (o, i), &Device::Cpu).unwrap();
+            let ws = view(&w).unwrap();
+            for (product, k) in [(Product::XWt, i), (Product::DyW, o)] {
+                let x = Tensor::from_vec(random(n * k, 2), (n, k), &Device::Cpu).unwrap();
+                let want = match product {
+                    Product::XWt => x.matmul(&w.t().unwrap()),
+                    Product::DyW => x.matmul(&w),
+                };
+                let want = want
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let got = dense_rows(&view(&x).unwrap(), &ws, (o, i), product);
+                assert_eq!(got, want, "{product:?} over ({n}, {k}) x ({o}, {i})");
+            }
+        }
     }
 }

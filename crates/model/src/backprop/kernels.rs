@@ -306,7 +306,7 @@ pub fn cross_entropy_rows(logits: &mut [f32], targets: &[u32], scales: &[f32]) -
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     //! Every backward against central finite differences of its forward, in f64 sums of f32
     //! values: L = Σ probe · forward(x), dL/dx_i ≈ (L(x + ε e_i) − L(x − ε e_i)) / 2ε.
 
@@ -314,7 +314,7 @@ pub(super) mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Seeded values in [-1, 1) (low_rank.rs's tests use them too).
-    pub(in crate::backprop) fn random(n: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
     }
