@@ -127,6 +127,19 @@ impl Bf16Kernel {
         })
     }
 
+    /// Whether a product of `rows` rows runs faster through f32 gemm over the weight decoded
+    /// (`dense::decoded_rows`) than on this kernel: always for the portable kernel; for
+    /// AVX512-BF16 where `vdpbf16ps` is slower than f32 FMAs (`dpbf16::outpaces_f32`) and
+    /// the batch is big enough to pay for decoding the weight (measured:
+    /// `F32_MIN_ROWS`); never for AMX.
+    pub fn prefers_f32(self, rows: usize) -> bool {
+        match self {
+            Self::Amx => false,
+            Self::Avx512Bf16 => !dpbf16::outpaces_f32() && rows >= F32_MIN_ROWS,
+            Self::Portable => true,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Amx => "amx-bf16",
@@ -135,6 +148,13 @@ impl Bf16Kernel {
         }
     }
 }
+
+/// Rows from which a product on a processor whose `vdpbf16ps` is slower than its f32 FMAs
+/// goes through f32 gemm instead (`Bf16Kernel::prefers_f32`); below it, tiles made once at
+/// load beat decoding the weight for every product. Measured on the Intel Xeon without AMX
+/// (`tuna bench score --weights bf16 --chunks 1 --seq-len L`, tok/s with tiles / gemm):
+/// L = 128: 434 / 332, 256: 449 / 440, 384: 466 / 487, 512: 434 / 507.
+const F32_MIN_ROWS: usize = 320;
 
 #[derive(Debug)]
 pub struct Bf16Weight {
@@ -187,6 +207,32 @@ impl Bf16Weight {
             (word >> 16) as u16
         };
         bf16::from_bits(bits).to_f32()
+    }
+
+    /// Whole rows first.. of W as f32 into `out`. Rows go 16 at a time, the columns of one
+    /// half of a panel: each pair of columns is then 16 adjacent words of the tiles.
+    pub fn decode_rows(&self, first: usize, out: &mut [f32]) {
+        let (i, ks) = (self.in_features, self.padded().1 / KSTEP);
+        let mut row = first;
+        for block in out.chunks_mut(16 * i) {
+            let rows = block.len() / i;
+            // Rows row.. share a half panel where row is a multiple of 16 (as the callers'
+            // blocks are); elsewhere a block is split at the next multiple.
+            let here = rows.min(16 - row % 16);
+            for p in 0..i.div_ceil(2) {
+                let words = &self.forward[b_index(ks, p, row)..][..here];
+                for (r, &word) in words.iter().enumerate() {
+                    block[r * i + 2 * p] = f32::from_bits(word << 16);
+                    if 2 * p + 1 < i {
+                        block[r * i + 2 * p + 1] = f32::from_bits(word & 0xffff_0000);
+                    }
+                }
+            }
+            if here < rows {
+                self.decode_rows(row + here, &mut block[here * i..]);
+            }
+            row += rows;
+        }
     }
 
     /// W (o, i) as f32, row-major.
@@ -644,7 +690,17 @@ impl CompactWeight for Bf16Weight {
     }
 
     fn product(&self, x: &[f32], product: Product) -> Vec<f32> {
-        Bf16Weight::product(self, x, product, Bf16Kernel::chosen())
+        let kernel = Bf16Kernel::chosen();
+        let k = match product {
+            Product::XWt => self.in_features,
+            Product::DyW => self.out_features,
+        };
+        if kernel.prefers_f32(x.len() / k.max(1)) {
+            let decode = |first: usize, out: &mut [f32]| self.decode_rows(first, out);
+            let shape = (self.out_features, self.in_features);
+            return crate::dense::decoded_rows(&decode, shape, x, product);
+        }
+        Bf16Weight::product(self, x, product, kernel)
     }
 }
 
@@ -695,6 +751,26 @@ mod tests {
             }
         }
         y
+    }
+
+    /// decode_rows gives the weight as held (bf16-rounded), from any first row, over odd
+    /// widths and row counts that cross half panels.
+    #[test]
+    fn decoded_rows_are_the_rounded_weight() {
+        for (o, i) in [(1, 1), (37, 45), (70, 64), (16, 3)] {
+            let w = values(o * i, 7);
+            let weight = Bf16Weight::from_f32(&w, o, i);
+            let want = round(&w);
+            for (first, rows) in [(0, o), (o / 3, o - o / 3), (o - 1, 1)] {
+                let mut got = vec![f32::NAN; rows * i];
+                weight.decode_rows(first, &mut got);
+                assert_eq!(
+                    got,
+                    want[first * i..][..rows * i],
+                    "({o}, {i}) rows {first}.."
+                );
+            }
+        }
     }
 
     #[test]

@@ -27,6 +27,34 @@ fn detect() -> bool {
     false
 }
 
+/// Whether `vdpbf16ps` multiplies faster than f32 FMAs on this processor, so that bf16
+/// tiles pay off even for the large batches of training and scoring. Measured per core
+/// (BENCHMARKS.md): AMD Zen 4 runs it at the rate of its f32 FMAs, each doing twice the
+/// multiply-adds (bf16 training 324 tok/s against 219 in f32); an Intel Xeon (AVX512-BF16,
+/// no AMX) at a quarter of its f32 FMA rate (1.6 against 6.6 G instructions/s), half the
+/// multiply-adds, where f32 trained at 355 tok/s and bf16 at 244. Decided by vendor, not
+/// timed, so that a run picks the same kernel (and the same sums) every time.
+pub fn outpaces_f32() -> bool {
+    static OUTPACES: OnceLock<bool> = OnceLock::new();
+    *OUTPACES.get_or_init(|| available() && vendor() == Some(*b"AuthenticAMD"))
+}
+
+/// The processor's vendor string (cpuid leaf 0).
+#[cfg(target_arch = "x86_64")]
+fn vendor() -> Option<[u8; 12]> {
+    let id = std::arch::x86_64::__cpuid(0);
+    let mut out = [0u8; 12];
+    out[..4].copy_from_slice(&id.ebx.to_le_bytes());
+    out[4..8].copy_from_slice(&id.edx.to_le_bytes());
+    out[8..].copy_from_slice(&id.ecx.to_le_bytes());
+    Some(out)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn vendor() -> Option<[u8; 12]> {
+    None
+}
+
 /// Rows of A one register group covers.
 const GROUP: usize = 8;
 

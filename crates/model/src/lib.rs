@@ -11,6 +11,7 @@ pub mod compact;
 pub mod config;
 pub mod cpu_time;
 pub mod decoder;
+pub mod dense;
 pub mod device;
 pub mod dpbf16;
 pub mod error;

@@ -12,6 +12,7 @@ use tuna_lora::LoraAdapter;
 use crate::backprop::kernels::view;
 use crate::bf16_weight::Bf16Weight;
 use crate::compact::{CompactProduct, CompactWeight, Product};
+use crate::dense;
 use crate::frozen::FrozenLinear;
 use crate::matvec::F16MatVec;
 use crate::quant_weight::{self, QuantWeight};
@@ -51,12 +52,22 @@ impl WeightFormat {
             Self::Dense if has_avx512() => "gemm-f32-avx512",
             Self::Dense => "gemm-f32",
             Self::F16 => "f16-matvec",
-            Self::Bf16 => Bf16Kernel::chosen().name(),
+            Self::Bf16 => match Bf16Kernel::chosen() {
+                Bf16Kernel::Portable if has_avx512() => "bf16-decoded+gemm-f32-avx512",
+                Bf16Kernel::Portable => "bf16-decoded+gemm-f32",
+                k if k.prefers_f32(usize::MAX) => {
+                    "avx512-bf16 (batches: bf16-decoded+gemm-f32-avx512)"
+                }
+                k => k.name(),
+            },
             Self::Q8_0 | Self::Q4K | Self::File => match Bf16Kernel::chosen() {
                 Bf16Kernel::Amx => "blocks-decoded+amx-bf16",
-                Bf16Kernel::Avx512Bf16 => "blocks-decoded+avx512-bf16",
                 Bf16Kernel::Portable if has_avx512() => "blocks-decoded+gemm-f32-avx512",
                 Bf16Kernel::Portable => "blocks-decoded+gemm-f32",
+                k if k.prefers_f32(usize::MAX) => {
+                    "blocks-decoded+avx512-bf16 (batches: gemm-f32-avx512)"
+                }
+                _ => "blocks-decoded+avx512-bf16",
             },
         }
     }
@@ -73,59 +84,9 @@ impl WeightFormat {
     }
 }
 
-/// Whether `w` is a contiguous f32 CPU tensor, which `dense_rows` multiplies in place.
+/// Whether `w` is a contiguous f32 CPU tensor, which `dense::rows` multiplies in place.
 fn dense_f32_cpu(w: &Tensor) -> bool {
     w.dtype() == DType::F32 && w.device().is_cpu() && w.is_contiguous()
-}
-
-/// The frozen product over a dense f32 weight w (o, i), straight into the result: the same
-/// gemm call candle's matmul makes (so the same sums), without its zeroed output and the
-/// copy out of the tensor (memset and memmove took 8% of a training step: perf,
-/// BENCHMARKS.md). x (n, i) -> x Wᵀ (n, o), or dy (n, o) -> dy W (n, i).
-fn dense_rows(x: &[f32], w: &[f32], (o, i): (usize, usize), product: Product) -> Vec<f32> {
-    // (k, n, the strides of the right operand along k and along n)
-    let (k, n, rhs_rs, rhs_cs): (usize, usize, isize, isize) = match product {
-        Product::XWt => (i, o, 1, i as isize),
-        Product::DyW => (o, i, i as isize, 1),
-    };
-    let m = x.len() / k.max(1);
-    assert_eq!(x.len(), m * k, "dense_rows: x is not whole rows of {k}");
-    assert_eq!(w.len(), o * i, "dense_rows: w is not ({o}, {i})");
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    let mut y: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: the operands hold (m, k) and (k, n) values at the strides given; with
-    // read_dst false gemm writes every one of the m · n values of y before it reads any
-    // (alpha is then zero), so y is initialized when its length is set.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-        y.set_len(m * n);
-    }
-    y
 }
 
 /// gemm (candle's f32 matmul) runs its AVX-512 kernels where this holds (the `x86-v4`
@@ -314,7 +275,7 @@ impl Linear {
             LinearWeight::Quant(w) => Ok(CompactWeight::product(w.as_ref(), &view(&x)?, product)),
             LinearWeight::Dense(w) if dense_f32_cpu(w) => {
                 let (o, i) = (self.out_features, self.in_features);
-                Ok(dense_rows(&view(&x)?, &view(w)?, (o, i), product))
+                Ok(dense::rows(&view(&x)?, &view(w)?, (o, i), product))
             }
             _ => {
                 let y = match product {
@@ -381,38 +342,5 @@ fn compact_product(x: &Tensor, weight: Arc<dyn CompactWeight>, product: Product)
         x.apply_op1(op)
     } else {
         x.apply_op1_no_bwd(&op)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use candle_core::Device;
-
-    use super::*;
-    use crate::backprop::kernels::tests::random;
-
-    /// dense_rows is candle's matmul without the copies: the same values, bit for bit, in
-    /// both products, on shapes that leave gemm's blocks remainders.
-    #[test]
-    fn dense_rows_equals_candles_matmul() {
-        for (n, o, i) in [(1, 3, 5), (37, 70, 19), (130, 33, 257)] {
-            let w = Tensor::from_vec(random(o * i, 1), (o, i), &Device::Cpu).unwrap();
-            let ws = view(&w).unwrap();
-            for (product, k) in [(Product::XWt, i), (Product::DyW, o)] {
-                let x = Tensor::from_vec(random(n * k, 2), (n, k), &Device::Cpu).unwrap();
-                let want = match product {
-                    Product::XWt => x.matmul(&w.t().unwrap()),
-                    Product::DyW => x.matmul(&w),
-                };
-                let want = want
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
-                let got = dense_rows(&view(&x).unwrap(), &ws, (o, i), product);
-                assert_eq!(got, want, "{product:?} over ({n}, {k}) x ({o}, {i})");
-            }
-        }
     }
 }

@@ -239,29 +239,14 @@ impl CompactWeight for QuantWeight {
         if product == Product::XWt && n <= MATVEC_MAX_ROWS {
             return self.rows_times_wt(x);
         }
+        let rows = |first: usize, out: &mut [f32]| self.dequantize_rows(first, out);
         match Bf16Kernel::chosen() {
-            Bf16Kernel::Portable => dense_product(self.to_f32(), o, i, x, product)
-                .expect("f32 matmul of CPU tensors with matching shapes"),
-            kernel => {
-                let rows = |first: usize, out: &mut [f32]| self.dequantize_rows(first, out);
-                product_of_rows(&rows, (o, i), x, product, kernel)
+            kernel if kernel.prefers_f32(n) => {
+                crate::dense::decoded_rows(&rows, (o, i), x, product)
             }
+            kernel => product_of_rows(&rows, (o, i), x, product, kernel),
         }
     }
-}
-
-/// The product through candle's f32 matmul (gemm), for processors without matrix units.
-fn dense_product(w: Vec<f32>, o: usize, i: usize, x: &[f32], product: Product) -> Result<Vec<f32>> {
-    let w = Tensor::from_vec(w, (o, i), &Device::Cpu)?;
-    let k = if product == Product::XWt { i } else { o };
-    let x = Tensor::from_slice(x, (x.len() / k, k), &Device::Cpu)?;
-    let y = match product {
-        // (n, i) @ (i, o) -> (n, o)
-        Product::XWt => x.matmul(&w.t()?)?,
-        // (n, o) @ (o, i) -> (n, i)
-        Product::DyW => x.matmul(&w)?,
-    };
-    y.flatten_all()?.to_vec1()
 }
 
 /// Decodes one row of blocks of `dtype` into `out`.
