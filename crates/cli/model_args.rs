@@ -68,13 +68,15 @@ pub enum InferenceWeights {
     /// f16 weights, f32 activations: half the memory traffic per token; generation only.
     F16,
     /// bf16 (2 bytes), multiplied on AMX tiles or with AVX512-BF16 where the processor has
-    /// them (else a slow portable kernel), activations rounded to bf16 in the products as
-    /// under PyTorch's bf16 autocast (text-sample loss within 0.1% of f32); trains, about
-    /// 1.5x the f32 speed on AMX and Zen 4.
+    /// them, activations rounded to bf16 in the products as under PyTorch's bf16 autocast
+    /// (text-sample loss within 0.1% of f32); trains, about 1.5x the f32 speed on AMX and
+    /// Zen 4. Where bf16 instructions are slower than f32 ones (an Intel Xeon without AMX)
+    /// or absent, batches of 320 rows and more multiply the weight decoded to f32, with f32
+    /// activations, at about the f32 speed.
     Bf16,
     /// ggml Q8_0 blocks quantized at load (1.06 bytes; text-sample loss within 0.2% of f32);
     /// trains. Up to 16 rows at a time (generation) multiply in f32; bigger batches multiply
-    /// the decoded blocks as bf16 (AMX, AVX512-BF16) or f32.
+    /// the decoded blocks as bf16 (AMX, AVX512-BF16) or f32 (as for bf16).
     #[value(name = "q8_0", alias = "q8-0")]
     Q8_0,
     /// ggml Q4_K blocks quantized at load (0.56 bytes; Q5_0 for rows not a multiple of 256,

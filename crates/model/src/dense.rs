@@ -119,15 +119,15 @@ fn whole_rows(x: &[f32], k: usize) -> usize {
 }
 
 /// A gemm operand: values and the strides between its rows and its columns.
-struct Operand<'a> {
-    values: &'a [f32],
-    row_stride: isize,
-    col_stride: isize,
+pub(crate) struct Operand<'a> {
+    pub values: &'a [f32],
+    pub row_stride: isize,
+    pub col_stride: isize,
 }
 
 impl<'a> Operand<'a> {
     /// Row-major rows of `width`.
-    fn rows(values: &'a [f32], width: usize) -> Self {
+    pub fn rows(values: &'a [f32], width: usize) -> Self {
         Self {
             values,
             row_stride: width as isize,
@@ -136,7 +136,7 @@ impl<'a> Operand<'a> {
     }
 
     /// The transpose of row-major rows of `width`.
-    fn transposed(values: &'a [f32], width: usize) -> Self {
+    pub fn transposed(values: &'a [f32], width: usize) -> Self {
         Self {
             values,
             row_stride: 1,
@@ -145,7 +145,8 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// y (m, n; rows `y_stride` apart) = lhs (m, k) · rhs (k, n), or += where `accumulate`.
+/// y (m, n; rows `y_stride` apart) = lhs (m, k) · rhs (k, n), or += where `accumulate`,
+/// on every thread.
 ///
 /// # Safety
 /// `y` must be writable at every (row, column) it names, and readable there too where
@@ -155,10 +156,32 @@ unsafe fn gemm_into(
     y_stride: usize,
     lhs: Operand,
     rhs: Operand,
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     accumulate: bool,
 ) {
-    let threads = candle_core::utils::get_num_threads();
+    // SAFETY: the caller's contract.
+    unsafe { gemm_on(y, y_stride, lhs, rhs, mnk, accumulate, true) }
+}
+
+/// `gemm_into` on this thread only where `parallel` is false (for callers that split the
+/// work between threads themselves).
+///
+/// # Safety
+/// As for `gemm_into`.
+pub(crate) unsafe fn gemm_on(
+    y: *mut f32,
+    y_stride: usize,
+    lhs: Operand,
+    rhs: Operand,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    let threads = if parallel {
+        candle_core::utils::get_num_threads()
+    } else {
+        1
+    };
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {

@@ -11,13 +11,14 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{tensor, to_vec, view};
+use super::causal_f32;
+use super::kernels::{tensor, view};
 use crate::bf16_weight::{product_of_rows_into, Activations, Bf16Kernel, Causal, Product};
 
 /// How attention's five products run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Products {
-    /// candle's f32 matmul (gemm).
+    /// f32 through gemm, skipping what causal masking makes zero (causal_f32.rs).
     F32,
     /// bf16 operands on the processor's bf16 kernel, f32 accumulation, as under PyTorch's
     /// bf16 autocast; the softmax, its log-sum-exp and the masking stay f32.
@@ -131,7 +132,10 @@ pub fn forward(
         });
     // (b, kvh, g·t, t) @ (b, kvh, t, hd) -> (b, kvh, g·t, hd)
     let y = match products {
-        Products::F32 => tensor(p, &[b, kvh, g * t, t])?.matmul(v)?,
+        Products::F32 => tensor(
+            causal_f32::rows_times_keys(&p, &view(v)?, (g, t, hd)),
+            &[b, kvh, g * t, hd],
+        )?,
         Products::Bf16(kernel) => {
             let keys = Some(Causal::Depth { period: t });
             let (p, v) = (Activations::Rows(&p), view(v)?);
@@ -144,9 +148,9 @@ pub fn forward(
 
 /// q · kᵀ per (b, kvh): (b, kvh, g·t, t), flat.
 fn scores(q: &Tensor, k: &Tensor, shape: AttentionShape, products: Products) -> Result<Vec<f32>> {
-    let AttentionShape { b, t, kvh, hd, .. } = shape;
+    let AttentionShape { b, t, h, kvh, hd } = shape;
     match products {
-        Products::F32 => to_vec(&q.matmul(&k.t()?)?),
+        Products::F32 => Ok(causal_f32::scores(&view(q)?, &view(k)?, (h / kvh, t, hd))),
         Products::Bf16(kernel) => Ok(Products::batched(
             kernel,
             Activations::Rows(&view(q)?),
@@ -219,17 +223,21 @@ pub fn backward(
             tensor(dv, &[b, kvh, t, hd])?,
         ));
     }
-    let p = tensor(p, &[b, kvh, g * t, t])?;
-    // dv = pᵀ dy: (b, kvh, t, g·t) @ (b, kvh, g·t, hd)
-    let dv = p.t()?.matmul(dy)?;
-    // dp = dy vᵀ: (b, kvh, g·t, hd) @ (b, kvh, hd, t)
-    let mut ds = to_vec(&dy.matmul(&v.t()?)?)?;
-    scores_gradient(&mut ds, &view(&p)?, delta, t, scale);
-    let ds = tensor(ds, &[b, kvh, g * t, t])?;
-    // dq = ds k: (b, kvh, g·t, t) @ (b, kvh, t, hd); dk = dsᵀ q
-    let dq = ds.matmul(k)?;
-    let dk = ds.t()?.matmul(q)?;
-    Ok((dq, dk, dv))
+    let dims = (g, t, hd);
+    let (dy, v, q, k) = (view(dy)?, view(v)?, view(q)?, view(k)?);
+    // dv = pᵀ dy: (t, g·t) @ (g·t, hd), per batch
+    let dv = causal_f32::keys_times_rows(&p, &dy, dims);
+    // dp = dy vᵀ: (g·t, hd) @ (hd, t)
+    let mut ds = causal_f32::scores(&dy, &v, dims);
+    scores_gradient(&mut ds, &p, delta, t, scale);
+    // dq = ds k: (g·t, t) @ (t, hd); dk = dsᵀ q: (t, g·t) @ (g·t, hd)
+    let dq = causal_f32::rows_times_keys(&ds, &k, dims);
+    let dk = causal_f32::keys_times_rows(&ds, &q, dims);
+    Ok((
+        tensor(dq, &[b, kvh, g * t, hd])?,
+        tensor(dk, &[b, kvh, t, hd])?,
+        tensor(dv, &[b, kvh, t, hd])?,
+    ))
 }
 
 /// ds = p ⊙ (dp − delta) · scale in place of dp, zero where p is masked; rows of t.
@@ -382,6 +390,96 @@ mod tests {
         check(&dq, 0);
         check(&dk, 1);
         check(&dv, 2);
+    }
+
+    /// The f32 products skip blocks of 64 positions past the causal edge: over several
+    /// blocks and a last one that is not whole, grouped heads, packing and a window, they
+    /// match the definition (forward) and candle's matmuls over the whole matrices
+    /// (backward).
+    #[test]
+    fn causal_f32_products_match_whole_matrix_products() {
+        let shape = AttentionShape {
+            b: 2,
+            t: 135,
+            h: 4,
+            kvh: 2,
+            hd: 8,
+        };
+        let AttentionShape { b, t, h, kvh, hd } = shape;
+        let g = h / kvh;
+        let seg: Vec<u32> = (0..b * t).map(|i| (i % t / 50) as u32).collect();
+        let first = first_keys(b, t, &seg, Some(100));
+        let (qv, kv, vv) = (
+            random(b * h * t * hd, 11),
+            random(b * kvh * t * hd, 12),
+            random(b * kvh * t * hd, 13),
+        );
+        let q = tensor(qv.clone(), &[b, kvh, g * t, hd]).unwrap();
+        let k = tensor(kv.clone(), &[b, kvh, t, hd]).unwrap();
+        let v = tensor(vv.clone(), &[b, kvh, t, hd]).unwrap();
+        let dy = tensor(random(b * h * t * hd, 14), &[b, kvh, g * t, hd]).unwrap();
+        let close = |got: &[f32], want: &[f32], what: &str| {
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (e, (a, w)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (a - w).abs() < 1e-4 * (1.0 + w.abs()),
+                    "{what}[{e}]: {a} vs {w}"
+                );
+            }
+        };
+
+        let (y, lse) = forward(&q, &k, &v, &first, shape, Products::F32).unwrap();
+        close(
+            &to_vec(&y).unwrap(),
+            &naive(&qv, &kv, &vv, &first, shape),
+            "y",
+        );
+
+        let delta: Vec<f32> = to_vec(&y)
+            .unwrap()
+            .chunks(hd)
+            .zip(to_vec(&dy).unwrap().chunks(hd))
+            .map(|(y, d)| y.iter().zip(d).map(|(a, b)| a * b).sum())
+            .collect();
+        let (dq, dk, dv) =
+            backward(&q, &k, &v, &lse, &first, &dy, &delta, shape, Products::F32).unwrap();
+        // The same backward over the whole matrices, through candle's matmul.
+        let scale = shape.scale();
+        let mut p = to_vec(&q.matmul(&k.t().unwrap()).unwrap()).unwrap();
+        for (row, p) in p.chunks_mut(t).enumerate() {
+            let (bi, ti) = (row / (h * t), row % t);
+            let lo = first[bi * t + ti] as usize;
+            for (j, p) in p.iter_mut().enumerate() {
+                let live = j >= lo && j <= ti;
+                *p = if live {
+                    (*p * scale - lse[row]).exp()
+                } else {
+                    0.0
+                };
+            }
+        }
+        let p = tensor(p, &[b, kvh, g * t, t]).unwrap();
+        let want_dv = p.t().unwrap().matmul(&dy).unwrap();
+        let mut ds = to_vec(&dy.matmul(&v.t().unwrap()).unwrap()).unwrap();
+        for (row, (ds, p)) in ds
+            .chunks_mut(t)
+            .zip(to_vec(&p).unwrap().chunks(t))
+            .enumerate()
+        {
+            for (ds, p) in ds.iter_mut().zip(p) {
+                *ds = p * (*ds - delta[row]) * scale;
+            }
+        }
+        let ds = tensor(ds, &[b, kvh, g * t, t]).unwrap();
+        let want_dq = ds.matmul(&k).unwrap();
+        let want_dk = ds.t().unwrap().matmul(&q).unwrap();
+        for (name, got, want) in [
+            ("dq", &dq, &want_dq),
+            ("dk", &dk, &want_dk),
+            ("dv", &dv, &want_dv),
+        ] {
+            close(&to_vec(got).unwrap(), &to_vec(want).unwrap(), name);
+        }
     }
 
     #[test]

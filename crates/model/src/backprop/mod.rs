@@ -18,6 +18,7 @@
 //! hd head dim, f = hd/2, ff intermediate, v vocab, m target rows.
 
 mod attention;
+mod causal_f32;
 pub(crate) mod kernels;
 mod linear;
 mod low_rank;
