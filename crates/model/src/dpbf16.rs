@@ -28,12 +28,12 @@ fn detect() -> bool {
 }
 
 /// Whether `vdpbf16ps` multiplies faster than f32 FMAs on this processor, so that bf16
-/// tiles pay off even for the large batches of training and scoring. Measured per core
-/// (BENCHMARKS.md): AMD Zen 4 runs it at the rate of its f32 FMAs, each doing twice the
-/// multiply-adds (bf16 training 324 tok/s against 219 in f32); an Intel Xeon (AVX512-BF16,
-/// no AMX) at a quarter of its f32 FMA rate (1.6 against 6.6 G instructions/s), half the
-/// multiply-adds, where f32 trained at 355 tok/s and bf16 at 244. Decided by vendor, not
-/// timed, so that a run picks the same kernel (and the same sums) every time.
+/// tiles pay off even for the large batches of training and scoring. Measured
+/// (BENCHMARKS.md, scripts/instruction-rates.sh): on AMD Zen 4 bf16 tiles trained at 324
+/// tok/s against 219 in f32; on an Intel Xeon with AVX512-BF16 and no AMX one core ran
+/// 1.5–1.6 G `vdpbf16ps zmm` a second against 6.3–6.6 G `vfmadd231ps zmm`, half the
+/// multiply-adds, and f32 trained at 355 tok/s against 244 on the tiles. Decided by vendor,
+/// not timed, so that a run picks the same kernel (and the same sums) every time.
 pub fn outpaces_f32() -> bool {
     static OUTPACES: OnceLock<bool> = OnceLock::new();
     *OUTPACES.get_or_init(|| available() && vendor() == Some(*b"AuthenticAMD"))
