@@ -56,7 +56,7 @@ impl WeightFormat {
                 Bf16Kernel::Portable if has_avx512() => "bf16-decoded+gemm-f32-avx512",
                 Bf16Kernel::Portable => "bf16-decoded+gemm-f32",
                 k if k.prefers_f32(usize::MAX) => {
-                    "avx512-bf16 (batches: bf16-decoded+gemm-f32-avx512)"
+                    "bf16-decoded+gemm-f32-avx512 (avx512-bf16 under 320 rows)"
                 }
                 k => k.name(),
             },
@@ -65,7 +65,7 @@ impl WeightFormat {
                 Bf16Kernel::Portable if has_avx512() => "blocks-decoded+gemm-f32-avx512",
                 Bf16Kernel::Portable => "blocks-decoded+gemm-f32",
                 k if k.prefers_f32(usize::MAX) => {
-                    "blocks-decoded+avx512-bf16 (batches: gemm-f32-avx512)"
+                    "blocks-decoded+gemm-f32-avx512 (avx512-bf16 under 320 rows)"
                 }
                 _ => "blocks-decoded+avx512-bf16",
             },
