@@ -392,6 +392,15 @@ mod tests {
         check(&dv, 2);
     }
 
+    /// Σ y·dy over each row of hd values: the delta the backward takes.
+    fn row_dots(y: &Tensor, dy: &Tensor, hd: usize) -> Vec<f32> {
+        let (y, dy) = (to_vec(y).unwrap(), to_vec(dy).unwrap());
+        y.chunks(hd)
+            .zip(dy.chunks(hd))
+            .map(|(y, d)| y.iter().zip(d).map(|(a, b)| a * b).sum())
+            .collect()
+    }
+
     /// The f32 products skip blocks of 64 positions past the causal edge: over several
     /// blocks and a last one that is not whole, grouped heads, packing and a window, they
     /// match the definition (forward) and candle's matmuls over the whole matrices
@@ -435,12 +444,7 @@ mod tests {
             "y",
         );
 
-        let delta: Vec<f32> = to_vec(&y)
-            .unwrap()
-            .chunks(hd)
-            .zip(to_vec(&dy).unwrap().chunks(hd))
-            .map(|(y, d)| y.iter().zip(d).map(|(a, b)| a * b).sum())
-            .collect();
+        let delta = row_dots(&y, &dy, hd);
         let (dq, dk, dv) =
             backward(&q, &k, &v, &lse, &first, &dy, &delta, shape, Products::F32).unwrap();
         // The same backward over the whole matrices, through candle's matmul.
@@ -502,12 +506,7 @@ mod tests {
         let dy = tensor(random(b * h * t * hd, 8), &[b, kvh, g * t, hd]).unwrap();
         let run = |products| {
             let (y, lse) = forward(&q, &k, &v, &first, shape, products).unwrap();
-            let delta: Vec<f32> = to_vec(&y)
-                .unwrap()
-                .chunks(hd)
-                .zip(to_vec(&dy).unwrap().chunks(hd))
-                .map(|(y, d)| y.iter().zip(d).map(|(a, b)| a * b).sum())
-                .collect();
+            let delta = row_dots(&y, &dy, hd);
             let (dq, dk, dv) =
                 backward(&q, &k, &v, &lse, &first, &dy, &delta, shape, products).unwrap();
             [y, dq, dk, dv].map(|t| to_vec(&t).unwrap())
