@@ -20,7 +20,6 @@
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use half::bf16;
 use rayon::prelude::*;
 
 use crate::amx;
@@ -197,18 +196,6 @@ impl Bf16Weight {
         )
     }
 
-    /// W[r][c] as held (bf16 widened to f32).
-    fn get(&self, r: usize, c: usize) -> f32 {
-        let (_, ip) = self.padded();
-        let word = self.forward[b_index(ip / KSTEP, c / 2, r)];
-        let bits = if c.is_multiple_of(2) {
-            word as u16
-        } else {
-            (word >> 16) as u16
-        };
-        bf16::from_bits(bits).to_f32()
-    }
-
     /// Whole rows first.. of W as f32 into `out`. Rows go 16 at a time, the columns of one
     /// half of a panel: each pair of columns is then 16 adjacent words of the tiles.
     pub fn decode_rows(&self, first: usize, out: &mut [f32]) {
@@ -237,21 +224,15 @@ impl Bf16Weight {
 
     /// W (o, i) as f32, row-major.
     pub fn to_f32(&self) -> Vec<f32> {
-        let (o, i) = (self.out_features, self.in_features);
-        (0..o * i).map(|x| self.get(x / i, x % i)).collect()
+        let mut w = vec![0f32; self.out_features * self.in_features];
+        self.decode_rows(0, &mut w);
+        w
     }
 
     fn backward_panels(&self) -> &[u32] {
         self.backward.get_or_init(|| {
-            let i = self.in_features;
-            let rows = |first: usize, out: &mut [f32]| {
-                for (r, row) in out.chunks_mut(i).enumerate() {
-                    for (c, v) in row.iter_mut().enumerate() {
-                        *v = self.get(first + r, c);
-                    }
-                }
-            };
-            tile_rows(&rows, self.out_features, i)
+            let rows = |first: usize, out: &mut [f32]| self.decode_rows(first, out);
+            tile_rows(&rows, self.out_features, self.in_features)
         })
     }
 
@@ -691,13 +672,10 @@ impl CompactWeight for Bf16Weight {
 
     fn product(&self, x: &[f32], product: Product) -> Vec<f32> {
         let kernel = Bf16Kernel::chosen();
-        let k = match product {
-            Product::XWt => self.in_features,
-            Product::DyW => self.out_features,
-        };
+        let shape = (self.out_features, self.in_features);
+        let (k, _) = product.dims(shape);
         if kernel.prefers_f32(x.len() / k.max(1)) {
             let decode = |first: usize, out: &mut [f32]| self.decode_rows(first, out);
-            let shape = (self.out_features, self.in_features);
             return crate::dense::decoded_rows(&decode, shape, x, product);
         }
         Bf16Weight::product(self, x, product, kernel)
@@ -706,6 +684,8 @@ impl CompactWeight for Bf16Weight {
 
 #[cfg(test)]
 mod tests {
+    use half::bf16;
+
     use super::*;
 
     /// Deterministic values in [-1, 1).

@@ -28,6 +28,15 @@ impl Product {
             Self::DyW => Self::XWt,
         }
     }
+
+    /// (K, N) of this product over a weight W (o, i): the width of the rows it takes and of
+    /// the rows it gives.
+    pub fn dims(self, (o, i): (usize, usize)) -> (usize, usize) {
+        match self {
+            Self::XWt => (i, o),
+            Self::DyW => (o, i),
+        }
+    }
 }
 
 /// A frozen weight W (o, i) that multiplies f32 activations, f32 out.
@@ -59,10 +68,7 @@ impl CustomOp1 for CompactProduct {
             candle_core::bail!("compact-product: activations must be contiguous")
         };
         let w = &self.weight;
-        let (k, n) = match self.product {
-            Product::XWt => (w.in_features(), w.out_features()),
-            Product::DyW => (w.out_features(), w.in_features()),
-        };
+        let (k, n) = self.product.dims((w.out_features(), w.in_features()));
         let dims = layout.shape().dims();
         if dims.last() != Some(&k) {
             candle_core::bail!("compact-product: input {dims:?} does not end in {k}")

@@ -20,10 +20,7 @@ const DECODED_ROWS: usize = 512;
 /// memmove took 8% of a training step: perf, BENCHMARKS.md).
 pub fn rows(x: &[f32], w: &[f32], (o, i): (usize, usize), product: Product) -> Vec<f32> {
     assert_eq!(w.len(), o * i, "dense::rows: w is not ({o}, {i})");
-    let (k, n) = match product {
-        Product::XWt => (i, o),
-        Product::DyW => (o, i),
-    };
+    let (k, n) = product.dims((o, i));
     let m = whole_rows(x, k);
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let rhs = match product {
@@ -56,10 +53,7 @@ pub fn decoded_rows(
     x: &[f32],
     product: Product,
 ) -> Vec<f32> {
-    let (k, n) = match product {
-        Product::XWt => (i, o),
-        Product::DyW => (o, i),
-    };
+    let (k, n) = product.dims((o, i));
     let m = whole_rows(x, k);
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let mut chunk = vec![0f32; DECODED_ROWS.min(o) * i];
@@ -219,10 +213,7 @@ mod tests {
     use crate::backprop::kernels::tests::random;
 
     fn reference(x: &[f32], w: &[f32], (o, i): (usize, usize), product: Product) -> Vec<f64> {
-        let (k, n) = match product {
-            Product::XWt => (i, o),
-            Product::DyW => (o, i),
-        };
+        let (k, n) = product.dims((o, i));
         let m = x.len() / k;
         let at = |kk: usize, c: usize| match product {
             Product::XWt => w[c * i + kk],

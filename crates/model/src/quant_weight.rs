@@ -234,7 +234,7 @@ impl CompactWeight for QuantWeight {
 
     fn product(&self, x: &[f32], product: Product) -> Vec<f32> {
         let (o, i) = (self.out_features, self.in_features);
-        let k = if product == Product::XWt { i } else { o };
+        let (k, _) = product.dims((o, i));
         let n = x.len() / k;
         if product == Product::XWt && n <= MATVEC_MAX_ROWS {
             return self.rows_times_wt(x);

@@ -39,10 +39,7 @@ impl Products {
         (o, i): (usize, usize),
         (product, causal): (Product, Option<Causal>),
     ) -> Vec<f32> {
-        let (k, y_cols) = match product {
-            Product::XWt => (i, o),
-            Product::DyW => (o, i),
-        };
+        let (k, y_cols) = product.dims((o, i));
         let values = x.values();
         let n = values.len() / batches / k;
         let mut y = Vec::with_capacity(batches * n * y_cols);
