@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::metrics::{
     bootstrap, distribution, normalize, paired_difference, Estimate, Metric, Normalization,
 };
-use crate::scoring::{PromptEncoder, Scorer};
+use crate::scoring::{rank_batches, PromptEncoder, Scorer, RANK_BATCH_TOKENS};
 use crate::significance;
 use crate::strategy::{draw_shots, extract_answer, messages, PromptShape, Strategy};
 use crate::task::{label_index, label_prior, majority_label, TaskExample, TaskKind};
@@ -696,8 +696,11 @@ fn score(
     let mut scorer = Scorer::new(model);
     let mut predictions = Vec::with_capacity(setup.test.len());
     let mut nll = 0f64;
-    let report_every = |done: usize, seconds: f64, progress: &mut dyn FnMut(&str)| {
-        if done.is_multiple_of(50) || done == setup.test.len() {
+    // Reports after every 50th example and the last (batches may step over a multiple).
+    let mut reported = 0;
+    let mut report = |done: usize, seconds: f64, progress: &mut dyn FnMut(&str)| {
+        if done / 50 > reported / 50 || done == setup.test.len() {
+            reported = done;
             progress(&format!(
                 "{title}: {done}/{} examples, {seconds:.1} s",
                 setup.test.len()
@@ -705,19 +708,26 @@ fn score(
         }
     };
     if rank {
-        for (i, x) in setup.test.iter().enumerate() {
-            let m = messages(shape, shots, x, false);
-            let encoded = encoder.with_answers(x.line, &m, labels)?;
-            let scores = scorer.rank(&encoded.prompt, &encoded.candidates)?;
-            let best = (0..scores.len())
-                .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
-                .unwrap_or(0);
-            predictions.push(labels[best].clone());
-            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let lse = max + scores.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
-            let r = label_index(labels, &x.reference).unwrap_or(0);
-            nll += lse - scores[r];
-            report_every(i + 1, scorer.usage.seconds, progress);
+        let encoded = setup
+            .test
+            .iter()
+            .map(|x| encoder.with_answers(x.line, &messages(shape, shots, x, false), labels))
+            .collect::<Result<Vec<_>>>()?;
+        let mut done = 0;
+        for batch in rank_batches(&encoded, RANK_BATCH_TOKENS) {
+            for scores in scorer.rank_rows(batch)? {
+                let x = &setup.test[done];
+                let best = (0..scores.len())
+                    .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+                    .unwrap_or(0);
+                predictions.push(labels[best].clone());
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + scores.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
+                let r = label_index(labels, &x.reference).unwrap_or(0);
+                nll += lse - scores[r];
+                done += 1;
+            }
+            report(done, scorer.usage.seconds, progress);
         }
     } else {
         let max_new = if cot {
@@ -733,7 +743,7 @@ fn score(
             for out in scorer.greedy_batch(&prompts, max_new)? {
                 let text = model.tokenizer.decode(&out, true)?;
                 predictions.push(extract_answer(&text, labels, cot));
-                report_every(predictions.len(), scorer.usage.seconds, progress);
+                report(predictions.len(), scorer.usage.seconds, progress);
             }
         }
     }

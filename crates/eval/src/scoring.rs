@@ -9,7 +9,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor, D};
 use tuna_data::{EncodeOptions, Encoded, Encoder, LineRecord, PromptFormat, Record};
 use tuna_model::cpu_time::CpuTimer;
-use tuna_model::{AttentionLayout, Kernels, KvCache, Llama, Message, Pretrained};
+use tuna_model::{AttentionLayout, Branch, Kernels, KvCache, Llama, Message, Pretrained};
 
 use crate::error::{EvalError, Result};
 
@@ -152,93 +152,182 @@ impl<'a> Scorer<'a> {
         }
     }
 
-    /// Runs the part of `prompt` not already cached; returns the log-probabilities of the
-    /// next token (v).
-    fn feed(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
-        if prompt.is_empty() {
-            return Err(EvalError::EmptyPrompt);
-        }
-        let shared = self
-            .cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
-        // At least the last prompt token runs, for its logits.
-        let keep = shared.min(prompt.len() - 1);
-        self.cache.truncate(keep)?;
-        let new = &prompt[keep..];
-        let ids = Tensor::new(new, self.model.model.device())?.unsqueeze(0)?;
-        let llama = &self.model.model;
-        let layout = AttentionLayout::causal(1, new.len(), keep, llama.config.sliding_window);
-        let hidden = llama.hidden_states(&ids, &layout, Some(&mut self.cache), Kernels::Fused)?;
-        let logits = llama.logits(&hidden)?;
-        self.cached = prompt.to_vec();
-        self.usage.prompt_tokens += prompt.len();
-        self.usage.computed_tokens += new.len();
-        let last = logits.squeeze(0)?.get(new.len() - 1)?;
-        log_softmax(&last)
-    }
-
-    /// Runs several continuations of the cached prompt in one forward (each sees the prompt
-    /// and its own earlier tokens, at the positions it would take alone) and returns the
-    /// logits of every branch token, branches one after another, (Σ len, v). The cache is
-    /// left holding the prompt only.
-    fn run_branches(&mut self, branches: &[&[u32]]) -> Result<Tensor> {
-        let llama = &self.model.model;
-        let start = self.cache.len();
-        let lengths: Vec<usize> = branches.iter().map(|b| b.len()).collect();
-        let layout = AttentionLayout::branches(&lengths, start, llama.config.sliding_window);
-        let ids = Tensor::from_vec(branches.concat(), (1, layout.queries), llama.device())?;
-        let hidden = llama.hidden_states(&ids, &layout, Some(&mut self.cache), Kernels::Fused)?;
-        self.cache.truncate(start)?;
-        // (1, t, d) -> (t, v)
-        Ok(llama.logits(&hidden.squeeze(0)?)?)
-    }
-
-    /// Σ log p(candidate tokens | prompt) for each candidate. The candidates' tokens after
-    /// their first run together in one forward over the cached prompt (each sees the prompt
-    /// and its own tokens only), not one forward each.
+    /// Σ log p(candidate tokens | prompt) for each candidate of one prompt.
     pub fn rank(&mut self, prompt: &[u32], candidates: &[Vec<u32>]) -> Result<Vec<f64>> {
+        let row = PromptAndAnswers {
+            prompt: prompt.to_vec(),
+            candidates: candidates.to_vec(),
+        };
+        Ok(self.rank_rows(std::slice::from_ref(&row))?.remove(0))
+    }
+
+    /// Σ log p(candidate tokens | prompt) for each candidate of each row, every row in one
+    /// forward. The prefix the rows' prompts share is run once and stays cached for the next
+    /// call (few-shot prompts repeat their shots for every example); each row's own prompt
+    /// continues it, and each candidate's tokens after its first continue their row's prompt,
+    /// each seeing only what it would see run alone. Only the positions whose next token is
+    /// scored go through the vocabulary projection.
+    pub fn rank_rows(&mut self, rows: &[PromptAndAnswers]) -> Result<Vec<Vec<f64>>> {
         let started = Instant::now();
         let cpu = CpuTimer::start();
-        let first = self.feed(prompt)?;
-        // A candidate's first token is scored by the prompt's last logits; the rest by the
-        // branch forward, fed every token but the candidate's last.
-        let branches: Vec<&[u32]> = candidates
-            .iter()
-            .filter(|c| c.len() > 1)
-            .map(|c| &c[..c.len() - 1])
-            .collect();
-        let mut rest = Vec::new();
-        if !branches.is_empty() {
-            let logits = self.run_branches(&branches)?;
-            let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-            let targets: Vec<u32> = candidates
-                .iter()
-                .filter(|c| c.len() > 1)
-                .flat_map(|c| c[1..].iter().copied())
-                .collect();
-            let targets = Tensor::new(targets.as_slice(), logp.device())?.unsqueeze(1)?;
-            rest = logp.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?;
-            self.usage.computed_tokens += rest.len();
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        if rows.iter().any(|r| r.prompt.is_empty()) {
+            return Err(EvalError::EmptyPrompt);
         }
-        let mut rest = rest.into_iter();
-        let scores = candidates
+        // At least each prompt's last token runs, for its logits.
+        let shared = rows
             .iter()
-            .map(|c| match c.first() {
-                // An answer with no tokens cannot be scored; it never wins.
-                None => f64::NEG_INFINITY,
-                Some(&c0) => {
-                    let tail: f64 = rest.by_ref().take(c.len() - 1).map(f64::from).sum();
-                    first[c0 as usize] as f64 + tail
+            .map(|r| common_prefix(&first.prompt, &r.prompt).min(r.prompt.len() - 1))
+            .min()
+            .unwrap_or(0);
+        self.extend_cache(&first.prompt[..shared])?;
+
+        let mut branches = Vec::new();
+        let mut ids = Vec::new();
+        // Branch positions whose logits score a token, and per candidate its (pick, token)s.
+        let mut picks = Vec::new();
+        let mut scored: Vec<Vec<Vec<(usize, u32)>>> = Vec::with_capacity(rows.len());
+        for row in rows {
+            let own = &row.prompt[shared..];
+            let root = branches.len();
+            branches.push(Branch {
+                len: own.len(),
+                parent: None,
+            });
+            ids.extend_from_slice(own);
+            picks.push(ids.len() - 1);
+            let last = picks.len() - 1;
+            let mut per_candidate = Vec::with_capacity(row.candidates.len());
+            for c in &row.candidates {
+                let Some((&c0, rest)) = c.split_first() else {
+                    per_candidate.push(Vec::new());
+                    continue;
+                };
+                let mut tokens = vec![(last, c0)];
+                if !rest.is_empty() {
+                    branches.push(Branch {
+                        len: rest.len(),
+                        parent: Some(root),
+                    });
+                    for (j, &token) in rest.iter().enumerate() {
+                        ids.push(c[j]);
+                        picks.push(ids.len() - 1);
+                        tokens.push((picks.len() - 1, token));
+                    }
                 }
+                per_candidate.push(tokens);
+            }
+            scored.push(per_candidate);
+        }
+
+        let llama = &self.model.model;
+        let layout = AttentionLayout::tree(&branches, shared, llama.config.sliding_window)?;
+        let computed = ids.len();
+        let ids = Tensor::from_vec(ids, (1, computed), llama.device())?;
+        let hidden = llama.hidden_states(&ids, &layout, Some(&mut self.cache), Kernels::Fused)?;
+        self.cache.truncate(shared)?;
+        let picks_t = Tensor::from_vec(
+            picks.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+            picks.len(),
+            llama.device(),
+        )?;
+        let logits = llama.logits(&hidden.squeeze(0)?.index_select(&picks_t, 0)?)?;
+        let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+        let vocab = logp.dim(1)?;
+        let flat: Vec<i64> = scored
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|&(pick, token)| (pick * vocab) as i64 + i64::from(token))
+            .collect();
+        let count = flat.len();
+        let flat_t = Tensor::from_vec(flat, count, llama.device())?;
+        let values = logp
+            .flatten_all()?
+            .index_select(&flat_t, 0)?
+            .to_vec1::<f32>()?;
+        let mut values = values.into_iter();
+        let scores = scored
+            .iter()
+            .map(|per_candidate| {
+                per_candidate
+                    .iter()
+                    .map(|tokens| match tokens.len() {
+                        // An answer with no tokens cannot be scored; it never wins.
+                        0 => f64::NEG_INFINITY,
+                        n => values.by_ref().take(n).map(f64::from).sum(),
+                    })
+                    .collect()
             })
             .collect();
+        self.usage.prompt_tokens += rows.iter().map(|r| r.prompt.len()).sum::<usize>();
+        self.usage.computed_tokens += computed;
         self.usage.seconds += started.elapsed().as_secs_f64();
         self.usage.cpu_seconds += cpu.seconds();
         Ok(scores)
     }
+
+    /// Makes the cache hold exactly `prefix`, running only what it does not already hold.
+    fn extend_cache(&mut self, prefix: &[u32]) -> Result<()> {
+        let kept = common_prefix(&self.cached, prefix);
+        self.cache.truncate(kept)?;
+        self.cached.truncate(kept);
+        if kept < prefix.len() {
+            let llama = &self.model.model;
+            let new = &prefix[kept..];
+            let ids = Tensor::new(new, llama.device())?.unsqueeze(0)?;
+            let layout = AttentionLayout::causal(1, new.len(), kept, llama.config.sliding_window);
+            llama.hidden_states(&ids, &layout, Some(&mut self.cache), Kernels::Fused)?;
+            self.usage.computed_tokens += new.len();
+        }
+        self.cached = prefix.to_vec();
+        Ok(())
+    }
+}
+
+/// Tokens one label-ranking forward aims to compute (see `rank_batches`). Measured on the
+/// sentiment task's zero-shot pass (BENCHMARKS.md): 160 tokens left the products small, and
+/// from 512 up the attention over every branch of the batch (the mask hides most of it)
+/// cost more than the larger products saved.
+pub const RANK_BATCH_TOKENS: usize = 256;
+
+/// Splits rows, in order, into batches for `Scorer::rank_rows` that compute about `tokens`
+/// tokens each: each row's prompt after the prefix its batch shares, and its candidates'
+/// tokens after their first. A batch holds at least one row.
+pub fn rank_batches(rows: &[PromptAndAnswers], tokens: usize) -> Vec<&[PromptAndAnswers]> {
+    let tails = |r: &PromptAndAnswers| -> usize {
+        r.candidates.iter().map(|c| c.len().saturating_sub(1)).sum()
+    };
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let first = &rows[start];
+        let mut shared = first.prompt.len().saturating_sub(1);
+        let (mut prompts, mut tail) = (first.prompt.len(), tails(first));
+        let mut end = start + 1;
+        while let Some(next) = rows.get(end) {
+            let s = shared
+                .min(common_prefix(&first.prompt, &next.prompt))
+                .min(next.prompt.len().saturating_sub(1));
+            let n = end + 1 - start;
+            let cost = prompts + next.prompt.len() - n * s + tail + tails(next);
+            if cost > tokens {
+                break;
+            }
+            (shared, prompts, tail) = (s, prompts + next.prompt.len(), tail + tails(next));
+            end += 1;
+        }
+        batches.push(&rows[start..end]);
+        start = end;
+    }
+    batches
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 impl Scorer<'_> {
@@ -304,10 +393,6 @@ impl Scorer<'_> {
         self.usage.cpu_seconds += cpu.seconds();
         Ok(out)
     }
-}
-
-fn log_softmax(logits: &Tensor) -> Result<Vec<f32>> {
-    Ok(candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_vec1::<f32>()?)
 }
 
 /// Left-padded rows (b, t) after the same rows in `cache`: the logits of each row's last

@@ -1,12 +1,12 @@
 //! Who attends to whom in one forward, built once from how its tokens are laid out — causal
-//! after a KV cache, packed examples, left-padded rows, branches after a shared prompt — and
-//! the model's sliding window. The decoder takes its mask and rope positions from it; the
+//! after a KV cache, packed examples, left-padded rows, a tree of branches after a shared
+//! prompt — and the model's sliding window. The decoder takes its mask and rope positions from it; the
 //! hand-written training pass takes the first key each query may see.
 //!
 //! Every key (cached or new) has a position and a group. Query i of a row is that row's key
 //! `s - t + i`; it sees key j when j comes no later than itself, the two are in one group (or
-//! the key is in the shared group, a prompt every branch continues), and their positions are
-//! less than the window apart. A padding query sees only itself, so its softmax stays finite.
+//! the key's group is one the query's branch continues, or the shared group, a prompt every
+//! branch continues), and their positions are less than the window apart. A padding query sees only itself, so its softmax stays finite.
 //!
 //! b rows, t new tokens (queries), s keys (cached + new).
 
@@ -19,6 +19,14 @@ pub const PADDING: u32 = u32::MAX;
 /// The group of a prompt that every branch sees.
 pub const SHARED: u32 = u32::MAX - 1;
 
+/// One branch of a tree laid out after a shared prompt: `len` tokens continuing an earlier
+/// branch (`parent`, its index) or, with none, the prompt itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Branch {
+    pub len: usize,
+    pub parent: Option<usize>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionLayout {
     pub rows: usize,
@@ -28,6 +36,9 @@ pub struct AttentionLayout {
     key_positions: Vec<u32>,
     /// (b, s) each key's group.
     groups: Vec<u32>,
+    /// The group each group continues (SHARED for a branch off the prompt); empty where no
+    /// group continues another.
+    parents: Vec<u32>,
     window: usize,
     /// Every row lays its keys out alike (one mask row-broadcast).
     rows_alike: bool,
@@ -45,6 +56,7 @@ impl AttentionLayout {
             keys: s,
             key_positions: (0..b).flat_map(|_| 0..s as u32).collect(),
             groups: vec![0; b * s],
+            parents: Vec::new(),
             window: window.unwrap_or(usize::MAX),
             rows_alike: true,
             causal: true,
@@ -66,6 +78,7 @@ impl AttentionLayout {
             keys: t,
             key_positions: p.positions.to_vec(),
             groups: p.segments.to_vec(),
+            parents: Vec::new(),
             window: window.unwrap_or(usize::MAX),
             rows_alike: false,
             causal: false,
@@ -91,33 +104,64 @@ impl AttentionLayout {
             keys: s,
             key_positions,
             groups,
+            parents: Vec::new(),
             window: window.unwrap_or(usize::MAX),
             rows_alike: false,
             causal: false,
         }
     }
 
-    /// Branches of the given lengths after a shared prompt of `start` cached tokens, one row:
-    /// each branch sees the prompt and its own earlier tokens, never another branch, at the
-    /// positions it would take if run alone after the prompt.
-    pub fn branches(lengths: &[usize], start: usize, window: Option<usize>) -> Self {
-        let t: usize = lengths.iter().sum();
+    /// A tree of branches after a shared prompt of `start` cached tokens, one row, branches
+    /// one after another: each sees the prompt, the branches it continues and its own earlier
+    /// tokens, never another branch, at the positions it would take if run alone after them.
+    /// A branch continues an earlier one only.
+    pub fn tree(branches: &[Branch], start: usize, window: Option<usize>) -> Result<Self> {
+        let t: usize = branches.iter().map(|b| b.len).sum();
         let mut key_positions: Vec<u32> = (0..start as u32).collect();
         let mut groups = vec![SHARED; start];
-        for (k, &len) in lengths.iter().enumerate() {
-            key_positions.extend((0..len).map(|i| (start + i) as u32));
-            groups.extend(std::iter::repeat_n(k as u32, len));
+        let mut parents = Vec::with_capacity(branches.len());
+        // The position after each branch's last token, where a branch continuing it starts.
+        let mut ends = Vec::with_capacity(branches.len());
+        for (k, branch) in branches.iter().enumerate() {
+            let from = match branch.parent {
+                None => {
+                    parents.push(SHARED);
+                    start
+                }
+                Some(p) if p < k => {
+                    parents.push(p as u32);
+                    ends[p]
+                }
+                Some(p) => candle_core::bail!(
+                    "attention layout: branch {k} continues branch {p}, which does not come before it"
+                ),
+            };
+            key_positions.extend((from..from + branch.len).map(|i| i as u32));
+            groups.extend(std::iter::repeat_n(k as u32, branch.len));
+            ends.push(from + branch.len);
         }
-        Self {
+        Ok(Self {
             rows: 1,
             queries: t,
             keys: start + t,
             key_positions,
             groups,
+            parents,
             window: window.unwrap_or(usize::MAX),
             rows_alike: true,
             causal: false,
+        })
+    }
+
+    /// Whether group `g` continues group `ancestor`, directly or through others.
+    fn continues(&self, mut g: u32, ancestor: u32) -> bool {
+        while let Some(&parent) = self.parents.get(g as usize) {
+            if parent == ancestor {
+                return true;
+            }
+            g = parent;
         }
+        false
     }
 
     /// Keys already in the cache before these queries.
@@ -169,7 +213,9 @@ impl AttentionLayout {
             self.key_positions[row * s + q],
             self.key_positions[row * s + j],
         );
-        (kg == qg || kg == SHARED) && kp <= qp && ((qp - kp) as usize) < self.window
+        (kg == qg || kg == SHARED || self.continues(qg, kg))
+            && kp <= qp
+            && ((qp - kp) as usize) < self.window
     }
 
     /// The additive mask, 0 where a query sees a key and -inf elsewhere: (1, 1, 1, t, s) when
@@ -293,16 +339,52 @@ mod tests {
         assert_eq!(next.positions(), [1, 3]);
     }
 
+    fn roots(lengths: &[usize]) -> Vec<Branch> {
+        lengths
+            .iter()
+            .map(|&len| Branch { len, parent: None })
+            .collect()
+    }
+
     #[test]
     fn branches_see_the_prompt_and_themselves() {
-        let l = AttentionLayout::branches(&[2, 1], 2, None);
+        let l = AttentionLayout::tree(&roots(&[2, 1]), 2, None).unwrap();
         assert_eq!(pattern(&l, 0), ["11100", "11110", "11001"]);
         assert_eq!(l.positions(), [2, 3, 2]);
         assert!(
             l.first_keys().is_err(),
             "the third query's keys are not one run"
         );
-        let windowed = AttentionLayout::branches(&[2], 2, Some(2));
+        let windowed = AttentionLayout::tree(&roots(&[2]), 2, Some(2)).unwrap();
         assert_eq!(pattern(&windowed, 0), ["0110", "0011"]);
+    }
+
+    #[test]
+    fn a_branch_sees_the_branches_it_continues_and_no_sibling() {
+        // Prompt of 1; branch 0 (2 tokens) and its children 1 (1 token) and 2 (2 tokens,
+        // continued by 3); branch 4 off the prompt.
+        let b = |len, parent| Branch { len, parent };
+        let tree = [
+            b(2, None),
+            b(1, Some(0)),
+            b(2, Some(0)),
+            b(1, Some(2)),
+            b(1, None),
+        ];
+        let l = AttentionLayout::tree(&tree, 1, None).unwrap();
+        assert_eq!(
+            pattern(&l, 0),
+            ["11000000", "11100000", "11110000", "11101000", "11101100", "11101110", "10000001",]
+        );
+        assert_eq!(l.positions(), [1, 2, 3, 3, 4, 5, 1]);
+        // Position order, not only group, bounds what a window lets through.
+        let windowed = AttentionLayout::tree(&tree, 1, Some(2)).unwrap();
+        assert_eq!(pattern(&windowed, 0)[5], "00000110");
+        let backwards = [b(1, Some(1)), b(1, None)];
+        let err = AttentionLayout::tree(&backwards, 0, None).unwrap_err();
+        assert!(
+            err.to_string().contains("branch 0 continues branch 1"),
+            "{err}"
+        );
     }
 }

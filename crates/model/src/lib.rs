@@ -40,7 +40,7 @@ pub use config::LlamaConfig;
 pub use decoder::{Llama, Packing};
 pub use error::ModelError;
 pub use kv_cache::KvCache;
-pub use layout::AttentionLayout;
+pub use layout::{AttentionLayout, Branch};
 pub use linear::WeightFormat;
 pub use ops::Kernels;
 pub use pretrained::{LoadOptions, ModelText, Pretrained};

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::VarBuilder;
 use serde_json::json;
-use tuna_model::{AttentionLayout, Kernels, KvCache, LoadOptions, Pretrained};
+use tuna_model::{AttentionLayout, Branch, Kernels, KvCache, LoadOptions, Pretrained};
 use tuna_testkit::{assert_close, max_abs_diff, tiny_model, TinyModel, TinySpec};
 
 const IDS: [u32; 9] = [5, 200, 17, 3, 150, 99, 260, 42, 8];
@@ -487,8 +487,14 @@ fn left_padded_last(p: &Pretrained, ids: &Tensor, cache: &mut KvCache, pad: &[us
 /// the logits of every branch token, branches one after another, (Σ len, v).
 fn branch_logits(p: &Pretrained, branches: &[&[u32]], cache: &mut KvCache) -> Tensor {
     let start = cache.len();
-    let lengths: Vec<usize> = branches.iter().map(|b| b.len()).collect();
-    let layout = AttentionLayout::branches(&lengths, start, p.config.sliding_window);
+    let roots: Vec<Branch> = branches
+        .iter()
+        .map(|b| Branch {
+            len: b.len(),
+            parent: None,
+        })
+        .collect();
+    let layout = AttentionLayout::tree(&roots, start, p.config.sliding_window).unwrap();
     let ids = Tensor::from_vec(branches.concat(), (1, layout.queries), &Device::Cpu).unwrap();
     let logits = logits_with(p, &ids, &layout, Some(cache), Kernels::Fused);
     cache.truncate(start).unwrap();
