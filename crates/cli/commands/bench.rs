@@ -88,18 +88,8 @@ fn bench_score(args: BenchScoreArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut sum = 0.0;
         for chunk in &chunks {
-            let ids = candle_core::Tensor::new(chunk.as_slice(), llama.device())?.unsqueeze(0)?;
-            let logits = llama.forward(&ids, tuna_model::Kernels::Fused)?;
-            // (1, t, v): position i predicts token i + 1
-            let logp = tuna_model::decoder::log_softmax(&logits.narrow(1, 0, args.seq - 1)?)?;
-            let next = candle_core::Tensor::new(&chunk[1..], llama.device())?
-                .unsqueeze(0)?
-                .unsqueeze(2)?;
-            sum -= logp
-                .gather(&next, 2)?
-                .to_dtype(candle_core::DType::F64)?
-                .mean_all()?
-                .to_scalar::<f64>()?;
+            let (nll, count) = tuna_eval::loss::sequence_nll(llama, chunk)?;
+            sum += nll / count as f64;
         }
         llama.device().synchronize()?;
         let seconds = started.elapsed().as_secs_f64();

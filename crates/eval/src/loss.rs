@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 use tuna_data::{Batch, Dataset, EncodeOptions, Encoder, Example, FieldNames, ShotPool};
-use tuna_model::{AttentionLayout, Kernels, Llama, Packing, Pretrained};
+use tuna_model::{AttentionLayout, Kernels, Llama, Packing, Pretrained, TrainBatch};
 
 use crate::error::{EvalError, Result};
 
@@ -62,8 +62,28 @@ pub fn target_rows(
     Ok((hidden, Tensor::from_vec(targets, n, device)?))
 }
 
-/// (summed NLL over the batch's weighted targets, their count). No gradient.
+/// The batch as the hand-written pass takes it.
+pub fn train_batch(batch: &Batch) -> TrainBatch<'_> {
+    TrainBatch {
+        ids: &batch.inputs,
+        rows: batch.rows,
+        cols: batch.cols,
+        packing: batch.packed.then_some(Packing {
+            positions: &batch.positions,
+            segments: &batch.segments,
+        }),
+        targets: &batch.targets,
+        weights: &batch.weights,
+    }
+}
+
+/// (summed NLL over the batch's weighted targets, their count). No gradient. On the CPU in
+/// f32 the forward is the training pass's (`Llama::loss`: its attention skips the keys a
+/// causal query cannot see, and its kernels write in place); elsewhere candle's.
 pub fn batch_nll(model: &Llama, batch: &Batch) -> candle_core::Result<(f64, usize)> {
+    if model.supports_fused_backward() {
+        return Ok((model.loss(&train_batch(batch))?, batch.n_targets));
+    }
     let (hidden, targets) = target_rows(model, batch, Kernels::Fused)?;
     let n = targets.dim(0)?;
     let mut sum = 0f64;
@@ -83,6 +103,18 @@ pub fn batch_nll(model: &Llama, batch: &Batch) -> candle_core::Result<(f64, usiz
             .to_scalar::<f64>()?;
     }
     Ok((sum, batch.n_targets))
+}
+
+/// (Σ −log p(ids[i + 1] | ids[..=i]), the count) over one sequence: the perplexity of a
+/// chunk of text, as llama-perplexity scores it (every prediction counted).
+pub fn sequence_nll(model: &Llama, ids: &[u32]) -> candle_core::Result<(f64, usize)> {
+    let example = Example {
+        line: 0,
+        ids: ids.to_vec(),
+        trained: vec![true; ids.len()],
+        truncated: false,
+    };
+    batch_nll(model, &Batch::from_rows(&[vec![&example]], 0, 1))
 }
 
 /// Summed NLL and target count over `examples`, longest first in batches of about

@@ -52,6 +52,10 @@ fn batched_loss_equals_the_direct_computation() {
         .collect();
     std::fs::write(&data, lines.join("\n")).unwrap();
     let (want, n) = direct_loss(&p);
+    assert!(
+        p.model.supports_fused_backward(),
+        "scored by the training pass's forward (Llama::loss)"
+    );
     // A small batch budget forces several batches with padding.
     let opts = |max_seq_len| EncodeOptions {
         max_seq_len,

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor, D};
 use tuna_data::Batch;
-use tuna_eval::loss::target_rows;
-use tuna_model::{Kernels, Llama, Packing, TrainBatch, TrainPass};
+use tuna_eval::loss::{target_rows, train_batch};
+use tuna_model::{Kernels, Llama, TrainPass};
 
 /// Σ −log p(target) over the batch's weighted targets (a scalar with a gradient).
 pub fn batch_loss_sum(model: &Llama, batch: &Batch) -> candle_core::Result<Tensor> {
@@ -37,22 +37,7 @@ pub fn loss_and_grads(
     if !model.supports_fused_backward() {
         return autograd_loss_and_grads(model, batch, grad_scale, seed);
     }
-    let packing = batch.packed.then_some(Packing {
-        positions: &batch.positions,
-        segments: &batch.segments,
-    });
-    model.loss_and_grads(
-        &TrainBatch {
-            ids: &batch.inputs,
-            rows: batch.rows,
-            cols: batch.cols,
-            packing,
-            targets: &batch.targets,
-            weights: &batch.weights,
-        },
-        grad_scale,
-        seed,
-    )
+    model.loss_and_grads(&train_batch(batch), grad_scale, seed)
 }
 
 /// The same through the decoder's differentiable forward and candle's autograd.

@@ -132,6 +132,36 @@ fn assert_passes_agree_with(spec: TinySpec, what: &str, weights: WeightFormat, d
 }
 
 #[test]
+fn the_forward_only_loss_is_the_training_pass_loss_without_dropout() {
+    let vocab = 16;
+    for weights in [WeightFormat::Dense, WeightFormat::Bf16] {
+        let (model, _) = model_with_adapters_over(TinySpec::default(), 0.0, weights);
+        let (dropped, _) = model_with_adapters_over(TinySpec::default(), 0.5, weights);
+        for (i, batch) in batches(vocab).iter().enumerate() {
+            let trained = loss_and_grads(&model.model, batch, 1.0, 3).unwrap().loss;
+            let tb = tuna_eval::loss::train_batch(batch);
+            // Attention runs in f32 in the forward-only pass; over bf16 weights the training
+            // pass may run it in bf16.
+            let tol = if weights == WeightFormat::Dense {
+                1e-5
+            } else {
+                1e-3
+            };
+            for (m, what) in [
+                (&model, "no dropout"),
+                (&dropped, "dropout 0.5, in training"),
+            ] {
+                let loss = m.model.loss(&tb).unwrap();
+                assert!(
+                    (loss - trained).abs() < tol * trained.abs(),
+                    "{weights:?}, batch {i}, {what}: {loss} vs {trained}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn fused_pass_equals_autograd_on_llama_with_gqa_and_tied_head() {
     assert!(batches(16)[1].packed, "the second batch packs examples");
     assert_passes_agree(TinySpec::default(), "llama");

@@ -23,8 +23,9 @@ pub struct Saved {
     mask: Option<Vec<f32>>,
 }
 
-/// x (n, i) -> y (n, o). `seed` (the pass's) seeds the dropout mask.
-pub fn forward(linear: &Linear, x: &Tensor, seed: u64) -> Result<(Tensor, Saved)> {
+/// x (n, i) -> y (n, o). `seed` (the pass's) seeds the dropout mask of an adapter in
+/// training; without it there is no dropout.
+pub fn forward(linear: &Linear, x: &Tensor, seed: Option<u64>) -> Result<(Tensor, Saved)> {
     let (i, o) = (linear.in_features, linear.out_features);
     let mut y = linear.frozen_rows(x, Product::XWt)?;
     let n = y.len() / o;
@@ -44,9 +45,11 @@ pub fn forward(linear: &Linear, x: &Tensor, seed: u64) -> Result<(Tensor, Saved)
         let (a, b) = (view(adapter.a.as_tensor())?, view(adapter.b.as_tensor())?);
         let r = a.len() / i;
         let xs = view(x)?;
-        let mask = (adapter.training && adapter.dropout > 0.0).then(|| {
-            tuna_lora::adapter::dropout_mask(xs.len(), adapter.dropout, adapter.mask_seed(seed))
-        });
+        let mask = seed
+            .filter(|_| adapter.training && adapter.dropout > 0.0)
+            .map(|seed| {
+                tuna_lora::adapter::dropout_mask(xs.len(), adapter.dropout, adapter.mask_seed(seed))
+            });
         let dropped: Option<Vec<f32>> = mask
             .as_ref()
             .map(|mask| xs.iter().zip(mask).map(|(x, m)| x * m).collect());

@@ -145,15 +145,8 @@ impl Llama {
         }
     }
 
-    /// Σ weight_i · −log p(target_i) over the batch, and the gradients of `grad_scale` times
-    /// that sum for every LoRA A and B. `seed` draws dropout masks.
-    pub fn loss_and_grads(
-        &self,
-        batch: &TrainBatch,
-        grad_scale: f64,
-        seed: u64,
-    ) -> Result<TrainPass> {
-        let started = Instant::now();
+    /// The pass's constants for `batch`, after checking that this model and batch suit it.
+    fn pass(&self, batch: &TrainBatch, attention: attention::Products) -> Result<Pass> {
         if !self.supports_fused_backward() {
             candle_core::bail!(
                 "the fused training pass needs an f32 CPU model with dense or bf16 weights"
@@ -170,7 +163,7 @@ impl Llama {
             None => AttentionLayout::causal(b, t, 0, c.sliding_window),
         };
         let (cos, sin) = self.rope.tables_at(&layout.positions(), DType::F32)?;
-        let pass = Pass {
+        Ok(Pass {
             shape: AttentionShape {
                 b,
                 t,
@@ -182,13 +175,43 @@ impl Llama {
             sin: to_vec(&sin)?,
             first: layout.first_keys()?,
             eps: c.rms_norm_eps,
-            attention: self.attention_products(n),
-        };
+            attention,
+        })
+    }
+
+    /// Σ weight_i · −log p(target_i) over the batch, forward only: the training pass's
+    /// layers, keeping nothing for a backward, without dropout, attention in f32, and its
+    /// loss head without the gradient. What held-out loss is scored with where
+    /// `supports_fused_backward` holds (the same conditions).
+    pub fn loss(&self, batch: &TrainBatch) -> Result<f64> {
+        let pass = self.pass(batch, attention::Products::F32)?;
+        let n = pass.n();
+        let ids = Tensor::from_slice(batch.ids, n, self.device())?;
+        let mut x = self.embed_tokens.index_select(&ids, 0)?;
+        for layer in &self.layers {
+            x = layer.train_forward(&x, &pass, None)?.0;
+        }
+        let (normed, _) = kernels::rms_norm(&view(&x)?, &view(&self.norm)?, pass.eps);
+        let rows: Vec<usize> = (0..n).filter(|&i| batch.weights[i] > 0.0).collect();
+        Ok(self.loss_head(&normed, &rows, batch, None)?.0)
+    }
+
+    /// Σ weight_i · −log p(target_i) over the batch, and the gradients of `grad_scale` times
+    /// that sum for every LoRA A and B. `seed` draws dropout masks.
+    pub fn loss_and_grads(
+        &self,
+        batch: &TrainBatch,
+        grad_scale: f64,
+        seed: u64,
+    ) -> Result<TrainPass> {
+        let started = Instant::now();
+        let pass = self.pass(batch, self.attention_products(batch.rows * batch.cols))?;
+        let (c, n) = (&self.config, pass.n());
         let ids = Tensor::from_slice(batch.ids, n, self.device())?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?;
         let mut saved = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            let (out, s) = layer.train_forward(&x, &pass, seed)?;
+            let (out, s) = layer.train_forward(&x, &pass, Some(seed))?;
             saved.push(s);
             x = out;
         }
@@ -197,7 +220,7 @@ impl Llama {
         let d = c.hidden_size;
         let (normed, rstd) = kernels::rms_norm(&view(&x)?, &view(&self.norm)?, pass.eps);
         let rows: Vec<usize> = (0..n).filter(|&i| batch.weights[i] > 0.0).collect();
-        let (loss, d_rows) = self.loss_head(&normed, &rows, batch, grad_scale)?;
+        let (loss, d_rows) = self.loss_head(&normed, &rows, batch, Some(grad_scale))?;
         let mut d_normed = vec![0f32; n * d];
         for (k, &row) in rows.iter().enumerate() {
             d_normed[row * d..][..d].copy_from_slice(&d_rows[k * d..][..d]);
@@ -241,13 +264,13 @@ impl Llama {
 
     /// Cross-entropy over the target `rows` of the final normed hidden states (n, d), chunk
     /// by chunk: returns (Σ weight · nll, the gradient of grad_scale · that sum for each
-    /// target row (m, d)).
+    /// target row (m, d); none without `grad_scale`).
     fn loss_head(
         &self,
         normed: &[f32],
         rows: &[usize],
         batch: &TrainBatch,
-        grad_scale: f64,
+        grad_scale: Option<f64>,
     ) -> Result<(f64, Vec<f32>)> {
         let d = self.config.hidden_size;
         let mut loss = 0f64;
@@ -262,13 +285,17 @@ impl Llama {
             let mut logits = self.lm_head.frozen_rows(&h, Product::XWt)?;
             let targets: Vec<u32> = chunk.iter().map(|&r| batch.targets[r]).collect();
             let weights: Vec<f32> = chunk.iter().map(|&r| batch.weights[r]).collect();
-            let scales: Vec<f32> = weights.iter().map(|&x| x * grad_scale as f32).collect();
+            let scale = grad_scale.unwrap_or(0.0) as f32;
+            let scales: Vec<f32> = weights.iter().map(|&x| x * scale).collect();
             let nll = kernels::cross_entropy_rows(&mut logits, &targets, &scales);
             loss += nll
                 .iter()
                 .zip(&weights)
                 .map(|(l, &w)| l * w as f64)
                 .sum::<f64>();
+            if grad_scale.is_none() {
+                continue;
+            }
             let v = logits.len() / chunk.len();
             // (m, v) @ (v, d) -> (m, d)
             let logits = tensor(logits, &[chunk.len(), v])?;
@@ -279,7 +306,14 @@ impl Llama {
 }
 
 impl DecoderLayer {
-    fn train_forward(&self, x: &Tensor, pass: &Pass, seed: u64) -> Result<(Tensor, LayerSaved)> {
+    /// The layer's output and what its backward needs; `seed` draws the adapters' dropout
+    /// masks (none without it).
+    fn train_forward(
+        &self,
+        x: &Tensor,
+        pass: &Pass,
+        seed: Option<u64>,
+    ) -> Result<(Tensor, LayerSaved)> {
         let AttentionShape { b, t, h, kvh, hd } = pass.shape;
         let (n, d) = (pass.n(), x.dim(1)?);
         let (a, m) = (&self.self_attn, &self.mlp);
