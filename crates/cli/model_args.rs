@@ -104,7 +104,6 @@ impl InferenceWeights {
         })
     }
 
-    /// The value's name as the command line spells it.
     /// compare's default for scoring, chosen by measurement (BENCHMARKS.md): bf16 where the
     /// processor multiplies bf16 in hardware (AMX, AVX512-BF16; on Zen 4 the label-ranked
     /// passes ran 2x faster with the same zero-shot accuracy and one tuned row of 200
@@ -118,6 +117,7 @@ impl InferenceWeights {
         })
     }
 
+    /// The value's name as the command line spells it.
     pub fn name(self) -> String {
         self.to_possible_value()
             .map(|v| v.get_name().to_string())

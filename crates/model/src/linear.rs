@@ -14,7 +14,7 @@ use crate::bf16_weight::Bf16Weight;
 use crate::compact::{CompactProduct, CompactWeight, Product};
 use crate::dense;
 use crate::frozen::FrozenLinear;
-use crate::matvec::F16MatVec;
+use crate::matvec::MatVec;
 use crate::quant_weight::{self, QuantWeight};
 
 /// How a linear layer holds its frozen weight. Every form but `F16` trains (both products of
@@ -104,7 +104,7 @@ pub(crate) fn has_avx512() -> bool {
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
     Dense(Tensor),
-    /// (out, in) f16; rows of f32 activations go through `F16MatVec`.
+    /// (out, in) f16; rows of f32 activations go through `MatVec`.
     F16(Tensor),
     /// bf16, packed for both products of a frozen linear.
     Bf16(Arc<Bf16Weight>),
@@ -125,6 +125,11 @@ pub struct Linear {
 /// Up to this many rows go through the f16 mat-vec op; more (a long prompt) are cheaper as
 /// one f32 matmul after converting the weight.
 const F16_MATVEC_MAX_ROWS: usize = 64;
+
+/// Up to this many rows (generation, one token per prompt) multiply a dense f32 weight
+/// through `MatVec`, which reads each weight row once, instead of gemm, which packs the
+/// whole weight for every call.
+const F32_MATVEC_MAX_ROWS: usize = 16;
 
 impl Linear {
     /// A layer over weight blocks as loaded (`WeightFormat::File`).
@@ -210,9 +215,19 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / self.in_features;
         let y = match &self.weight {
+            LinearWeight::Dense(w)
+                if rows <= F32_MATVEC_MAX_ROWS
+                    && !x.track_op()
+                    && x.dtype() == DType::F32
+                    && w.dtype() == DType::F32
+                    && w.device().is_cpu()
+                    && w.is_contiguous() =>
+            {
+                x.contiguous()?.apply_op2_no_bwd(w, &MatVec)?
+            }
             LinearWeight::Dense(w) => self.dense_forward(x, w)?,
             LinearWeight::F16(w) if rows <= F16_MATVEC_MAX_ROWS && x.dtype() == DType::F32 => {
-                x.contiguous()?.apply_op2_no_bwd(w, &F16MatVec)?
+                x.contiguous()?.apply_op2_no_bwd(w, &MatVec)?
             }
             LinearWeight::F16(w) => self.dense_forward(x, &w.to_dtype(x.dtype())?)?,
             LinearWeight::Bf16(w) => compact_product(x, w.clone(), Product::XWt)?,

@@ -1,10 +1,14 @@
-//! y = x Wᵀ for a few rows of f32 activations against f16 weights, accumulating in f32.
+//! y = x Wᵀ for a few rows of f32 activations against f16 or f32 weights, accumulating in
+//! f32.
 //!
 //! Batch-1 generation reads every weight once per token, so it is bound by memory traffic:
 //! f16 weights halve it against f32 while keeping 11 bits of mantissa (Q8_0 through candle's
 //! quantized matmul also quantizes the activations, and moved SmolLM2-135M's loss by 1.4%;
 //! f16 weights move it by < 0.1%, see BENCHMARKS.md). candle's CPU matmul has no
-//! mixed-precision path, hence this op.
+//! mixed-precision path, hence this op. Over f32 weights it serves a few rows (batched
+//! generation) too: gemm packs the whole weight for every call, which took half of a
+//! batch-of-8 generation's time (perf, BENCHMARKS.md), where this op reads each weight row
+//! once.
 //!
 //! r rows (tokens), k in features, n out features.
 
@@ -16,14 +20,14 @@ use crate::team;
 /// Output features computed per parallel task.
 const BLOCK: usize = 64;
 
-pub struct F16MatVec;
+pub struct MatVec;
 
-impl CustomOp2 for F16MatVec {
+impl CustomOp2 for MatVec {
     fn name(&self) -> &'static str {
-        "f16-matvec"
+        "matvec"
     }
 
-    /// x (.., k) f32, w (n, k) f16 -> (.., n) f32
+    /// x (.., k) f32, w (n, k) f16 or f32 -> (.., n) f32
     fn cpu_fwd(
         &self,
         xs: &CpuStorage,
@@ -31,38 +35,51 @@ impl CustomOp2 for F16MatVec {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F16(w)) = (xs, ws) else {
-            candle_core::bail!("f16-matvec: expected f32 activations and f16 weights")
+        let CpuStorage::F32(x) = xs else {
+            candle_core::bail!("matvec: expected f32 activations")
         };
         let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
         else {
-            candle_core::bail!("f16-matvec: inputs must be contiguous")
+            candle_core::bail!("matvec: inputs must be contiguous")
         };
-        let (x, w) = (&x[x0..x1], &w[w0..w1]);
+        let x = &x[x0..x1];
         let (n, k) = wl.shape().dims2()?;
         let x_dims = xl.shape().dims();
         if x_dims.last() != Some(&k) {
-            candle_core::bail!("f16-matvec: x {:?} does not end in {k}", x_dims)
+            candle_core::bail!("matvec: x {:?} does not end in {k}", x_dims)
         }
         let r = x.len() / k;
         // (n, r), filled in blocks of output features, then transposed to (r, n).
         let mut yt = vec![0f32; n * r];
-        team::for_each_chunk_mut(&mut yt, BLOCK * r, |block, out| {
-            let mut w_f32 = vec![0f32; if r > 1 { k } else { 0 }];
-            for (j, out_row) in out.chunks_mut(r).enumerate() {
-                let o = block * BLOCK + j;
-                let w_row = &w[o * k..(o + 1) * k];
-                if r == 1 {
-                    out_row[0] = dot(w_row, x);
-                    continue;
-                }
-                // Several rows: convert the weight row once, then f32 dots.
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(w_row, &mut w_f32);
-                for (row, y) in out_row.iter_mut().enumerate() {
-                    *y = dot_f32(&w_f32, &x[row * k..(row + 1) * k]);
-                }
+        match ws {
+            CpuStorage::F16(w) => {
+                let w = &w[w0..w1];
+                team::for_each_chunk_mut(&mut yt, BLOCK * r, |block, out| {
+                    let mut w_f32 = vec![0f32; if r > 1 { k } else { 0 }];
+                    for (j, out_row) in out.chunks_mut(r).enumerate() {
+                        let o = block * BLOCK + j;
+                        let w_row = &w[o * k..(o + 1) * k];
+                        if r == 1 {
+                            out_row[0] = dot(w_row, x);
+                            continue;
+                        }
+                        // Several rows: convert the weight row once, then f32 dots.
+                        half::slice::HalfFloatSliceExt::convert_to_f32_slice(w_row, &mut w_f32);
+                        dots(&w_f32, x, out_row);
+                    }
+                });
             }
-        });
+            CpuStorage::F32(w) => {
+                let w = &w[w0..w1];
+                team::for_each_chunk_mut(&mut yt, BLOCK * r, |block, out| {
+                    for (j, out_row) in out.chunks_mut(r).enumerate() {
+                        let o = block * BLOCK + j;
+                        dots(&w[o * k..(o + 1) * k], x, out_row);
+                    }
+                });
+            }
+            _ => candle_core::bail!("matvec: expected f16 or f32 weights"),
+        }
         let y = if r == 1 {
             yt
         } else {
@@ -77,6 +94,13 @@ impl CustomOp2 for F16MatVec {
         let mut out_dims = x_dims.to_vec();
         *out_dims.last_mut().expect("x has a last dimension") = n;
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+    }
+}
+
+/// out[row] = w · x's row `row`, for x's rows of w's length.
+fn dots(w: &[f32], x: &[f32], out: &mut [f32]) {
+    for (y, x_row) in out.iter_mut().zip(x.chunks_exact(w.len())) {
+        *y = dot_f32(w, x_row);
     }
 }
 
@@ -212,21 +236,24 @@ mod tests {
     use candle_core::{DType, Device, Tensor};
 
     #[test]
-    fn matches_an_f32_matmul_of_the_same_f16_weights() {
+    fn matches_an_f32_matmul_of_the_same_f16_or_f32_weights() {
         let dev = Device::Cpu;
-        for (r, k, n) in [
+        for ((r, k, n), dtype) in [
             (1, 70, 130),
             (3, 64, 64),
             (1, 576, 1536),
             (2, 5, 3),
             (40, 576, 200),
-        ] {
+        ]
+        .into_iter()
+        .flat_map(|shape| [(shape, DType::F16), (shape, DType::F32)])
+        {
             let x = Tensor::randn(0f32, 1.0, (r, k), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev)
                 .unwrap()
-                .to_dtype(DType::F16)
+                .to_dtype(dtype)
                 .unwrap();
-            let got = x.apply_op2_no_bwd(&w, &F16MatVec).unwrap();
+            let got = x.apply_op2_no_bwd(&w, &MatVec).unwrap();
             let want = x
                 .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
                 .unwrap();
@@ -238,7 +265,10 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(diff < 1e-3 * (k as f32).sqrt(), "r={r} k={k} n={n}: {diff}");
+            assert!(
+                diff < 1e-3 * (k as f32).sqrt(),
+                "r={r} k={k} n={n} {dtype:?}: {diff}"
+            );
         }
     }
 
