@@ -184,44 +184,12 @@ impl<'a> Scorer<'a> {
             .unwrap_or(0);
         self.extend_cache(&first.prompt[..shared])?;
 
-        let mut branches = Vec::new();
-        let mut ids = Vec::new();
-        // Branch positions whose logits score a token, and per candidate its (pick, token)s.
-        let mut picks = Vec::new();
-        let mut scored: Vec<Vec<Vec<(usize, u32)>>> = Vec::with_capacity(rows.len());
-        for row in rows {
-            let own = &row.prompt[shared..];
-            let root = branches.len();
-            branches.push(Branch {
-                len: own.len(),
-                parent: None,
-            });
-            ids.extend_from_slice(own);
-            picks.push(ids.len() - 1);
-            let last = picks.len() - 1;
-            let mut per_candidate = Vec::with_capacity(row.candidates.len());
-            for c in &row.candidates {
-                let Some((&c0, rest)) = c.split_first() else {
-                    per_candidate.push(Vec::new());
-                    continue;
-                };
-                let mut tokens = vec![(last, c0)];
-                if !rest.is_empty() {
-                    branches.push(Branch {
-                        len: rest.len(),
-                        parent: Some(root),
-                    });
-                    for (j, &token) in rest.iter().enumerate() {
-                        ids.push(c[j]);
-                        picks.push(ids.len() - 1);
-                        tokens.push((picks.len() - 1, token));
-                    }
-                }
-                per_candidate.push(tokens);
-            }
-            scored.push(per_candidate);
-        }
-
+        let RankForward {
+            branches,
+            ids,
+            picks,
+            scored,
+        } = RankForward::lay_out(rows, shared);
         let llama = &self.model.model;
         let layout = AttentionLayout::tree(&branches, shared, llama.config.sliding_window)?;
         let computed = ids.len();
@@ -284,6 +252,63 @@ impl<'a> Scorer<'a> {
         }
         self.cached = prefix.to_vec();
         Ok(())
+    }
+}
+
+/// What `Scorer::rank_rows` runs after the shared prefix: the branches, their tokens one
+/// after another, the positions among them whose logits score a token, and per row and
+/// candidate its (position among `picks`, token) pairs (none for an empty candidate).
+struct RankForward {
+    branches: Vec<Branch>,
+    ids: Vec<u32>,
+    picks: Vec<usize>,
+    scored: Vec<Vec<Vec<(usize, u32)>>>,
+}
+
+impl RankForward {
+    /// Each row's prompt after `shared` is a branch off the prefix, scored at its last
+    /// token; each candidate's tokens but its last are a branch off its row, each scoring
+    /// the next.
+    fn lay_out(rows: &[PromptAndAnswers], shared: usize) -> Self {
+        let mut f = Self {
+            branches: Vec::new(),
+            ids: Vec::new(),
+            picks: Vec::new(),
+            scored: Vec::with_capacity(rows.len()),
+        };
+        for row in rows {
+            let own = &row.prompt[shared..];
+            let root = f.branches.len();
+            f.branches.push(Branch {
+                len: own.len(),
+                parent: None,
+            });
+            f.ids.extend_from_slice(own);
+            f.picks.push(f.ids.len() - 1);
+            let last = f.picks.len() - 1;
+            let mut per_candidate = Vec::with_capacity(row.candidates.len());
+            for c in &row.candidates {
+                let Some((&c0, rest)) = c.split_first() else {
+                    per_candidate.push(Vec::new());
+                    continue;
+                };
+                let mut tokens = vec![(last, c0)];
+                if !rest.is_empty() {
+                    f.branches.push(Branch {
+                        len: rest.len(),
+                        parent: Some(root),
+                    });
+                    for (&fed, &next) in c.iter().zip(rest) {
+                        f.ids.push(fed);
+                        f.picks.push(f.ids.len() - 1);
+                        tokens.push((f.picks.len() - 1, next));
+                    }
+                }
+                per_candidate.push(tokens);
+            }
+            f.scored.push(per_candidate);
+        }
+        f
     }
 }
 

@@ -1,10 +1,12 @@
 //! `evaluate_text_loss` (batched, right-padded, chunked head) against a direct computation:
 //! one record at a time, full logits, log-softmax, mean over every next-token prediction.
 
-use candle_core::{Device, Tensor, D};
+mod common;
+
+use common::direct_log_probs;
 use tuna_data::{EncodeOptions, FieldNames};
 use tuna_eval::evaluate_loss;
-use tuna_model::{Kernels, LoadOptions, Pretrained};
+use tuna_model::{LoadOptions, Pretrained};
 use tuna_testkit::{tiny_model, TinySpec};
 
 const TEXTS: [&str; 3] = [
@@ -19,20 +21,7 @@ fn direct_loss(p: &Pretrained) -> (f64, usize) {
         // Text records are trained (and scored) with EOS appended.
         let mut ids = p.tokenizer.encode(text, true).unwrap();
         ids.push(2);
-        let x = Tensor::new(ids.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let logits = p
-            .model
-            .forward(&x, Kernels::Differentiable)
-            .unwrap()
-            .squeeze(0)
-            .unwrap();
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let logp = direct_log_probs(p, &ids);
         for i in 0..ids.len() - 1 {
             sum -= logp[i][ids[i + 1] as usize] as f64;
             n += 1;

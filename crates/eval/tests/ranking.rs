@@ -2,9 +2,11 @@
 //! each candidate a branch off its row) against a direct computation: each prompt with each
 //! candidate run alone from scratch, full logits, log-softmax, Σ log p of the candidate.
 
-use candle_core::{Device, Tensor, D};
+mod common;
+
+use common::direct_log_probs;
 use tuna_eval::scoring::{PromptAndAnswers, Scorer};
-use tuna_model::{Kernels, LoadOptions, Pretrained};
+use tuna_model::{LoadOptions, Pretrained};
 use tuna_testkit::{tiny_model, TinySpec};
 
 fn direct_score(p: &Pretrained, prompt: &[u32], candidate: &[u32]) -> f64 {
@@ -12,20 +14,7 @@ fn direct_score(p: &Pretrained, prompt: &[u32], candidate: &[u32]) -> f64 {
         return f64::NEG_INFINITY;
     }
     let ids: Vec<u32> = prompt.iter().chain(candidate).copied().collect();
-    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = p
-        .model
-        .forward(&x, Kernels::Differentiable)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
+    let logp = direct_log_probs(p, &ids);
     (0..candidate.len())
         .map(|j| logp[prompt.len() + j - 1][candidate[j] as usize] as f64)
         .sum()
