@@ -152,15 +152,6 @@ impl<'a> Scorer<'a> {
         }
     }
 
-    /// Σ log p(candidate tokens | prompt) for each candidate of one prompt.
-    pub fn rank(&mut self, prompt: &[u32], candidates: &[Vec<u32>]) -> Result<Vec<f64>> {
-        let row = PromptAndAnswers {
-            prompt: prompt.to_vec(),
-            candidates: candidates.to_vec(),
-        };
-        Ok(self.rank_rows(std::slice::from_ref(&row))?.remove(0))
-    }
-
     /// Σ log p(candidate tokens | prompt) for each candidate of each row, every row in one
     /// forward. The prefix the rows' prompts share is run once and stays cached for the next
     /// call (few-shot prompts repeat their shots for every example); each row's own prompt
@@ -176,10 +167,9 @@ impl<'a> Scorer<'a> {
         if rows.iter().any(|r| r.prompt.is_empty()) {
             return Err(EvalError::EmptyPrompt);
         }
-        // At least each prompt's last token runs, for its logits.
         let shared = rows
             .iter()
-            .map(|r| common_prefix(&first.prompt, &r.prompt).min(r.prompt.len() - 1))
+            .map(|r| shareable(&first.prompt, &r.prompt))
             .min()
             .unwrap_or(0);
         self.extend_cache(&first.prompt[..shared])?;
@@ -329,13 +319,11 @@ pub fn rank_batches(rows: &[PromptAndAnswers], tokens: usize) -> Vec<&[PromptAnd
     let mut start = 0;
     while start < rows.len() {
         let first = &rows[start];
-        let mut shared = first.prompt.len().saturating_sub(1);
+        let mut shared = shareable(&first.prompt, &first.prompt);
         let (mut prompts, mut tail) = (first.prompt.len(), tails(first));
         let mut end = start + 1;
         while let Some(next) = rows.get(end) {
-            let s = shared
-                .min(common_prefix(&first.prompt, &next.prompt))
-                .min(next.prompt.len().saturating_sub(1));
+            let s = shared.min(shareable(&first.prompt, &next.prompt));
             let n = end + 1 - start;
             let cost = prompts + next.prompt.len() - n * s + tail + tails(next);
             if cost > tokens {
@@ -348,6 +336,12 @@ pub fn rank_batches(rows: &[PromptAndAnswers], tokens: usize) -> Vec<&[PromptAnd
         start = end;
     }
     batches
+}
+
+/// How much of `first` a batch with `prompt` can run once for both: their common prefix,
+/// short of `prompt`'s last token, which runs with the row for its logits.
+fn shareable(first: &[u32], prompt: &[u32]) -> usize {
+    common_prefix(first, prompt).min(prompt.len().saturating_sub(1))
 }
 
 /// How many leading tokens `a` and `b` share.

@@ -84,7 +84,7 @@ fn rows_ranked_together_score_like_each_candidate_run_alone() {
         ];
         let one_by_one: Vec<Vec<f64>> = other
             .iter()
-            .map(|r| scorer.rank(&r.prompt, &r.candidates).unwrap())
+            .map(|r| scorer.rank_rows(std::slice::from_ref(r)).unwrap().remove(0))
             .collect();
         assert_scores(&p, &other, &one_by_one, what);
     }
